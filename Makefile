@@ -1,0 +1,39 @@
+# Every target bootstraps .venv from pyproject.toml on first use, so a fresh clone just works.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+READY := $(VENV)/.ready
+ISSUE ?= 1
+
+.DEFAULT_GOAL := help
+.PHONY: help build check preview test golden bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(READY): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+build: $(READY) ## Render issue ISSUE into build/ISSUE/ (email.html, email.txt, message.eml)
+	$(BIN)/newsletter build $(ISSUE)
+
+check: $(READY) ## Validate and build issue ISSUE; fail on problems (size, malformed links)
+	$(BIN)/newsletter check $(ISSUE)
+
+preview: $(READY) ## Serve issue ISSUE on 127.0.0.1:8000, live-reloading on changes
+	$(BIN)/newsletter preview $(ISSUE)
+
+test: $(READY) ## Run the whole test suite
+	$(BIN)/python -m pytest
+
+golden: $(READY) ## Refresh the golden files in tests/golden/ after an intended rendering change
+	$(BIN)/python -m tests.golden
+
+bench: $(READY) ## Time the build of the large sample issue; figures go in bench/README.md
+	$(BIN)/python bench/bench_build.py
+
+clean: ## Remove build output (keeps .venv)
+	rm -rf build

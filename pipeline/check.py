@@ -1,0 +1,107 @@
+"""Find what would make an issue break in an inbox: size past Gmail's clip, malformed links."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from .markdown import Link
+from .render import Rendered
+
+Severity = Literal["error", "warning"]
+
+_ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+_DOUBLED_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:/*[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_BLOCKED_SCHEMES = ("javascript:", "vbscript:", "data:")
+_LOOKS_LIKE_URL = re.compile(r"^(?:https?://|www\.)\S+$", re.IGNORECASE)
+_URL_WITH_ZERO_WIDTH = re.compile(rf"(?:https?://|www\.)[^\s<>()\]]*[{_ZERO_WIDTH}]", re.IGNORECASE)
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    line: int
+    """Line in the issue source; 0 for problems of the whole issue."""
+    severity: Severity
+    message: str
+
+    def format(self, path: str) -> str:
+        where = f"{path}:{self.line}" if self.line else path
+        return f"{where}: {self.severity}: {self.message}"
+
+
+def check_rendered(rendered: Rendered, html_size: int, max_html_bytes: int) -> list[Problem]:
+    problems: set[Problem] = set()
+    if html_size > max_html_bytes:
+        problems.add(
+            Problem(
+                0,
+                "error",
+                f"the HTML is {html_size:,} bytes, over the budget of {max_html_bytes:,}: "
+                "Gmail clips it, hiding the end of the issue and the unsubscribe link",
+            )
+        )
+    issue = rendered.issue
+    lines = issue.body.split("\n")
+
+    def source_line(line: int) -> str:
+        index = line - issue.body_line
+        return lines[index] if 0 <= index < len(lines) else ""
+
+    for link in rendered.document.links:
+        problems.update(check_link(link, source_line(link.line)))
+    for unparsed in rendered.document.unparsed_links:
+        problems.add(Problem(unparsed.line, "error", _unparsed_message(unparsed.markdown)))
+    for offset, line in enumerate(lines):
+        if _URL_WITH_ZERO_WIDTH.search(line):
+            problems.add(
+                Problem(issue.body_line + offset, "error", "invisible zero-width character inside a URL")
+            )
+    return sorted(problems)
+
+
+def check_link(link: Link, source_line: str = "") -> list[Problem]:
+    href = link.href.strip()
+    decoded = unquote(href)
+    kind = "image" if link.is_image else "link"
+
+    def problem(severity: Severity, message: str) -> Problem:
+        return Problem(link.line, severity, f"{kind} {link.text!r}: {message}")
+
+    if not href:
+        return [problem("error", "empty target")]
+    scheme = urlsplit(href).scheme.lower()
+    if href.lower().startswith(_BLOCKED_SCHEMES) and not link.is_image:
+        return [problem("error", f"{scheme}: target ({href[:60]}) is blocked by mail clients")]
+    found = []
+    if _DOUBLED_SCHEME.match(href):
+        found.append(problem("error", f"doubled scheme in {href}"))
+    if any(ch in decoded for ch in _ZERO_WIDTH):
+        found.append(problem("error", f"invisible zero-width character in {href}"))
+    # %20 is a legitimate escape; a space the editor typed (``[x](<http://a b>)``) is not.
+    if any(ch.isspace() for ch in decoded) and decoded in source_line:
+        found.append(problem("error", f"space inside the URL {href}"))
+    if scheme == "http":
+        found.append(problem("warning", f"plain http:// link, use https:// if the site offers it: {href}"))
+    text = link.text.strip()
+    if _LOOKS_LIKE_URL.match(text) and _comparable(text) != _comparable(href):
+        found.append(problem("warning", f"the text looks like a URL but the link goes to {href}"))
+    return found
+
+
+def _unparsed_message(markdown: str) -> str:
+    target = markdown.partition("](")[2].strip().lower()
+    if target.startswith(_BLOCKED_SCHEMES):
+        return f"{markdown}: {target.partition(':')[0]}: links are blocked by mail clients and not rendered"
+    return (
+        f"{markdown} is not a link (a space in the URL, or an undefined reference?): "
+        "readers would see the raw brackets"
+    )
+
+
+def _comparable(url: str) -> str:
+    """Ignore differences a reader would not notice: scheme, 'www.', a trailing slash, escaping."""
+    url = unquote(url).lower()
+    url = re.sub(r"^[a-z]+://", "", url)
+    return url.removeprefix("www.").rstrip("/")

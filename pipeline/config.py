@@ -1,0 +1,180 @@
+"""Load and validate ``newsletter.toml``.
+
+Every relative path in the file is resolved against the file's own folder, so
+a whole newsletter (config, issues, templates, archive) can live anywhere.
+Unknown sections and keys are errors: a typo must never pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+CONFIG_ENV = "NEWSLETTER_CONFIG"
+CONFIG_NAME = "newsletter.toml"
+
+REQUIRED = object()
+_KIND_NAMES = {str: "text in quotes", int: "a whole number", bool: "true or false"}
+
+# section -> key -> (type, default). REQUIRED marks keys without a default.
+SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
+    "newsletter": {
+        "name": (str, REQUIRED),
+        "from": (str, REQUIRED),
+        "reply_to": (str, ""),
+        "postal_address": (str, REQUIRED),
+        "archive_base_url": (str, REQUIRED),
+        "public_url": (str, "https://news.example.org"),
+        "language": (str, "en"),
+    },
+    "paths": {
+        "issues": (str, "issues"),
+        "templates": (str, "email_templates"),
+        "archive": (str, "archive"),
+        "build": (str, "build"),
+        "state": (str, "state"),
+    },
+    "check": {
+        "max_html_bytes": (int, 102_000),
+    },
+    "archive": {
+        "filename": (str, "{number}.md"),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Paths:
+    issues: Path
+    templates: Path
+    archive: Path
+    build: Path
+    state: Path
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    name: str
+    sender: str
+    reply_to: str
+    postal_address: str
+    archive_base_url: str
+    public_url: str
+    language: str
+    paths: Paths
+    max_html_bytes: int
+    archive_filename: str
+
+    def archive_url(self, number: int) -> str:
+        """Where issue ``number`` can be read in the public archive."""
+        return f"{self.archive_base_url}/{self.archive_filename.format(number=number)}"
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return Path.cwd() / CONFIG_NAME
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    config_path = find_config_path(path).resolve()
+    try:
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            config_path, f"config file not found (set {CONFIG_ENV} or run from the newsletter's folder)"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(config_path, "not valid UTF-8") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(config_path, f"invalid TOML: {error}") from None
+
+    values = _validate(config_path, raw)
+    base = config_path.parent
+    news = values["newsletter"]
+    return Config(
+        path=config_path,
+        name=news["name"],
+        sender=_address(config_path, "newsletter.from", news["from"], with_name=True),
+        reply_to=_address(config_path, "newsletter.reply_to", news["reply_to"]) if news["reply_to"] else "",
+        postal_address=news["postal_address"],
+        archive_base_url=_url(config_path, "newsletter.archive_base_url", news["archive_base_url"]),
+        public_url=_url(config_path, "newsletter.public_url", news["public_url"]),
+        language=news["language"],
+        paths=Paths(**{key: (base / value).resolve() for key, value in values["paths"].items()}),
+        max_html_bytes=_positive(config_path, "check.max_html_bytes", values["check"]["max_html_bytes"]),
+        archive_filename=_filename_pattern(config_path, values["archive"]["filename"]),
+    )
+
+
+def _validate(path: Path, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    for section in raw:
+        if section not in SCHEMA:
+            raise ConfigError(path, f"unknown section [{section}] (known: {', '.join(SCHEMA)})")
+    values: dict[str, dict[str, Any]] = {}
+    for section, keys in SCHEMA.items():
+        given = raw.get(section, {})
+        if not isinstance(given, dict):
+            raise ConfigError(path, f"{section} must be a table ([{section}])")
+        for key in given:
+            if key not in keys:
+                raise ConfigError(path, f"unknown key {section}.{key} (known: {', '.join(keys)})")
+        values[section] = {}
+        for key, (kind, default) in keys.items():
+            if key not in given:
+                if default is REQUIRED:
+                    raise ConfigError(path, f"missing key {section}.{key}")
+                values[section][key] = default
+                continue
+            value = given[key]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ConfigError(path, f"{section}.{key} must be {_KIND_NAMES[kind]}, got {value!r}")
+            if kind is str and key not in ("reply_to",) and default is REQUIRED and not value.strip():
+                raise ConfigError(path, f"{section}.{key} must not be empty")
+            values[section][key] = value
+    return values
+
+
+def _address(path: Path, key: str, value: str, with_name: bool = False) -> str:
+    if any(ord(ch) < 32 for ch in value):
+        raise ConfigError(path, f"{key} must be on one line")
+    name, address = parseaddr(value)
+    local, _, domain = address.partition("@")
+    if not local or "." not in domain:
+        raise ConfigError(path, f"{key} is not an email address: {value!r}")
+    if with_name and not name:
+        raise ConfigError(path, f"{key} must look like 'Name <address>', got {value!r}")
+    return value
+
+
+def _url(path: Path, key: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(path, f"{key} must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _positive(path: Path, key: str, value: int) -> int:
+    if value <= 0:
+        raise ConfigError(path, f"{key} must be positive, got {value}")
+    return value
+
+
+def _filename_pattern(path: Path, pattern: str) -> str:
+    try:
+        name = pattern.format(number=1)
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(path, f"archive.filename may only use {{number}}, got {pattern!r}") from None
+    if name == pattern.format(number=2) or "/" in name:
+        raise ConfigError(path, f"archive.filename must contain {{number}} and no '/', got {pattern!r}")
+    return pattern

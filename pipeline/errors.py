@@ -1,0 +1,42 @@
+"""The pipeline's error tree: every user-facing failure is a NewsletterError.
+
+The CLI prints ``str(error)`` on one line and exits non-zero; anything that is
+not a NewsletterError is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class NewsletterError(Exception):
+    """Base of every error the editor can cause and fix."""
+
+    exit_code = 2
+
+
+class ConfigError(NewsletterError):
+    """The configuration file is missing, unreadable or has a bad key."""
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+
+
+class SourceError(NewsletterError):
+    """An issue source file is missing or malformed."""
+
+    def __init__(self, path: Path | str, message: str, line: int | None = None) -> None:
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {message}")
+        self.path = Path(path)
+        self.line = line
+
+
+class RenderError(NewsletterError):
+    """A template or the MJML compiler failed."""
+
+
+class CheckFailed(NewsletterError):
+    """``check`` found problems that must be fixed before sending."""
+
+    exit_code = 1

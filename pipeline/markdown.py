@@ -1,0 +1,188 @@
+"""Markdown body -> HTML fragments, one per section, plus every link with its source line.
+
+CommonMark with GitHub-style tables, strikethrough and autolinks. Raw HTML is
+escaped unless the issue allows it. Relative URLs are made absolute against the
+archive, because an inbox has no base URL to resolve them against.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urljoin
+
+from markdown_it import MarkdownIt
+from markdown_it.renderer import RendererHTML
+from markdown_it.rules_core import StateCore
+from markdown_it.token import Token
+from markdown_it.utils import EnvType, OptionsDict
+
+from .source import Issue
+
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+# A Markdown link or reference that did not parse and will show as raw brackets.
+# \x00 stands for a backslash-escaped character: the editor meant those brackets.
+_UNPARSED_LINK = re.compile(r"\[[^\]\x00\n]*\]\([^)\x00\n]*\)|\[[^\]\x00\n]+\]\[[^\]\x00\n]*\]")
+
+
+@dataclass(frozen=True)
+class Link:
+    href: str
+    text: str
+    line: int
+    """Line in the issue file where the link is written."""
+    is_image: bool = False
+
+
+@dataclass(frozen=True)
+class UnparsedLink:
+    markdown: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Section:
+    heading: str
+    """Plain text of the section's heading; empty for the opening text before the first heading."""
+    html: str
+
+
+@dataclass
+class Document:
+    sections: list[Section]
+    links: list[Link] = field(default_factory=list)
+    unparsed_links: list[UnparsedLink] = field(default_factory=list)
+
+
+def make_url_resolver(base_url: str, page_url: str) -> Callable[[str], str]:
+    """Relative URLs resolve against the archive folder; bare fragments against the issue's page."""
+
+    def resolve(url: str) -> str:
+        if not url or _SCHEME.match(url) or url.startswith("//"):
+            return url
+        if url.startswith("#"):
+            return page_url + url
+        return urljoin(base_url + "/", url)
+
+    return resolve
+
+
+class _EmailRenderer(RendererHTML):
+    """Wraps tables so a wide one scrolls inside itself instead of widening the phone's page."""
+
+    def table_open(self, tokens: Sequence[Token], idx: int, options: OptionsDict, env: EnvType) -> str:
+        return '<div class="table-wrap">' + self.renderToken(tokens, idx, options, env)
+
+    def table_close(self, tokens: Sequence[Token], idx: int, options: OptionsDict, env: EnvType) -> str:
+        return self.renderToken(tokens, idx, options, env) + "</div>\n"
+
+
+def _parser(allow_html: bool) -> MarkdownIt:
+    md = MarkdownIt("commonmark", {"html": allow_html, "linkify": True}, renderer_cls=_EmailRenderer)
+    md.enable(["table", "strikethrough", "linkify"])
+    # Before text_join, so backslash-escaped brackets are still told apart from raw ones.
+    md.core.ruler.before("text_join", "newsletter_links", _links_rule)
+    return md
+
+
+def _links_rule(state: StateCore) -> None:
+    context: _Context = state.env["newsletter"]
+    for block in state.tokens:
+        if block.type == "inline" and block.children is not None:
+            _visit_inline(block, context)
+
+
+@dataclass
+class _Context:
+    lines: list[str]
+    body_line: int
+    resolve: Callable[[str], str]
+    document: Document
+
+
+_PARSERS = {allow: _parser(allow) for allow in (False, True)}
+
+
+def render_markdown(issue: Issue, resolve: Callable[[str], str]) -> Document:
+    md = _PARSERS[issue.allow_html]
+    document = Document(sections=[])
+    env = {"newsletter": _Context(issue.body.split("\n"), issue.body_line, resolve, document)}
+    tokens = md.parse(issue.body, env)
+    document.sections = _split_sections(md, tokens, env)
+    return document
+
+
+def _visit_inline(block: Token, context: _Context) -> None:
+    """Resolve URLs, record links with their lines, and find links that failed to parse."""
+    lines, body_line, document = context.lines, context.body_line, context.document
+    start, end = block.map if block.map else (0, 1)
+    cursor = start
+    plain: list[str] = []
+    children = block.children or []
+    for index, token in enumerate(children):
+        if token.type in ("link_open", "image"):
+            attr = "href" if token.type == "link_open" else "src"
+            raw = str(token.attrs.get(attr, ""))
+            token.attrs[attr] = context.resolve(raw)
+            text = token.content if token.type == "image" else _link_text(children, index)
+            cursor = _find_line(lines, cursor, end, (unquote(raw), text))
+            document.links.append(
+                Link(str(token.attrs[attr]), text, body_line + cursor, token.type == "image")
+            )
+        elif token.type == "text":
+            plain.append(token.content)
+        elif token.type == "text_special":
+            plain.append("\x00")
+        elif token.type in ("softbreak", "hardbreak"):
+            plain.append("\n")
+    text = "".join(plain)
+    for match in _UNPARSED_LINK.finditer(text):
+        snippet = match.group(0)
+        line = _find_line(lines, start, end, (snippet, snippet.split("](")[0]))
+        document.unparsed_links.append(UnparsedLink(snippet, body_line + line))
+
+
+def _link_text(children: list[Token], open_index: int) -> str:
+    parts: list[str] = []
+    depth = 0
+    for token in children[open_index:]:
+        if token.type == "link_open":
+            depth += 1
+        elif token.type == "link_close":
+            depth -= 1
+            if depth == 0:
+                break
+        elif token.type in ("text", "text_special", "code_inline"):
+            parts.append(token.content)
+        elif token.type == "image":
+            parts.append(token.content)
+    return "".join(parts)
+
+
+def _find_line(lines: list[str], start: int, end: int, needles: tuple[str, ...]) -> int:
+    for needle in needles:
+        if not needle:
+            continue
+        for number in range(start, min(end, len(lines))):
+            if needle in lines[number]:
+                return number
+    return start
+
+
+def _split_sections(md: MarkdownIt, tokens: list[Token], env: EnvType) -> list[Section]:
+    """Split at the top heading level the body uses, so each section becomes one MJML block."""
+    levels = [int(t.tag[1]) for t in tokens if t.type == "heading_open" and t.level == 0]
+    top = f"h{min(levels)}" if levels else None
+    chunks: list[list[Token]] = [[]]
+    for index, token in enumerate(tokens):
+        if token.type == "heading_open" and token.tag == top and token.level == 0:
+            chunks.append([])
+        chunks[-1].append(token)
+    sections = []
+    for chunk in chunks:
+        heading = ""
+        if chunk and chunk[0].type == "heading_open":
+            heading = "".join(c.content for c in chunk[1].children or [] if c.type in ("text", "code_inline"))
+        sections.append(Section(heading, md.renderer.render(chunk, md.options, env)))
+    return sections

@@ -1,0 +1,182 @@
+"""Issue -> email: Markdown fragments -> Jinja2 -> MJML -> HTML -> inlined CSS, plus plain text.
+
+Per-recipient values are left as ``%%name%%`` placeholders, so an issue is
+rendered once and personalised per subscriber by plain substitution.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import html2text
+import jinja2
+import mjml
+import premailer
+from markupsafe import Markup
+
+from .config import Config
+from .errors import RenderError
+from .markdown import Document, make_url_resolver, render_markdown
+from .source import Issue
+
+RECIPIENT_FIELDS = ("email", "unsubscribe_url")
+PLACEHOLDER = re.compile(r"%%(" + "|".join(RECIPIENT_FIELDS) + r")%%")
+HTML_TEMPLATE = "issue.mjml.j2"
+TEXT_TEMPLATE = "email.txt.j2"
+TEXT_WIDTH = 72
+
+
+@dataclass(frozen=True)
+class Rendered:
+    issue: Issue
+    document: Document
+    mjml: str
+    html: str
+    """Final HTML with ``%%field%%`` placeholders for the recipient."""
+    text: str
+
+    def personalise(self, recipient: Mapping[str, str]) -> tuple[str, str]:
+        """The (html, text) one recipient gets."""
+        return (
+            fill_placeholders(self.html, recipient, escape=True),
+            fill_placeholders(self.text, recipient, escape=False),
+        )
+
+
+def fill_placeholders(template: str, recipient: Mapping[str, str], *, escape: bool) -> str:
+    def value(match: re.Match[str]) -> str:
+        raw = recipient[match.group(1)]
+        return html.escape(raw) if escape else raw
+
+    return PLACEHOLDER.sub(value, template)
+
+
+def sample_recipient(config: Config) -> dict[str, str]:
+    """What a build shows where a subscriber's own values will go."""
+    return {"email": "reader@example.org", "unsubscribe_url": f"{config.public_url}/unsubscribe/SAMPLE-TOKEN"}
+
+
+def render_issue(config: Config, issue: Issue, after_intro: Sequence[str] = ()) -> Rendered:
+    """Render ``issue``; ``after_intro`` holds HTML blocks (errata) placed after the opening text."""
+    document = markdown_stage(config, issue)
+    context = template_context(config, issue, document, after_intro)
+    source = render_mjml(config.paths.templates, context)
+    return Rendered(
+        issue=issue,
+        document=document,
+        mjml=source,
+        html=inline_css(compile_mjml(source)),
+        text=render_text(config.paths.templates, context),
+    )
+
+
+def markdown_stage(config: Config, issue: Issue) -> Document:
+    resolve = make_url_resolver(config.archive_base_url, config.archive_url(issue.number))
+    return render_markdown(issue, resolve)
+
+
+def template_context(
+    config: Config, issue: Issue, document: Document, after_intro: Sequence[str] = ()
+) -> dict[str, Any]:
+    sections = [
+        {"heading": section.heading, "html": Markup(section.html)} for section in document.sections
+    ]
+    blocks = [Markup(block) for block in after_intro]
+    body_html = [section["html"] for section in sections]
+    body_html[1:1] = blocks
+    return {
+        "newsletter": {
+            "name": config.name,
+            "postal_address": config.postal_address,
+            "language": config.language,
+            "archive_base_url": config.archive_base_url,
+        },
+        "issue": {
+            "number": issue.number,
+            "title": issue.title,
+            "subject": issue.subject,
+            "preheader": issue.preheader,
+            "author": issue.author,
+            "date": issue.date,
+            "date_text": f"{issue.date:%d %B %Y}".lstrip("0"),
+            "archive_url": config.archive_url(issue.number),
+        },
+        "sections": sections,
+        "after_intro": blocks,
+        "body_html": Markup("\n".join(body_html)),
+        "recipient": {field: f"%%{field}%%" for field in RECIPIENT_FIELDS},
+    }
+
+
+@lru_cache(maxsize=8)
+def _environment(templates: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("mjml.j2",), default=False),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def _render_template(templates: Path, name: str, context: dict[str, Any]) -> str:
+    try:
+        return _environment(templates).get_template(name).render(context)
+    except jinja2.TemplateSyntaxError as error:
+        raise RenderError(f"{templates / (error.name or name)}:{error.lineno}: template error: {error.message}") from None
+    except jinja2.TemplateNotFound as error:
+        raise RenderError(f"{templates}: template not found: {error.name}") from None
+    except jinja2.UndefinedError as error:
+        raise RenderError(f"{templates / name}: {error.message}") from None
+
+
+def render_mjml(templates: Path, context: dict[str, Any]) -> str:
+    return _render_template(templates, HTML_TEMPLATE, context)
+
+
+def compile_mjml(source: str) -> str:
+    try:
+        # fonts={}: no Google Fonts <link>; the font stack is system fonts only.
+        return mjml.mjml2html(source, fonts={})
+    except ValueError as error:
+        raise RenderError(f"MJML error: {error}") from None
+
+
+def inline_css(document: str) -> str:
+    inliner = premailer.Premailer(
+        document,
+        allow_network=False,
+        strip_important=False,  # the phone layout's media queries rely on !important
+        keep_style_tags=False,  # rules that cannot be inlined (media queries) stay in a <style>
+        remove_classes=False,  # media queries select by class
+        disable_validation=True,
+        cssutils_logging_level=logging.CRITICAL,
+    )
+    inlined: str = inliner.transform(pretty_print=False)
+    if not inlined.lstrip().lower().startswith("<!doctype"):
+        inlined = "<!doctype html>\n" + inlined  # premailer drops it; without it clients use quirks mode
+    return inlined
+
+
+def html_to_text(fragment: str) -> str:
+    converter = html2text.HTML2Text()
+    converter.body_width = TEXT_WIDTH
+    converter.inline_links = False  # numbered references keep 150 URLs from drowning the prose
+    converter.wrap_links = False
+    converter.wrap_list_items = True
+    converter.unicode_snob = True
+    converter.ignore_emphasis = True  # html2text pads "_word_ ," oddly; plain text reads fine without
+    converter.pad_tables = True
+    converter.use_automatic_links = True
+    return converter.handle(fragment).strip("\n")
+
+
+def render_text(templates: Path, context: dict[str, Any]) -> str:
+    text_context = dict(context, body_text=html_to_text(str(context["body_html"])))
+    return _render_template(templates, TEXT_TEMPLATE, text_context)

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.markdown import Document, make_url_resolver, render_markdown
+from pipeline.source import parse_issue
+
+BASE = "https://archive.example.org/tree/main"
+resolve = make_url_resolver(BASE, BASE + "/3.md")
+
+
+def render(body: str, allow_html: bool = False) -> Document:
+    head = f"---\nnumber: 3\ntitle: T\ndate: 2026-11-23\nallow_html: {str(allow_html).lower()}\n---\n"
+    return render_markdown(parse_issue(Path("issues/3.md"), (head + body).encode()), resolve)
+
+
+def html_of(document: Document) -> str:
+    return "".join(section.html for section in document.sections)
+
+
+def test_relative_urls_resolve_against_the_archive() -> None:
+    document = render("[a](2.md) [b](../x/y.html) [c](#news) [d](https://x.org/) [e](mailto:e@x.org) ![i](img/p.png)\n")
+    assert [link.href for link in document.links] == [
+        f"{BASE}/2.md",
+        "https://archive.example.org/tree/x/y.html",
+        f"{BASE}/3.md#news",
+        "https://x.org/",
+        "mailto:e@x.org",
+        f"{BASE}/img/p.png",
+    ]
+    assert f'src="{BASE}/img/p.png"' in html_of(document)
+    assert document.links[-1].is_image
+
+
+def test_raw_html_is_escaped_unless_allowed() -> None:
+    body = "Press <kbd>K</kbd>.\n\n<div class=x>block</div>\n"
+    assert "&lt;kbd&gt;K&lt;/kbd&gt;" in html_of(render(body))
+    assert "&lt;div class=x&gt;" in html_of(render(body))
+    allowed = html_of(render(body, allow_html=True))
+    assert "<kbd>K</kbd>" in allowed and '<div class=x>block</div>' in allowed
+
+
+def test_gfm_tables_strikethrough_and_autolinks() -> None:
+    document = render("| a | b |\n|---|---|\n| 1 | 2 |\n\n~~old~~ https://x.org/p_(q) and www.example.org/w and <https://a.example/b>\n")
+    html = html_of(document)
+    assert '<div class="table-wrap"><table>' in html and "</table>\n</div>" in html
+    assert "<s>old</s>" in html
+    assert [link.href for link in document.links] == [
+        "https://x.org/p_(q)",
+        "http://www.example.org/w",
+        "https://a.example/b",
+    ]
+
+
+def test_ampersands_and_underscores_survive_in_urls() -> None:
+    document = render("[q](https://x.org/a_b_c?x=1&y=2) and _emph_\n")
+    assert document.links[0].href == "https://x.org/a_b_c?x=1&y=2"
+    assert 'href="https://x.org/a_b_c?x=1&amp;y=2"' in html_of(document)
+    assert "<em>emph</em>" in html_of(document)
+
+
+def test_sections_split_at_top_heading_level() -> None:
+    document = render("Intro.\n\n## News\n\nn\n\n### Sub\n\ns\n\n## And Finally...\n\nf\n")
+    assert [s.heading for s in document.sections] == ["", "News", "And Finally..."]
+    assert "<h3>Sub</h3>" in document.sections[1].html
+
+
+def test_body_without_intro_or_headings() -> None:
+    assert [s.heading for s in render("## Only\n\nx\n").sections] == ["", "Only"]
+    assert [s.heading for s in render("Just text.\n").sections] == [""]
+
+
+def test_links_carry_their_file_line() -> None:
+    # Front matter is lines 1-6, the body starts on line 7.
+    document = render("Para [one](https://1.example)\nand [two](https://2.example)\n\n- [three](https://3.example)\n")
+    assert [(link.text, link.line) for link in document.links] == [("one", 7), ("two", 8), ("three", 10)]
+
+
+def test_unparsed_links_are_found_but_escaped_brackets_are_not() -> None:
+    document = render("A [broken](http://a b) link.\n\nEscaped \\[ed: fine\\](really) and [undefined][ref].\n\n`[code](x y)`\n")
+    assert [(u.markdown, u.line) for u in document.unparsed_links] == [
+        ("[broken](http://a b)", 7),
+        ("[undefined][ref]", 9),
+    ]

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import email
+import re
+from email import policy
+
+from pipeline.build import build_issue, write_build
+from pipeline.render import render_issue, sample_recipient
+from pipeline.source import read_issue
+
+from .conftest import REPO, Newsletter
+
+
+def test_html_is_inlined_responsive_and_self_contained(newsletter: Newsletter) -> None:
+    newsletter.write_issue(1, "Intro [a](https://example.org/a).\n\n## News\n\n- item\n", preheader="Peek")
+    html = build_issue(newsletter.config(), 1).html
+    assert html.startswith("<!doctype html>")
+    head, body = html.split("<body", 1)
+    # Media queries stay in a style block, with !important kept for the phone layout.
+    assert "@media only screen and (max-width: 480px)" in head and "!important" in head
+    # Everything else is inlined: an <a> carries its colour itself.
+    assert re.search(r'<a href="https://example.org/a" style="[^"]*color:#0a58ca', body)
+    assert "fonts.googleapis" not in html and "<link" not in html
+    assert "Peek" in body.split("<h1", 1)[0]  # the preheader comes first in the inbox preview
+    assert '<meta name="viewport"' in head
+
+
+def test_sections_are_compact_mjml_blocks(newsletter: Newsletter) -> None:
+    newsletter.write_issue(1, "Intro.\n\n## A\n\na\n\n## B\n\nb\n\n## C\n\nc\n")
+    config = newsletter.config()
+    rendered = render_issue(config, read_issue(config.paths.issues, 1))
+    # header + one body section + footer, whatever the number of headings
+    assert rendered.mjml.split("<mj-body", 1)[1].count("<mj-section") == 3
+    assert rendered.mjml.count('<mj-text css-class="content">') == 4
+
+
+def test_after_intro_blocks_go_after_the_opening_text(newsletter: Newsletter) -> None:
+    newsletter.write_issue(1, "Opening words.\n\n## News\n\nnews\n")
+    config = newsletter.config()
+    rendered = render_issue(config, read_issue(config.paths.issues, 1), after_intro=["<h2>Errata</h2><p>fix</p>"])
+    for output in (rendered.html, rendered.text):
+        assert output.index("Opening words") < output.index("Errata") < output.index("News")
+
+
+def test_recipient_values_are_filled_and_escaped(newsletter: Newsletter) -> None:
+    newsletter.write_issue(1)
+    config = newsletter.config()
+    rendered = render_issue(config, read_issue(config.paths.issues, 1))
+    assert "%%unsubscribe_url%%" in rendered.html and "%%email%%" in rendered.text
+    html, text = rendered.personalise({"email": "o'neil&co@example.org", "unsubscribe_url": "https://u.example/t?a=1&b=2"})
+    assert 'href="https://u.example/t?a=1&amp;b=2"' in html
+    assert "o&#x27;neil&amp;co@example.org" in html
+    assert "Unsubscribe: https://u.example/t?a=1&b=2" in text
+    assert "o'neil&co@example.org\nsubscribed" in text
+    assert "%%" not in html + text
+
+
+def test_text_part_is_wrapped_and_keeps_every_link(newsletter: Newsletter) -> None:
+    long_url = "https://example.org/" + "segment/" * 20
+    newsletter.write_issue(1, f"{'word ' * 80}\n\n[first](https://example.org/1) and [long]({long_url}) and https://example.org/bare\n")
+    text = build_issue(newsletter.config(), 1).text
+    for url in ("https://example.org/1", long_url, "https://example.org/bare"):
+        assert url in text
+    assert all(len(line) <= 72 or "http" in line for line in text.splitlines())
+
+
+def test_message_eml_is_complete_multipart_utf8(newsletter: Newsletter) -> None:
+    newsletter.write_issue(1, "Caf\u00e9 \u2014 \u30ab\u30cb\n", subject="'Ol\u00e1 #1'")
+    config = newsletter.config()
+    written = write_build(config, build_issue(config, 1))
+    assert sorted(written) == ["email.html", "email.txt", "message.eml"]
+    raw = written["message.eml"].read_bytes()
+    assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
+    message = email.message_from_bytes(raw, policy=policy.default)
+    assert message["Subject"] == "Ol\u00e1 #1"
+    assert message["From"] == "Crate Notes <editor@example.org>"
+    assert message["To"] == sample_recipient(config)["email"]
+    assert message["Date"] and message["Message-ID"].endswith("@example.org>")
+    assert message.get_content_type() == "multipart/alternative"
+    text_part, html_part = message.iter_parts()
+    assert text_part.get_content_type() == "text/plain" and html_part.get_content_type() == "text/html"
+    assert text_part.get_content_charset() == html_part.get_content_charset() == "utf-8"
+    assert "Caf\u00e9 \u2014 \u30ab\u30cb" in text_part.get_content()
+    assert html_part.get_content().replace("\r\n", "\n").rstrip("\n") == written["email.html"].read_text(encoding="utf-8")
+
+
+def test_template_error_names_the_template(newsletter: Newsletter) -> None:
+    import pytest
+
+    from pipeline.errors import RenderError
+
+    newsletter.write_issue(1)
+    (newsletter.root / "email_templates" / "header.mjml.j2").write_text("{% if %}\n")
+    with pytest.raises(RenderError, match=r"header.mjml.j2:1: template error"):
+        build_issue(newsletter.config(), 1)
+
+
+def test_repo_samples_render() -> None:
+    from pipeline.config import load_config
+
+    config = load_config(REPO / "newsletter.toml")
+    for path in sorted(config.paths.issues.glob("*.md")):
+        build = build_issue(config, int(path.stem))
+        assert build.html_size < config.max_html_bytes
