@@ -124,6 +124,9 @@ def _visit_inline(block: Token, context: _Context) -> None:
         if token.type in ("link_open", "image"):
             attr = "href" if token.type == "link_open" else "src"
             raw = str(token.attrs.get(attr, ""))
+            if token.markup == "linkify" and raw.startswith("http://") and not _link_text(children, index).startswith("http"):
+                # The editor wrote "www.example.org" with no scheme: prefer https, as browsers now do.
+                raw = "https://" + raw.removeprefix("http://")
             token.attrs[attr] = context.resolve(raw)
             text = token.content if token.type == "image" else _link_text(children, index)
             cursor = _find_line(lines, cursor, end, (unquote(raw), text))

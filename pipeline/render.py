@@ -30,6 +30,7 @@ RECIPIENT_FIELDS = ("email", "unsubscribe_url")
 PLACEHOLDER = re.compile(r"%%(" + "|".join(RECIPIENT_FIELDS) + r")%%")
 HTML_TEMPLATE = "issue.mjml.j2"
 TEXT_TEMPLATE = "email.txt.j2"
+INLINE_CSS = "email.css"
 TEXT_WIDTH = 72
 
 
@@ -72,7 +73,7 @@ def render_issue(config: Config, issue: Issue, after_intro: Sequence[str] = ()) 
         issue=issue,
         document=document,
         mjml=source,
-        html=inline_css(compile_mjml(source)),
+        html=inline_css(compile_mjml(source), inline_stylesheet(config.paths.templates)),
         text=render_text(config.paths.templates, context),
     )
 
@@ -148,9 +149,23 @@ def compile_mjml(source: str) -> str:
         raise RenderError(f"MJML error: {error}") from None
 
 
-def inline_css(document: str) -> str:
+def inline_stylesheet(templates: Path) -> str:
+    try:
+        return (templates / INLINE_CSS).read_text(encoding="utf-8")
+    except OSError as error:
+        raise RenderError(f"{templates / INLINE_CSS}: cannot read: {error.strerror}") from None
+
+
+def inline_css(document: str, stylesheet: str) -> str:
+    """Put ``stylesheet`` on each element; the document's own style blocks stay as they are.
+
+    MJML's reset rules (``p {margin:13px 0}``, ``td {mso-table-...}``) are left in the
+    head: inlining them on every paragraph would cost kilobytes of the 102 KB budget.
+    """
+    document = document.replace("<style", '<style data-premailer="ignore"')
     inliner = premailer.Premailer(
         document,
+        css_text=stylesheet,
         allow_network=False,
         strip_important=False,  # the phone layout's media queries rely on !important
         keep_style_tags=False,  # rules that cannot be inlined (media queries) stay in a <style>
@@ -158,7 +173,8 @@ def inline_css(document: str) -> str:
         disable_validation=True,
         cssutils_logging_level=logging.CRITICAL,
     )
-    inlined: str = inliner.transform(pretty_print=False)
+    # Style blocks inside Outlook's conditional comments are text to premailer: strip the marker there too.
+    inlined: str = inliner.transform(pretty_print=False).replace(' data-premailer="ignore"', "")
     if not inlined.lstrip().lower().startswith("<!doctype"):
         inlined = "<!doctype html>\n" + inlined  # premailer drops it; without it clients use quirks mode
     return inlined

@@ -41,14 +41,15 @@ def test_raw_html_is_escaped_unless_allowed() -> None:
 
 
 def test_gfm_tables_strikethrough_and_autolinks() -> None:
-    document = render("| a | b |\n|---|---|\n| 1 | 2 |\n\n~~old~~ https://x.org/p_(q) and www.example.org/w and <https://a.example/b>\n")
+    document = render("| a | b |\n|---|---|\n| 1 | 2 |\n\n~~old~~ https://x.org/p_(q) and www.example.org/w and <https://a.example/b> and http://plain.example\n")
     html = html_of(document)
     assert '<div class="table-wrap"><table>' in html and "</table>\n</div>" in html
     assert "<s>old</s>" in html
     assert [link.href for link in document.links] == [
         "https://x.org/p_(q)",
-        "http://www.example.org/w",
+        "https://www.example.org/w",
         "https://a.example/b",
+        "http://plain.example",
     ]
 
 
