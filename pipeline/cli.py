@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -10,6 +11,7 @@ import click
 
 from . import __version__
 from .build import build_issue, check_build, write_build
+from .check import Problem
 from .config import Config, load_config
 from .errors import CheckFailed, NewsletterError
 
@@ -45,6 +47,7 @@ def _fail(error: NewsletterError) -> NoReturn:
 @click.pass_context
 def main(ctx: click.Context, config_path: Path | None) -> None:
     """Render, check, preview and publish newsletter issues."""
+    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
     ctx.obj = config_path
 
 
@@ -77,18 +80,20 @@ def check(ctx: click.Context, number: int) -> None:
     config = _config(ctx)
     result = build_issue(config, number)
     problems = check_build(config, result)
-    path = _relative(result.rendered.issue.path)
+    summary = _report_problems(config, result.rendered.issue.path, problems, len(result.rendered.document.links))
+    _budget_line(config, result.html_size)
+    if any(p.severity == "error" for p in problems):
+        raise CheckFailed(f"{summary}: fix the errors before sending")
+    click.secho(f"{summary}: ready to send", fg="green")
+
+
+def _report_problems(config: Config, source: Path, problems: list[Problem], links: int) -> str:
+    path = _relative(source)
     for problem in problems:
         colour = "red" if problem.severity == "error" else "yellow"
         click.secho(problem.format(path), fg=colour, err=problem.severity == "error")
     errors = sum(p.severity == "error" for p in problems)
-    warnings = len(problems) - errors
-    _budget_line(config, result.html_size)
-    links = len(result.rendered.document.links)
-    summary = f"{path}: {links} links, {errors} error(s), {warnings} warning(s)"
-    if errors:
-        raise CheckFailed(f"{summary}: fix the errors before sending")
-    click.secho(f"{summary}: ready to send", fg="green")
+    return f"{path}: {links} links, {errors} error(s), {len(problems) - errors} warning(s)"
 
 
 @main.command()
@@ -113,3 +118,181 @@ def _relative(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+@main.command()
+@ISSUE
+@click.option("--to", "address", metavar="ADDRESS", help="Send one test copy to ADDRESS; the campaign is not touched.")
+@click.option("--dry-run", is_flag=True, help="Go through the whole campaign with a transport that sends nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--resend-unknown", is_flag=True, help="Resend messages whose fate a crash left unknown.")
+@click.option("--allow-changed", is_flag=True, help="Resume even though the issue changed since the campaign started.")
+@click.option("--include-new", is_flag=True, help="Also send to subscribers who joined after the campaign started.")
+@click.pass_context
+def send(
+    ctx: click.Context,
+    number: int,
+    address: str | None,
+    dry_run: bool,
+    yes: bool,
+    resend_unknown: bool,
+    allow_changed: bool,
+    include_new: bool,
+) -> None:
+    """Send issue N to every active subscriber (or resume its campaign)."""
+    from .progress import ProgressBar
+    from .sending import SendOptions, checked_build, send_issue, send_test
+
+    config = _config(ctx)
+    build, problems = checked_build(config, number)
+    for problem in problems:
+        click.secho(problem.format(_relative(build.rendered.issue.path)), fg="yellow")
+    if address:
+        provider_id = send_test(config, number, address)
+        click.secho(f"test copy of issue {number} sent to {address} via {config.transport} ({provider_id})", fg="green")
+        return
+
+    def confirm(preparation, transport, rate) -> bool:  # type: ignore[no-untyped-def]
+        p = preparation
+        pace = f"at up to {rate:g}/s" if rate else "as fast as possible"
+        verb = "resume" if not p.created else "send"
+        what = "DRY RUN: would " + verb if dry_run else verb.capitalize()
+        click.echo(f"{what} issue {number} ({build.rendered.issue.subject!r}) to {p.queued:,} recipient(s) via {transport.name} {pace}.")
+        if p.reconciled:
+            click.echo(f"{p.reconciled} message(s) left in flight by an interruption were settled with the transport.")
+        if p.unknown:
+            click.secho(
+                f"{p.unknown} message(s) were being handed over when a previous run stopped: their fate is unknown, "
+                "they are not resent (use --resend-unknown to resend them).",
+                fg="yellow",
+            )
+        if dry_run or yes or transport.name == "maildir":
+            return True
+        if not sys.stdin.isatty():
+            raise NewsletterError("refusing to send without confirmation: run it in a terminal or pass --yes")
+        return click.confirm("Send now?", default=False)
+
+    options = SendOptions(dry_run=dry_run, allow_changed=allow_changed, include_new=include_new, resend_unknown=resend_unknown)
+    summary = send_issue(config, number, options, confirm=confirm, reporter=ProgressBar(f"issue {number}"))
+    counts = summary.counts
+    click.echo(
+        f"{'DRY RUN: ' if dry_run else ''}{counts['sent']:,} sent, {counts['failed']:,} failed, {counts['skipped']:,} skipped, "
+        f"{counts['queued']:,} still queued, {counts['sending']:,} unknown; "
+        f"{summary.handled:,} handled in {summary.elapsed:.1f}s ({summary.rate:.1f}/s)"
+    )
+    if summary.status != "done":
+        from .campaign import CampaignPaused
+
+        raise CampaignPaused(f"campaign paused: {summary.reason}; run `newsletter send {number}` to resume")
+    click.secho(f"issue {number}: campaign complete", fg="green")
+
+
+@main.command()
+@ISSUE
+@click.pass_context
+def status(ctx: click.Context, number: int) -> None:
+    """Show the progress of issue N's campaign (also while it runs)."""
+    from .sending import campaign_status
+
+    state = campaign_status(_config(ctx), number)
+    if state.campaign is None:
+        click.echo(f"issue {number}: not sent yet ({state.active_subscribers:,} active subscribers)")
+        return
+    counts = state.counts
+    total = sum(counts.values())
+    done = counts["sent"] + counts["failed"] + counts["skipped"]
+    running = "sending now" if state.running else state.campaign.status
+    unknown = "in flight" if state.running else "unknown"
+    click.echo(f"issue {number}: {running}, {done:,}/{total:,} handled via {state.campaign.transport} (updated {state.updated_at})")
+    click.echo(
+        f"  sent {counts['sent']:,}  failed {counts['failed']:,}  skipped {counts['skipped']:,}  "
+        f"queued {counts['queued']:,}  {unknown} {counts['sending']:,}"
+    )
+    if state.running:
+        click.echo(f"  rate over the last minute: {state.rate:.1f}/s")
+    if state.note:
+        click.echo(f"  note: {state.note}")
+
+
+@main.group()
+def subscribers() -> None:
+    """Manage the subscriber list."""
+
+
+def _db(ctx: click.Context):  # type: ignore[no-untyped-def]
+    from .db import open_db
+
+    return open_db(_config(ctx).paths.state)
+
+
+@subscribers.command("import")
+@click.argument("csv_file", metavar="FILE.csv", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--force", is_flag=True, help="Re-activate addresses that unsubscribed, bounced or complained.")
+@click.pass_context
+def subscribers_import(ctx: click.Context, csv_file: Path, force: bool) -> None:
+    """Import subscribers from a CSV file with an 'email' (or 'Email Address') column."""
+    from .subscribers import describe, import_csv
+
+    report = import_csv(_db(ctx), csv_file, force=force, source=f"import:{csv_file.name}")
+    for line in describe(report):
+        click.echo(line)
+
+
+@subscribers.command("export")
+@click.option("--status", type=click.Choice(["pending", "active", "unsubscribed", "bounced", "complained"]))
+@click.option("--output", "-o", type=click.File("w", encoding="utf-8"), default="-", help="File to write (default: stdout).")
+@click.pass_context
+def subscribers_export(ctx: click.Context, status: str | None, output) -> None:  # type: ignore[no-untyped-def]
+    """Export subscribers as CSV."""
+    from .subscribers import export_csv
+
+    count = export_csv(_db(ctx), output, status)
+    if output is not sys.stdout:
+        click.echo(f"{count:,} subscriber(s) written to {output.name}", err=True)
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="The subscriber's name.")
+@click.option("--status", default="active", type=click.Choice(["pending", "active"]), show_default=True)
+@click.pass_context
+def subscribers_add(ctx: click.Context, email: str, name: str, status: str) -> None:
+    """Add one subscriber."""
+    from .subscribers import add
+
+    add(_db(ctx), email, name, status, source="cli")
+    click.echo(f"added {email} ({status})")
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@click.pass_context
+def subscribers_remove(ctx: click.Context, email: str) -> None:
+    """Erase one subscriber and their history (for a deletion request)."""
+    from .subscribers import remove
+
+    remove(_db(ctx), email)
+    click.echo(f"removed {email}")
+
+
+@subscribers.command("count")
+@click.pass_context
+def subscribers_count(ctx: click.Context) -> None:
+    """Count subscribers by status."""
+    from .subscribers import counts
+
+    found = counts(_db(ctx))
+    for status, count in found.items():
+        click.echo(f"{status:<13}{count:>9,}")
+    click.echo(f"{'total':<13}{sum(found.values()):>9,}")
+
+
+@subscribers.command("list")
+@click.option("--status", type=click.Choice(["pending", "active", "unsubscribed", "bounced", "complained"]))
+@click.pass_context
+def subscribers_list(ctx: click.Context, status: str | None) -> None:
+    """List subscribers: email, name, status, since."""
+    from .subscribers import listing
+
+    for row in listing(_db(ctx), status):
+        click.echo(f"{row['email']}\t{row['name']}\t{row['status']}\t{row['status_changed_at']}")

@@ -21,7 +21,7 @@ CONFIG_ENV = "NEWSLETTER_CONFIG"
 CONFIG_NAME = "newsletter.toml"
 
 REQUIRED = object()
-_KIND_NAMES = {str: "text in quotes", int: "a whole number", bool: "true or false"}
+_KIND_NAMES = {str: "text in quotes", int: "a whole number", float: "a number", bool: "true or false"}
 
 # section -> key -> (type, default). REQUIRED marks keys without a default.
 SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
@@ -47,7 +47,34 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     "archive": {
         "filename": (str, "{number}.md"),
     },
+    "transport": {
+        "kind": (str, "maildir"),
+    },
+    "transport.maildir": {
+        "path": (str, "outbox"),
+    },
+    "transport.smtp": {
+        "host": (str, "localhost"),
+        "port": (int, 587),
+        "security": (str, "starttls"),
+        "username": (str, ""),
+        "password_env": (str, "SMTP_PASSWORD"),
+        "timeout": (float, 30.0),
+    },
+    "transport.ses": {
+        "region": (str, "us-east-1"),
+        "endpoint_url": (str, ""),
+        "configuration_set": (str, ""),
+    },
+    "send": {
+        "concurrency": (int, 8),
+        "max_rate": (float, 14.0),
+        "max_attempts": (int, 5),
+        "max_consecutive_failures": (int, 10),
+    },
 }
+TRANSPORTS = ("maildir", "smtp", "ses")
+SMTP_SECURITY = ("starttls", "tls", "none")
 
 
 @dataclass(frozen=True)
@@ -57,6 +84,31 @@ class Paths:
     archive: Path
     build: Path
     state: Path
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    security: str
+    username: str
+    password_env: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class SesSettings:
+    region: str
+    endpoint_url: str
+    configuration_set: str
+
+
+@dataclass(frozen=True)
+class SendSettings:
+    concurrency: int
+    max_rate: float
+    max_attempts: int
+    max_consecutive_failures: int
 
 
 @dataclass(frozen=True)
@@ -72,6 +124,11 @@ class Config:
     paths: Paths
     max_html_bytes: int
     archive_filename: str
+    transport: str
+    maildir: Path
+    smtp: SmtpSettings
+    ses: SesSettings
+    send: SendSettings
 
     def archive_url(self, number: int) -> str:
         """Where issue ``number`` can be read in the public archive."""
@@ -114,21 +171,41 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         paths=Paths(**{key: (base / value).resolve() for key, value in values["paths"].items()}),
         max_html_bytes=_positive(config_path, "check.max_html_bytes", values["check"]["max_html_bytes"]),
         archive_filename=_filename_pattern(config_path, values["archive"]["filename"]),
+        transport=_choice(config_path, "transport.kind", values["transport"]["kind"], TRANSPORTS),
+        maildir=(base / values["transport.maildir"]["path"]).resolve(),
+        smtp=SmtpSettings(
+            **dict(
+                values["transport.smtp"],
+                security=_choice(
+                    config_path, "transport.smtp.security", values["transport.smtp"]["security"], SMTP_SECURITY
+                ),
+                port=_positive(config_path, "transport.smtp.port", values["transport.smtp"]["port"]),
+            )
+        ),
+        ses=SesSettings(**values["transport.ses"]),
+        send=SendSettings(
+            **{key: _positive(config_path, f"send.{key}", value) for key, value in values["send"].items()}
+        ),
     )
 
 
 def _validate(path: Path, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    top_level = [name for name in SCHEMA if "." not in name]
     for section in raw:
         if section not in SCHEMA:
-            raise ConfigError(path, f"unknown section [{section}] (known: {', '.join(SCHEMA)})")
+            raise ConfigError(path, f"unknown section [{section}] (known: {', '.join(top_level)})")
     values: dict[str, dict[str, Any]] = {}
     for section, keys in SCHEMA.items():
-        given = raw.get(section, {})
+        given: Any = raw
+        for part in section.split("."):
+            given = given.get(part, {}) if isinstance(given, dict) else given
         if not isinstance(given, dict):
             raise ConfigError(path, f"{section} must be a table ([{section}])")
+        subsections = {name.rpartition(".")[2] for name in SCHEMA if name.startswith(section + ".")}
         for key in given:
-            if key not in keys:
-                raise ConfigError(path, f"unknown key {section}.{key} (known: {', '.join(keys)})")
+            if key not in keys and key not in subsections:
+                known = ", ".join([*keys, *sorted(subsections)])
+                raise ConfigError(path, f"unknown key {section}.{key} (known: {known})")
         values[section] = {}
         for key, (kind, default) in keys.items():
             if key not in given:
@@ -137,6 +214,8 @@ def _validate(path: Path, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 values[section][key] = default
                 continue
             value = given[key]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ConfigError(path, f"{section}.{key} must be {_KIND_NAMES[kind]}, got {value!r}")
             if kind is str and key not in ("reply_to",) and default is REQUIRED and not value.strip():
@@ -164,7 +243,13 @@ def _url(path: Path, key: str, value: str) -> str:
     return value.rstrip("/")
 
 
-def _positive(path: Path, key: str, value: int) -> int:
+def _choice(path: Path, key: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(path, f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _positive(path: Path, key: str, value: Any) -> Any:
     if value <= 0:
         raise ConfigError(path, f"{key} must be positive, got {value}")
     return value

@@ -40,3 +40,19 @@ class CheckFailed(NewsletterError):
     """``check`` found problems that must be fixed before sending."""
 
     exit_code = 1
+
+
+class TransportError(NewsletterError):
+    """Handing a message to the mail service failed. Subclasses say what to do about it."""
+
+
+class TemporaryFailure(TransportError):
+    """Throttling, a 4xx, a 5xx from the service, a network error: retry later."""
+
+
+class Rejected(TransportError):
+    """The service refused this one recipient or message for good: record it, go on."""
+
+
+class TransportUnavailable(TransportError):
+    """Nothing can be sent (no credentials, account paused, server unreachable): stop the campaign."""

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import html
+import re
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.quoprimime import body_encode
+from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 
 from .config import Config
 from .errors import NewsletterError
+from .render import PLACEHOLDER, Rendered
 
 
 def sender_domain(config: Config) -> str:
@@ -47,3 +52,125 @@ def build_message(
 def message_bytes(message: EmailMessage) -> bytes:
     # CRLF line endings: SMTP servers (and aiosmtpd) reject bare LF.
     return message.as_bytes(policy=SMTP)
+
+
+# --- Per-recipient messages, built from one template per issue ------------------------------
+
+_MARKERS = ("NLTEXTPARTMARKER", "NLHTMLPARTMARKER")
+_SOFT_BREAK = "=\r\n"
+
+
+@dataclass(frozen=True)
+class Recipient:
+    email: str
+    name: str
+    unsubscribe_url: str
+    message_id: str
+
+    def values(self) -> dict[str, str]:
+        return {"email": self.email, "unsubscribe_url": self.unsubscribe_url}
+
+
+class MessageTemplate:
+    """One issue's message, MIME-encoded once; :meth:`build` only fills in a recipient.
+
+    Personalising by re-encoding the 80 KB body per subscriber would cost more than
+    sending it; here each static stretch of the body is quoted-printable encoded once,
+    ending in a soft line break, and only the short recipient values are encoded per message.
+    """
+
+    def __init__(self, config: Config, rendered: Rendered, *, unsubscribe_mailto: str | None = None) -> None:
+        self.config = config
+        self.subject = rendered.issue.subject
+        self._mailto = unsubscribe_mailto or parseaddr(config.sender)[1]
+        skeleton = build_message(
+            config,
+            to="placeholder@example.invalid",
+            subject=self.subject,
+            html=_MARKERS[1],
+            text=_MARKERS[0],
+            date=dt.datetime.now(dt.timezone.utc),
+            message_id="<placeholder@example.invalid>",
+            extra_headers={"List-Id": list_id(config), "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+        )
+        for part in skeleton.iter_parts():
+            del part["Content-Transfer-Encoding"]
+            part["Content-Transfer-Encoding"] = "quoted-printable"
+        for name in ("To", "Date", "Message-ID"):
+            del skeleton[name]
+        raw = message_bytes(skeleton).decode("ascii")
+        head, _, body = raw.partition("\r\n\r\n")
+        self._head = head + "\r\n"
+        before_text, _, rest = body.partition(_MARKERS[0] + "\r\n")
+        between, _, after_html = rest.partition(_MARKERS[1] + "\r\n")
+        self._frame = (before_text, between, after_html)
+        self._text = _qp_segments(rendered.text)
+        self._html = _qp_segments(rendered.html)
+
+    def build(self, recipient: Recipient, date: dt.datetime | None = None) -> bytes:
+        values = recipient.values()
+        headers = "".join(
+            SMTP.fold(name, value)
+            for name, value in (
+                ("To", formataddr((recipient.name, recipient.email)) if recipient.name else recipient.email),
+                ("Date", format_datetime(date or dt.datetime.now(dt.timezone.utc))),
+                ("Message-ID", recipient.message_id),
+                ("List-Unsubscribe", f"<{recipient.unsubscribe_url}>, <mailto:{self._mailto}?subject=unsubscribe>"),
+            )
+        )
+        before_text, between, after_html = self._frame
+        parts = [
+            headers,
+            self._head,
+            "\r\n",
+            before_text,
+            _fill(self._text, values, escape=False),
+            between,
+            _fill(self._html, values, escape=True),
+            after_html,
+        ]
+        return "".join(parts).encode("ascii")
+
+
+def check_header_value(value: str, what: str) -> str:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise NewsletterError(f"{what} {value!r} contains a line break or control character")
+    return value
+
+
+def list_id(config: Config) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", config.name.lower()).strip("-") or "newsletter"
+    return f"{config.name} <{slug}.{sender_domain(config)}>"
+
+
+def _qp(text: str) -> str:
+    # quoprimime works on one char per byte, as email.contentmanager feeds it.
+    return body_encode(text.encode("utf-8").decode("latin-1"), 76, "\r\n")
+
+
+def _qp_segments(template: str) -> list[str]:
+    """Alternate encoded static text and placeholder names: [static, name, static, ...]."""
+    pieces = PLACEHOLDER.split(template.replace("\r\n", "\n"))
+    encoded: list[str] = []
+    for index, piece in enumerate(pieces):
+        if index % 2:
+            encoded.append(piece)
+            continue
+        chunk = _qp(piece)
+        if index < len(pieces) - 1 and not piece.endswith("\n"):
+            chunk += _SOFT_BREAK  # the recipient value continues this line
+        encoded.append(chunk)
+    if not encoded[-1].endswith("\r\n"):
+        encoded[-1] += "\r\n"
+    return encoded
+
+
+def _fill(segments: list[str], values: dict[str, str], *, escape: bool) -> str:
+    out = []
+    for index, segment in enumerate(segments):
+        if index % 2 == 0:
+            out.append(segment)
+        else:
+            value = values[segment]
+            out.append(_qp(html.escape(value) if escape else value) + _SOFT_BREAK)
+    return "".join(out)

@@ -1,0 +1,454 @@
+"""Send one issue to every active subscriber, exactly once, resumably.
+
+The ledger (table ``deliveries``) holds one row per recipient. A row is marked
+``sending`` and committed *before* its message is handed to the transport, and
+``sent`` (with the provider's id) after. So after any crash, a row still
+``sending`` is the only kind whose fate is unknown; it is reported, reconciled
+with the transport where it can tell, and never resent unless the editor asks.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from .config import Config
+from .db import now, transaction
+from .errors import NewsletterError, Rejected, TemporaryFailure, TransportError, TransportUnavailable
+from .message import MessageTemplate, Recipient, check_header_value, sender_domain
+from .ratelimit import RateLimiter, Unlimited
+from .render import Rendered
+from .tokens import make_token
+from .transports import Envelope, Transport
+
+LEDGER_STATUSES = ("queued", "sending", "sent", "failed", "skipped")
+
+
+class CampaignError(NewsletterError):
+    pass
+
+
+class CampaignPaused(NewsletterError):
+    exit_code = 1
+
+
+def content_hash(rendered: Rendered) -> str:
+    digest = hashlib.sha256()
+    for part in (rendered.issue.subject, rendered.html, rendered.text):
+        digest.update(part.encode("utf-8") + b"\x00")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Campaign:
+    id: int
+    issue: int
+    content_hash: str
+    status: str
+    transport: str
+
+
+@dataclass
+class Preparation:
+    campaign: Campaign
+    created: bool
+    queued: int
+    unknown: int
+    reconciled: int = 0
+    added: int = 0
+
+
+def find_campaign(db: sqlite3.Connection, issue: int) -> Campaign | None:
+    row = db.execute("SELECT id, issue, content_hash, status, transport FROM campaigns WHERE issue = ?", (issue,)).fetchone()
+    return Campaign(*row) if row else None
+
+
+def ledger_counts(db: sqlite3.Connection, campaign_id: int) -> dict[str, int]:
+    found = dict(db.execute("SELECT status, COUNT(*) FROM deliveries WHERE campaign_id = ? GROUP BY status", (campaign_id,)).fetchall())
+    return {status: found.get(status, 0) for status in LEDGER_STATUSES}
+
+
+def prepare_campaign(
+    db: sqlite3.Connection,
+    issue: int,
+    digest: str,
+    transport: Transport,
+    *,
+    allow_changed: bool = False,
+    include_new: bool = False,
+    resend_unknown: bool = False,
+) -> Preparation:
+    """Create the campaign and its ledger, or pick up the one a previous run left."""
+    stamp = now()
+    with transaction(db):
+        campaign = find_campaign(db, issue)
+        created = campaign is None
+        added = 0
+        if campaign is None:
+            cursor = db.execute(
+                "INSERT INTO campaigns (issue, content_hash, status, transport, created_at, updated_at)"
+                " VALUES (?, ?, 'sending', ?, ?, ?)",
+                (issue, digest, transport.name, stamp, stamp),
+            )
+            campaign_id = int(cursor.lastrowid or 0)
+            added = _enqueue_active(db, campaign_id)
+        else:
+            campaign_id = campaign.id
+            if campaign.content_hash != digest:
+                if not allow_changed:
+                    raise CampaignError(
+                        f"issue {issue} changed since its campaign started: resuming would send different "
+                        "content to the rest of the list; revert the change, or pass --allow-changed "
+                        "to send the new version to those not sent yet"
+                    )
+                db.execute(
+                    "UPDATE campaigns SET content_hash = ?, note = note || ? WHERE id = ?",
+                    (digest, f"content changed at {stamp}; ", campaign_id),
+                )
+            if include_new:
+                added = _enqueue_active(db, campaign_id)
+            db.execute("UPDATE campaigns SET status = 'sending', updated_at = ? WHERE id = ?", (stamp, campaign_id))
+    campaign = find_campaign(db, issue)
+    assert campaign is not None
+    reconciled = _reconcile_unknown(db, campaign, transport, resend_unknown)
+    counts = ledger_counts(db, campaign.id)
+    return Preparation(campaign, created, counts["queued"], counts["sending"], reconciled, added)
+
+
+def _enqueue_active(db: sqlite3.Connection, campaign_id: int) -> int:
+    cursor = db.execute(
+        "INSERT OR IGNORE INTO deliveries (campaign_id, subscriber_id, status, updated_at)"
+        " SELECT ?, id, 'queued', ? FROM subscribers WHERE status = 'active'",
+        (campaign_id, now()),
+    )
+    return cursor.rowcount
+
+
+def _reconcile_unknown(db: sqlite3.Connection, campaign: Campaign, transport: Transport, resend: bool) -> int:
+    """Rows left ``sending`` by a crash: ask the transport; requeue them only if the editor said so."""
+    rows = db.execute(
+        "SELECT subscriber_id FROM deliveries WHERE campaign_id = ? AND status = 'sending'", (campaign.id,)
+    ).fetchall()
+    settled = 0
+    with transaction(db):
+        for (subscriber_id,) in rows:
+            delivered = (
+                transport.was_delivered(delivery_key(campaign, subscriber_id))
+                if transport.name == campaign.transport
+                else None
+            )
+            if delivered is True:
+                status, note = "sent", "found delivered after an interruption"
+            elif delivered is False or resend:
+                status, note = "queued", "requeued after an interruption"
+            else:
+                continue
+            db.execute(
+                "UPDATE deliveries SET status = ?, last_error = ?, updated_at = ? WHERE campaign_id = ? AND subscriber_id = ?",
+                (status, note, now(), campaign.id, subscriber_id),
+            )
+            settled += 1
+    return settled
+
+
+def delivery_key(campaign: Campaign, subscriber_id: int) -> str:
+    return f"nl{campaign.issue}-c{campaign.id}-s{subscriber_id}"
+
+
+@contextmanager
+def campaign_lock(state_dir: Path, issue: int) -> Iterator[None]:
+    """One sender per issue at a time; the OS drops the lock if the process dies."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / f"send-{issue}.lock"
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CampaignError(
+                f"issue {issue} is being sent by another process; `newsletter status {issue}` shows its progress"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
+def is_locked(state_dir: Path, issue: int) -> bool:
+    path = state_dir / f"send-{issue}.lock"
+    if not path.exists():
+        return False
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+# --- Running ---------------------------------------------------------------------------------
+
+Kind = Literal["sent", "failed", "retry", "fatal", "skipped"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    subscriber_id: int
+    kind: Kind
+    attempts: int
+    provider_id: str = ""
+    error: str = ""
+
+
+class Reporter(Protocol):
+    def start(self, total: int, done: int) -> None: ...
+    def advance(self, outcome: Outcome) -> None: ...
+    def finish(self) -> None: ...
+
+
+class SilentReporter:
+    def start(self, total: int, done: int) -> None:
+        pass
+
+    def advance(self, outcome: Outcome) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+@dataclass
+class Summary:
+    counts: dict[str, int]
+    elapsed: float
+    handled: int
+    status: str
+    reason: str = ""
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.handled / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass
+class SendSettings:
+    concurrency: int
+    max_rate: float | None
+    max_attempts: int
+    max_consecutive_failures: int
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+
+
+class CampaignRunner:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        config: Config,
+        campaign: Campaign,
+        template: MessageTemplate,
+        transport: Transport,
+        secret: bytes,
+        settings: SendSettings,
+        reporter: Reporter | None = None,
+        sleep: Callable[[float], bool] | None = None,
+    ) -> None:
+        self.db, self.config, self.campaign = db, config, campaign
+        self.template, self.transport, self.secret = template, transport, secret
+        self.settings = settings
+        self.reporter = reporter or SilentReporter()
+        self.stopping = threading.Event()
+        self._sleep = sleep or self.stopping.wait
+        self._sender = config.sender
+        self._envelope_sender = _address_only(config.sender)
+        self._domain = sender_domain(config)
+
+    def run(self) -> Summary:
+        settings = self.settings
+        limiter = RateLimiter(settings.max_rate) if settings.max_rate else Unlimited()
+        counts = ledger_counts(self.db, self.campaign.id)
+        self.reporter.start(sum(counts.values()), counts["sent"] + counts["failed"] + counts["skipped"])
+        in_flight: dict[Future[Outcome], int] = {}
+        finished: list[Outcome] = []
+        tally: dict[str, int] = {}
+        consecutive_failures = 0
+        cursor = 0
+        exhausted = False
+        pause_reason = ""
+        started = time.monotonic()
+        pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="send")
+        try:
+            while True:
+                for future in [f for f in in_flight if f.done()]:
+                    del in_flight[future]
+                    outcome = future.result()
+                    finished.append(outcome)
+                    tally[outcome.kind] = tally.get(outcome.kind, 0) + 1
+                    if outcome.kind == "sent":
+                        consecutive_failures = 0
+                    elif outcome.kind in ("failed", "retry"):
+                        consecutive_failures += 1
+                    elif outcome.kind == "fatal" and not pause_reason:
+                        pause_reason = outcome.error
+                if consecutive_failures >= settings.max_consecutive_failures and not pause_reason:
+                    last = next((o.error for o in reversed(finished) if o.error), "")
+                    pause_reason = f"{consecutive_failures} failures in a row (last: {last})"
+                if pause_reason:
+                    self.stopping.set()
+
+                claimed: list[sqlite3.Row] = []
+                free = settings.concurrency - len(in_flight)
+                if not self.stopping.is_set() and not exhausted and free > 0:
+                    wanted = limiter.take(free)
+                    if wanted:
+                        claimed = self._next_recipients(cursor, wanted)
+                        if len(claimed) < wanted:
+                            exhausted = True
+                        if claimed:
+                            cursor = claimed[-1]["subscriber_id"]
+                # One transaction records what finished and claims what starts: one fsync per round.
+                if finished or claimed:
+                    self._commit(finished, claimed)
+                    for outcome in finished:
+                        self.reporter.advance(outcome)
+                    finished = []
+                for row in claimed:
+                    if row["status"] != "active":
+                        continue
+                    future = pool.submit(self._deliver, row["subscriber_id"], row["email"], row["name"], row["attempts"])
+                    in_flight[future] = row["subscriber_id"]
+                if not in_flight and (exhausted or self.stopping.is_set()):
+                    break
+                timeout = limiter.delay() if not exhausted and free > 0 else None
+                if in_flight:
+                    wait(in_flight, timeout=min(timeout, 0.25) if timeout is not None else 0.25, return_when=FIRST_COMPLETED)
+                elif timeout:
+                    time.sleep(timeout)
+        except KeyboardInterrupt:
+            self.stopping.set()
+            pause_reason = pause_reason or "interrupted"
+            # Let the messages already handed over finish, so their results are recorded, not unknown.
+            for future in list(in_flight):
+                finished.append(future.result())
+            self._commit(finished, [])
+            for outcome in finished:
+                self.reporter.advance(outcome)
+        finally:
+            pool.shutdown(wait=True)
+            self.reporter.finish()
+        return self._close(pause_reason, time.monotonic() - started, tally)
+
+    def _next_recipients(self, after: int, limit: int) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT d.subscriber_id, d.attempts, s.email, s.name, s.status FROM deliveries d"
+            " JOIN subscribers s ON s.id = d.subscriber_id"
+            " WHERE d.campaign_id = ? AND d.status = 'queued' AND d.subscriber_id > ?"
+            " ORDER BY d.subscriber_id LIMIT ?",
+            (self.campaign.id, after, limit),
+        ).fetchall()
+
+    def _commit(self, finished: list[Outcome], claimed: list[sqlite3.Row]) -> None:
+        stamp = now()
+        campaign_id = self.campaign.id
+        with transaction(self.db):
+            for outcome in finished:
+                status = {"sent": "sent", "failed": "failed", "skipped": "skipped"}.get(outcome.kind, "queued")
+                self.db.execute(
+                    "UPDATE deliveries SET status = ?, provider_id = ?, attempts = ?, last_error = ?, updated_at = ?"
+                    " WHERE campaign_id = ? AND subscriber_id = ?",
+                    (status, outcome.provider_id or None, outcome.attempts, outcome.error or None, stamp,
+                     campaign_id, outcome.subscriber_id),
+                )
+            for row in claimed:
+                # Unsubscribed or bounced since the campaign started: never mail them.
+                status = "sending" if row["status"] == "active" else "skipped"
+                self.db.execute(
+                    "UPDATE deliveries SET status = ?, updated_at = ?, last_error = ? WHERE campaign_id = ? AND subscriber_id = ?",
+                    (status, stamp, None if status == "sending" else f"subscriber is {row['status']}",
+                     campaign_id, row["subscriber_id"]),
+                )
+
+    def _deliver(self, subscriber_id: int, email: str, name: str, attempts: int) -> Outcome:
+        try:
+            data = self._message(subscriber_id, email, name)
+        except NewsletterError as error:
+            return Outcome(subscriber_id, "failed", attempts, error=str(error))
+        envelope = Envelope(self._envelope_sender, email, data, delivery_key(self.campaign, subscriber_id))
+        settings = self.settings
+        for attempt in range(1, settings.max_attempts + 1):
+            try:
+                provider_id = self.transport.send(envelope)
+                return Outcome(subscriber_id, "sent", attempts + attempt, provider_id=provider_id)
+            except Rejected as error:
+                return Outcome(subscriber_id, "failed", attempts + attempt, error=str(error))
+            except TransportUnavailable as error:
+                return Outcome(subscriber_id, "fatal", attempts + attempt, error=str(error))
+            except TemporaryFailure as error:
+                if attempt == settings.max_attempts:
+                    return Outcome(subscriber_id, "retry", attempts + attempt, error=str(error))
+                delay = random.uniform(0, min(settings.backoff_cap, settings.backoff_base * 2 ** (attempt - 1)))
+                if self._sleep(delay):  # stopping: leave it queued for the next run
+                    return Outcome(subscriber_id, "retry", attempts + attempt, error=str(error))
+            except TransportError as error:
+                return Outcome(subscriber_id, "fatal", attempts + attempt, error=str(error))
+        raise AssertionError("unreachable")
+
+    def _message(self, subscriber_id: int, email: str, name: str) -> bytes:
+        check_header_value(email, "address")
+        check_header_value(name, "name")
+        token = make_token(self.secret, "unsubscribe", subscriber_id, email)
+        recipient = Recipient(
+            email=email,
+            name=name,
+            unsubscribe_url=f"{self.config.public_url}/unsubscribe/{token}",
+            message_id=f"<{delivery_key(self.campaign, subscriber_id)}.{self.campaign.content_hash[:10]}@{self._domain}>",
+        )
+        return self.template.build(recipient)
+
+    def _close(self, pause_reason: str, elapsed: float, tally: dict[str, int]) -> Summary:
+        counts = ledger_counts(self.db, self.campaign.id)
+        handled = sum(tally.values())
+        if not pause_reason and counts["queued"]:
+            pause_reason = f"{counts['queued']} message(s) could not be sent yet (temporary errors); run again to retry"
+        if not pause_reason and counts["sending"]:
+            pause_reason = f"{counts['sending']} message(s) in an unknown state"
+        status = "paused" if pause_reason else "done"
+        stamp = now()
+        with transaction(self.db):
+            self.db.execute(
+                "UPDATE campaigns SET status = ?, note = CASE WHEN ? = '' THEN note ELSE ? END, updated_at = ?,"
+                " finished_at = CASE WHEN ? = 'done' THEN ? ELSE NULL END WHERE id = ?",
+                (status, pause_reason, pause_reason, stamp, status, stamp, self.campaign.id),
+            )
+        return Summary(counts, elapsed, handled, status, pause_reason, tally)
+
+
+def _address_only(sender: str) -> str:
+    from email.utils import parseaddr
+
+    return parseaddr(sender)[1]
+
+
+def recent_rate(db: sqlite3.Connection, campaign_id: int, seconds: int = 60) -> float:
+    """Messages per second over the last ``seconds``, for ``status`` while a send runs."""
+    import datetime as dt
+
+    since = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)).isoformat(timespec="seconds")
+    count = db.execute(
+        "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND status = 'sent' AND updated_at >= ?",
+        (campaign_id, since),
+    ).fetchone()[0]
+    return count / seconds

@@ -1,0 +1,122 @@
+"""The state database: one SQLite file, WAL mode, schema versioned by ``PRAGMA user_version``.
+
+Subscribers and campaign ledgers live here, so a crashed send resumes from
+what was committed, and ``newsletter status`` can read while a send runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import NewsletterError
+
+DB_NAME = "newsletter.sqlite3"
+
+# Append only: a migration that has shipped is never edited, a new one is added.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE subscribers (
+        id INTEGER PRIMARY KEY,
+        email TEXT NOT NULL,
+        email_key TEXT NOT NULL UNIQUE,           -- casefolded: unique case-insensitively
+        name TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL CHECK (status IN ('pending', 'active', 'unsubscribed', 'bounced', 'complained')),
+        source TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        confirmed_at TEXT,
+        status_changed_at TEXT NOT NULL
+    );
+    CREATE INDEX subscribers_by_status ON subscribers (status, id);
+    CREATE TABLE status_changes (
+        id INTEGER PRIMARY KEY,
+        subscriber_id INTEGER NOT NULL,
+        old_status TEXT,
+        new_status TEXT NOT NULL,
+        cause TEXT NOT NULL,
+        changed_at TEXT NOT NULL
+    );
+    CREATE INDEX status_changes_by_subscriber ON status_changes (subscriber_id);
+    CREATE TABLE campaigns (
+        id INTEGER PRIMARY KEY,
+        issue INTEGER NOT NULL UNIQUE,
+        content_hash TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('sending', 'paused', 'done')),
+        transport TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    CREATE TABLE deliveries (
+        campaign_id INTEGER NOT NULL REFERENCES campaigns (id),
+        subscriber_id INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('queued', 'sending', 'sent', 'failed', 'skipped')),
+        provider_id TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        updated_at TEXT,
+        PRIMARY KEY (campaign_id, subscriber_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_by_status ON deliveries (campaign_id, status, subscriber_id);
+    """,
+]
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def open_db(state_dir: Path) -> sqlite3.Connection:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / DB_NAME
+    try:
+        # isolation_level=None: we write BEGIN/COMMIT ourselves, so batches are explicit.
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA journal_mode = WAL")
+        # FULL: a committed "sending" mark survives a power cut, so nobody is mailed twice.
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        migrate(connection)
+    except sqlite3.DatabaseError as error:
+        raise NewsletterError(f"{path}: cannot open the state database: {error}") from None
+    return connection
+
+
+def migrate(connection: sqlite3.Connection) -> None:
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise NewsletterError(
+            f"the state database has schema version {version}, newer than this program knows "
+            f"({len(MIGRATIONS)}): upgrade the pipeline"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        with transaction(connection):
+            for statement in _statements(script):
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {number}")
+
+
+def _statements(script: str) -> Iterator[str]:
+    # executescript() would COMMIT on its own; run statement by statement inside our transaction.
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line.split("--", 1)[0] + ("\n" if "--" in line else "")
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+
+
+@contextmanager
+def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")

@@ -1,0 +1,266 @@
+"""The subscriber list: add, remove, import and export, and every status change with its cause."""
+
+from __future__ import annotations
+
+import csv
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from email_validator import EmailNotValidError, validate_email
+
+from .db import now, transaction
+from .errors import NewsletterError
+
+STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
+# Who said no, or whose address failed: an import must not silently mail them again.
+OPTED_OUT = ("unsubscribed", "bounced", "complained")
+# Status words other tools export, mapped to ours.
+STATUS_ALIASES = {"subscribed": "active", "confirmed": "active", "cleaned": "bounced", "unconfirmed": "pending"}
+EMAIL_HEADERS = ("email", "email address", "e-mail", "e-mail address", "emailaddress")
+EXPORT_COLUMNS = ("email", "name", "status", "source", "created_at", "confirmed_at", "status_changed_at")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class SubscriberError(NewsletterError):
+    """A subscriber operation the editor asked for cannot be done."""
+
+
+def check_address(address: str) -> str:
+    """The address as given (trimmed), if it is a valid one; no DNS look-ups."""
+    address = address.strip()
+    if _CONTROL.search(address):
+        raise ValueError("contains control characters")
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as error:
+        raise ValueError(str(error)) from None
+    return address
+
+
+def check_name(name: str) -> str:
+    name = " ".join(name.split())
+    if _CONTROL.search(name):
+        raise ValueError("name contains control characters")
+    return name
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    id: int
+    email: str
+    name: str
+    status: str
+
+
+def find(db: sqlite3.Connection, email: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = db.execute(
+        "SELECT * FROM subscribers WHERE email_key = ?", (email.strip().casefold(),)
+    ).fetchone()
+    return row
+
+
+def add(db: sqlite3.Connection, email: str, name: str = "", status: str = "active", source: str = "cli") -> int:
+    try:
+        email, name = check_address(email), check_name(name)
+    except ValueError as error:
+        raise SubscriberError(f"{email!r}: {error}") from None
+    if status not in STATUSES:
+        raise SubscriberError(f"unknown status {status!r} (one of {', '.join(STATUSES)})")
+    with transaction(db):
+        if find(db, email) is not None:
+            raise SubscriberError(f"{email} is already on the list")
+        return _insert(db, email, name, status, source)
+
+
+def _insert(db: sqlite3.Connection, email: str, name: str, status: str, source: str) -> int:
+    stamp = now()
+    cursor = db.execute(
+        "INSERT INTO subscribers (email, email_key, name, status, source, created_at, confirmed_at, status_changed_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (email, email.casefold(), name, status, source, stamp, stamp if status == "active" else None, stamp),
+    )
+    subscriber_id = int(cursor.lastrowid or 0)
+    _log_change(db, subscriber_id, None, status, f"added ({source})", stamp)
+    return subscriber_id
+
+
+def set_status(db: sqlite3.Connection, subscriber_id: int, status: str, cause: str) -> bool:
+    """Change a status inside the caller's transaction; returns whether anything changed."""
+    row = db.execute("SELECT status FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+    if row is None or row["status"] == status:
+        return False
+    stamp = now()
+    db.execute(
+        "UPDATE subscribers SET status = ?, status_changed_at = ?,"
+        " confirmed_at = CASE WHEN ? = 'active' THEN COALESCE(confirmed_at, ?) ELSE confirmed_at END"
+        " WHERE id = ?",
+        (status, stamp, status, stamp, subscriber_id),
+    )
+    _log_change(db, subscriber_id, row["status"], status, cause, stamp)
+    return True
+
+
+def _log_change(db: sqlite3.Connection, subscriber_id: int, old: str | None, new: str, cause: str, stamp: str) -> None:
+    db.execute(
+        "INSERT INTO status_changes (subscriber_id, old_status, new_status, cause, changed_at) VALUES (?, ?, ?, ?, ?)",
+        (subscriber_id, old, new, cause, stamp),
+    )
+
+
+def remove(db: sqlite3.Connection, email: str) -> None:
+    """Erase an address and its history (a data-deletion request)."""
+    with transaction(db):
+        row = find(db, email)
+        if row is None:
+            raise SubscriberError(f"{email} is not on the list")
+        for table, column in (("deliveries", "subscriber_id"), ("status_changes", "subscriber_id"), ("subscribers", "id")):
+            db.execute(f"DELETE FROM {table} WHERE {column} = ?", (row["id"],))
+
+
+def counts(db: sqlite3.Connection) -> dict[str, int]:
+    found = dict(db.execute("SELECT status, COUNT(*) FROM subscribers GROUP BY status").fetchall())
+    return {status: found.get(status, 0) for status in STATUSES}
+
+
+def listing(db: sqlite3.Connection, status: str | None = None) -> Iterator[sqlite3.Row]:
+    query = "SELECT * FROM subscribers" + (" WHERE status = ?" if status else "") + " ORDER BY id"
+    yield from db.execute(query, (status,) if status else ())
+
+
+def export_csv(db: sqlite3.Connection, out: IO[str], status: str | None = None) -> int:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(EXPORT_COLUMNS)
+    written = 0
+    for row in listing(db, status):
+        writer.writerow([row[column] or "" for column in EXPORT_COLUMNS])
+        written += 1
+    return written
+
+
+@dataclass
+class ImportReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+
+def import_csv(db: sqlite3.Connection, path: Path, *, force: bool = False, source: str = "import") -> ImportReport:
+    """Import every good row; report each bad or skipped one by line. All or nothing on disk."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            rows = list(_rows(path, handle))
+    except FileNotFoundError:
+        raise SubscriberError(f"{path}: no such file") from None
+    except UnicodeDecodeError as error:
+        raise SubscriberError(f"{path}: not valid UTF-8 ({error.reason}); export the file as UTF-8") from None
+    report = ImportReport()
+    with transaction(db):
+        for line, email, name, status in rows:
+            _import_row(db, report, line, email, name, status, force, source)
+    return report
+
+
+def _rows(path: Path, handle: IO[str]) -> Iterator[tuple[int, str, str | None, str | None]]:
+    reader = csv.reader(handle)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise SubscriberError(f"{path}: the file is empty") from None
+    except csv.Error as error:
+        raise SubscriberError(f"{path}:1: {error}") from None
+    columns = {name.strip().lower(): index for index, name in enumerate(header)}
+    email_column = next((columns[h] for h in EMAIL_HEADERS if h in columns), None)
+    if email_column is None:
+        raise SubscriberError(f"{path}:1: no 'email' (or 'Email Address') column in the header row")
+    name_columns = _name_columns(columns)
+    status_column = columns.get("status")
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            yield reader.line_num, "", None, f"!{error}"
+            continue
+        if not any(cell.strip() for cell in record):
+            continue
+
+        def cell(index: int | None) -> str:
+            return record[index].strip() if index is not None and index < len(record) else ""
+
+        name = " ".join(filter(None, (cell(i) for i in name_columns))) if name_columns else None
+        status = cell(status_column) if status_column is not None else None
+        yield reader.line_num, cell(email_column), name, status or None
+
+
+def _name_columns(columns: dict[str, int]) -> list[int]:
+    if "name" in columns:
+        return [columns["name"]]
+    return [columns[h] for h in ("first name", "last name") if h in columns]
+
+
+def _import_row(
+    db: sqlite3.Connection,
+    report: ImportReport,
+    line: int,
+    email: str,
+    name: str | None,
+    status: str | None,
+    force: bool,
+    source: str,
+) -> None:
+    if status and status.startswith("!"):
+        report.rejected.append((line, f"unreadable CSV row: {status[1:]}"))
+        return
+    try:
+        email = check_address(email) if email else ""
+        if not email:
+            raise ValueError("no email address")
+        name = check_name(name) if name is not None else None
+    except ValueError as error:
+        report.rejected.append((line, f"{email or '(empty)'}: {error}"))
+        return
+    if status is not None:
+        status = STATUS_ALIASES.get(status.lower(), status.lower())
+        if status not in STATUSES:
+            report.rejected.append((line, f"{email}: unknown status {status!r} (one of {', '.join(STATUSES)})"))
+            return
+    existing = find(db, email)
+    if existing is None:
+        _insert(db, email, name or "", status or "active", source)
+        report.added += 1
+        return
+    new_status = status or existing["status"]
+    if existing["status"] in OPTED_OUT and new_status not in OPTED_OUT and not force:
+        report.skipped.append((line, f"{email}: {existing['status']} earlier; not re-activated without --force"))
+        return
+    changed = False
+    if name is not None and name != existing["name"]:
+        db.execute("UPDATE subscribers SET name = ? WHERE id = ?", (name, existing["id"]))
+        changed = True
+    changed = set_status(db, existing["id"], new_status, f"import ({source})") or changed
+    if changed:
+        report.updated += 1
+    else:
+        report.unchanged += 1
+
+
+def active_count(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT COUNT(*) FROM subscribers WHERE status = 'active'").fetchone()[0])
+
+
+def describe(report: ImportReport) -> Iterable[str]:
+    yield (
+        f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
+        f"{len(report.skipped)} skipped, {len(report.rejected)} rejected"
+    )
+    for line, reason in report.skipped:
+        yield f"  line {line}: skipped: {reason}"
+    for line, reason in report.rejected:
+        yield f"  line {line}: rejected: {reason}"

@@ -1,0 +1,345 @@
+"""Where messages go. A transport has one job: hand over one message's exact bytes.
+
+Every provider error is translated into the TransportError tree
+(TemporaryFailure / Rejected / TransportUnavailable), so the campaign decides
+what to do without knowing which service is behind it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import smtplib
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .config import Config
+from .errors import Rejected, TemporaryFailure, TransportUnavailable
+
+
+@dataclass(frozen=True)
+class Envelope:
+    sender: str
+    recipient: str
+    data: bytes
+    key: str
+    """Unique per campaign and recipient: lets a transport tell whether it already took this one."""
+
+
+class Transport(Protocol):
+    name: str
+
+    def send(self, envelope: Envelope) -> str:
+        """Hand the message over; return the provider's message id."""
+        ...
+
+    def max_rate(self) -> float | None:
+        """The service's own sending limit per second, when it tells."""
+        ...
+
+    def was_delivered(self, key: str) -> bool | None:
+        """After a crash: whether the message with ``key`` was taken; None when the service cannot tell."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MaildirTransport:
+    """Delivers into a local Maildir: tmp/ then an atomic rename into new/."""
+
+    name = "maildir"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            for folder in ("tmp", "new", "cur"):
+                (path / folder).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TransportUnavailable(f"maildir {path}: {error.strerror}") from None
+
+    def send(self, envelope: Envelope) -> str:
+        name = _maildir_name(envelope.key)
+        temporary = self.path / "tmp" / name
+        try:
+            with temporary.open("wb") as handle:
+                handle.write(envelope.data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path / "new" / name)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise TemporaryFailure(f"maildir {self.path}: {error.strerror}") from None
+        return name
+
+    def max_rate(self) -> float | None:
+        return None
+
+    def was_delivered(self, key: str) -> bool:
+        name = _maildir_name(key)
+        # A mail client moves read messages to cur/ and appends ":2,<flags>".
+        return (self.path / "new" / name).exists() or any((self.path / "cur").glob(f"{name}:*"))
+
+    def close(self) -> None:
+        pass
+
+
+def _maildir_name(key: str) -> str:
+    return f"{key}.{socket.gethostname().replace('/', '_').replace(':', '_')}"
+
+
+class DiscardTransport:
+    """Sends nothing: ``--dry-run`` and benchmarks go through the same code path with it."""
+
+    name = "dry-run"
+
+    def __init__(self) -> None:
+        self._counter = itertools.count(1)
+        self.sent = 0
+
+    def send(self, envelope: Envelope) -> str:
+        self.sent += 1
+        return f"dry-run-{next(self._counter)}"
+
+    def max_rate(self) -> float | None:
+        return None
+
+    def was_delivered(self, key: str) -> bool | None:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class SmtpTransport:
+    """One SMTP connection per worker thread, reused across messages and reopened when dropped."""
+
+    name = "smtp"
+
+    def __init__(self, host: str, port: int, security: str, username: str, password: str, timeout: float) -> None:
+        self.host, self.port, self.security = host, port, security
+        self.username, self.password, self.timeout = username, password, timeout
+        self._local = threading.local()
+        self._all: list[smtplib.SMTP] = []
+        self._lock = threading.Lock()
+
+    def _connect(self) -> smtplib.SMTP:
+        where = f"SMTP server {self.host}:{self.port}"
+        context = ssl.create_default_context()
+        try:
+            if self.security == "tls":
+                connection: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+            else:
+                connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+                if self.security == "starttls":
+                    connection.starttls(context=context)
+            if self.username:
+                connection.login(self.username, self.password)
+        except smtplib.SMTPAuthenticationError as error:
+            raise TransportUnavailable(f"{where} refused the login for {self.username!r}: {_reply(error)}") from None
+        except smtplib.SMTPNotSupportedError:
+            raise TransportUnavailable(f"{where} does not offer STARTTLS (set transport.smtp.security)") from None
+        except (OSError, smtplib.SMTPException) as error:
+            raise TemporaryFailure(f"cannot connect to {where}: {error}") from None
+        with self._lock:
+            self._all.append(connection)
+        return connection
+
+    def check(self) -> None:
+        """Fail fast, before a campaign starts, when the server cannot be reached or refuses us."""
+        try:
+            self._connection()
+        except TemporaryFailure as error:
+            raise TransportUnavailable(str(error)) from None
+
+    def _connection(self) -> smtplib.SMTP:
+        connection: smtplib.SMTP | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = self._connect()
+        return connection
+
+    def send(self, envelope: Envelope) -> str:
+        connection = self._connection()
+        try:
+            connection.ehlo_or_helo_if_needed()
+            code, reply = connection.mail(envelope.sender)
+            if code != 250:
+                raise smtplib.SMTPSenderRefused(code, reply, envelope.sender)
+            code, reply = connection.rcpt(envelope.recipient)
+            if code not in (250, 251):
+                connection.rset()
+                raise smtplib.SMTPRecipientsRefused({envelope.recipient: (code, reply)})
+            code, reply = connection.data(envelope.data)
+            if code != 250:
+                raise smtplib.SMTPDataError(code, reply)
+            return reply.decode("utf-8", "replace")
+        except smtplib.SMTPRecipientsRefused as error:
+            code, reply = next(iter(error.recipients.values()))
+            failure = Rejected if code >= 500 else TemporaryFailure
+            raise failure(f"{envelope.recipient}: {code} {reply.decode('utf-8', 'replace')}") from None
+        except smtplib.SMTPSenderRefused as error:
+            if error.smtp_code >= 500:
+                raise TransportUnavailable(f"sender {envelope.sender} refused: {_reply(error)}") from None
+            raise TemporaryFailure(f"sender refused for now: {_reply(error)}") from None
+        except smtplib.SMTPResponseException as error:
+            failure = Rejected if error.smtp_code >= 500 else TemporaryFailure
+            raise failure(f"{envelope.recipient}: {_reply(error)}") from None
+        except (OSError, smtplib.SMTPException) as error:
+            self._drop()
+            raise TemporaryFailure(f"SMTP connection lost: {error}") from None
+
+    def _drop(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            try:
+                connection.close()
+            except OSError:
+                pass
+
+    def max_rate(self) -> float | None:
+        return None
+
+    def was_delivered(self, key: str) -> bool | None:
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._all = self._all, []
+        for connection in connections:
+            try:
+                connection.quit()
+            except (OSError, smtplib.SMTPException):
+                connection.close()
+
+
+def _reply(error: smtplib.SMTPResponseException) -> str:
+    message = error.smtp_error.decode("utf-8", "replace") if isinstance(error.smtp_error, bytes) else str(error.smtp_error)
+    return f"{error.smtp_code} {message}"
+
+
+# SES error codes, by what the campaign should do about them.
+SES_TEMPORARY = {"ThrottlingException", "Throttling", "TooManyRequestsException", "ServiceUnavailable",
+                 "InternalFailure", "InternalServerError", "RequestTimeout", "ServiceUnavailableException"}
+SES_REJECTED = {"MessageRejected", "BadRequestException", "InvalidParameterValue"}
+SES_FATAL = {"AccountSuspendedException", "SendingPausedException", "MailFromDomainNotVerifiedException",
+             "NotFoundException", "AccessDeniedException", "UnrecognizedClientException",
+             "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredTokenException", "LimitExceededException"}
+
+
+class SesTransport:
+    """Amazon SES v2 ``SendEmail`` with ``Content.Raw``: SES sends exactly the bytes we built."""
+
+    name = "ses"
+
+    def __init__(self, region: str, endpoint_url: str, configuration_set: str, pool_size: int) -> None:
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        # Our campaign retries with backoff and records attempts; botocore must not retry behind its back.
+        boto_config = BotoConfig(
+            retries={"mode": "standard", "total_max_attempts": 1},
+            max_pool_connections=pool_size,
+            connect_timeout=10,
+            read_timeout=30,
+        )
+        session = boto3.session.Session()
+        self._client = session.client("sesv2", region_name=region, endpoint_url=endpoint_url or None, config=boto_config)
+        self._v1 = session.client("ses", region_name=region, endpoint_url=endpoint_url or None, config=boto_config)
+        self._configuration_set = configuration_set
+        self._where = endpoint_url or f"SES in {region}"
+
+    def send(self, envelope: Envelope) -> str:
+        arguments: dict[str, object] = {
+            "FromEmailAddress": envelope.sender,
+            "Destination": {"ToAddresses": [envelope.recipient]},
+            "Content": {"Raw": {"Data": envelope.data}},
+        }
+        if self._configuration_set:
+            arguments["ConfigurationSetName"] = self._configuration_set
+        try:
+            response = self._client.send_email(**arguments)
+        except Exception as error:  # noqa: BLE001 - every botocore error is translated below
+            raise self._translate(error, envelope.recipient) from None
+        return str(response.get("MessageId", ""))
+
+    def _translate(self, error: Exception, recipient: str) -> Exception:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+
+        if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
+            return TransportUnavailable(
+                "no AWS credentials: set them the standard boto3 way "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials or an instance role)"
+            )
+        if isinstance(error, ClientError):
+            code = error.response.get("Error", {}).get("Code", "")
+            message = error.response.get("Error", {}).get("Message", "")
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            text = f"SES {code or status}: {message}".strip()
+            if code in SES_FATAL:
+                return TransportUnavailable(text)
+            if code in SES_REJECTED:
+                return Rejected(f"{recipient}: {text}")
+            if code in SES_TEMPORARY or status >= 500 or status == 429:
+                return TemporaryFailure(text)
+            if status in (401, 403):
+                return TransportUnavailable(text)
+            return Rejected(f"{recipient}: {text}")
+        if isinstance(error, BotoCoreError):
+            return TemporaryFailure(f"{self._where}: {error}")
+        return error
+
+    def check(self) -> None:
+        """Fail fast on credentials or an unreachable endpoint, before the campaign starts."""
+        self.max_rate()
+
+    def max_rate(self) -> float | None:
+        from botocore.exceptions import ClientError
+
+        for call in (lambda: self._client.get_account()["SendQuota"]["MaxSendRate"],
+                     lambda: self._v1.get_send_quota()["MaxSendRate"]):
+            try:
+                return float(call())
+            except ClientError as error:
+                status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if status in (401, 403):
+                    raise self._translate(error, "") from None
+                continue  # this endpoint does not offer it (some stand-ins); try the next way
+            except (KeyError, TypeError, ValueError):
+                continue
+            except Exception as error:  # noqa: BLE001
+                translated = self._translate(error, "")
+                if isinstance(translated, TemporaryFailure):
+                    raise TransportUnavailable(f"cannot reach {self._where}: {translated}") from None
+                raise translated from None
+        return None
+
+    def was_delivered(self, key: str) -> bool | None:
+        return None
+
+    def close(self) -> None:
+        self._client.close()
+        self._v1.close()
+
+
+def open_transport(config: Config, *, dry_run: bool = False) -> Transport:
+    if dry_run:
+        return DiscardTransport()
+    if config.transport == "maildir":
+        return MaildirTransport(config.maildir)
+    if config.transport == "smtp":
+        settings = config.smtp
+        password = os.environ.get(settings.password_env, "") if settings.username else ""
+        if settings.username and not password:
+            raise TransportUnavailable(
+                f"transport.smtp.username is set but ${settings.password_env} (transport.smtp.password_env) is empty"
+            )
+        transport = SmtpTransport(settings.host, settings.port, settings.security, settings.username, password, settings.timeout)
+        transport.check()
+        return transport
+    ses = SesTransport(config.ses.region, config.ses.endpoint_url, config.ses.configuration_set, config.send.concurrency + 2)
+    ses.check()
+    return ses
