@@ -31,7 +31,10 @@ class _Group(click.Group):
 def _fail(error: NewsletterError) -> NoReturn:
     # Paths relative to where the editor stands are shorter to read and to click.
     message = str(error).replace(f"{Path.cwd()}/", "")
-    click.secho(f"error: {message}", fg="red", err=True)
+    if error.exit_code == 0:  # not a failure, just nothing to do
+        click.echo(message)
+    else:
+        click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(error.exit_code)
 
 
