@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import random
+import signal
 import sqlite3
 import threading
 import time
@@ -288,8 +289,10 @@ class CampaignRunner:
         cursor = 0
         exhausted = False
         pause_reason = ""
+        not_handed_over: list[int] = []
         started = time.monotonic()
         pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="send")
+        restore_signals = self._stop_on_signals()
         try:
             while True:
                 for future in [f for f in in_flight if f.done()]:
@@ -306,6 +309,8 @@ class CampaignRunner:
                 if consecutive_failures >= settings.max_consecutive_failures and not pause_reason:
                     last = next((o.error for o in reversed(finished) if o.error), "")
                     pause_reason = f"{consecutive_failures} failures in a row (last: {last})"
+                if self.interrupted and not pause_reason:
+                    pause_reason = "interrupted"
                 if pause_reason:
                     self.stopping.set()
 
@@ -322,14 +327,16 @@ class CampaignRunner:
                 # One transaction records what finished and claims what starts: one fsync per round.
                 if finished or claimed:
                     self._commit(finished, claimed)
-                    for outcome in finished:
+                    not_handed_over = [row["subscriber_id"] for row in claimed if row["status"] == "active"]
+                    recorded, finished = finished, []
+                    for outcome in recorded:
                         self.reporter.advance(outcome)
-                    finished = []
                 for row in claimed:
                     if row["status"] != "active":
                         continue
                     future = pool.submit(self._deliver, row["subscriber_id"], row["email"], row["name"], row["attempts"])
                     in_flight[future] = row["subscriber_id"]
+                    not_handed_over.remove(row["subscriber_id"])
                 if not in_flight and (exhausted or self.stopping.is_set()):
                     break
                 timeout = limiter.delay() if not exhausted and free > 0 else None
@@ -338,18 +345,43 @@ class CampaignRunner:
                 elif timeout:
                     time.sleep(timeout)
         except KeyboardInterrupt:
+            # Only reached on a second Ctrl-C, or one that landed outside the loop's checks.
             self.stopping.set()
             pause_reason = pause_reason or "interrupted"
+            # Claimed but never handed to the transport: certainly not sent.
+            finished.extend(Outcome(sid, "retry", 0, error="interrupted before sending") for sid in not_handed_over)
             # Let the messages already handed over finish, so their results are recorded, not unknown.
             for future in list(in_flight):
                 finished.append(future.result())
             self._commit(finished, [])
-            for outcome in finished:
-                self.reporter.advance(outcome)
         finally:
+            restore_signals()
             pool.shutdown(wait=True)
             self.reporter.finish()
         return self._close(pause_reason, time.monotonic() - started, tally)
+
+    interrupted = False
+
+    def _stop_on_signals(self) -> Callable[[], None]:
+        """First Ctrl-C (or SIGTERM): finish what is in flight, record it, stop. The second one: stop now."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, frame: object) -> None:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            self.stopping.set()
+
+        for sig in previous:
+            signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, action in previous.items():
+                signal.signal(sig, action)
+
+        return restore
 
     def _next_recipients(self, after: int, limit: int) -> list[sqlite3.Row]:
         return self.db.execute(

@@ -236,7 +236,7 @@ def _import_row(
         _insert(db, email, name or "", status or "active", source)
         report.added += 1
         return
-    new_status = status or existing["status"]
+    new_status = status or "active"  # a row with no status is a subscriber, as for new rows
     if existing["status"] in OPTED_OUT and new_status not in OPTED_OUT and not force:
         report.skipped.append((line, f"{email}: {existing['status']} earlier; not re-activated without --force"))
         return

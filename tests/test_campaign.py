@@ -1,0 +1,227 @@
+"""The campaign engine with in-process fake transports: a fake is just a function."""
+
+from __future__ import annotations
+
+import email
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Callable
+from email import policy
+
+import pytest
+
+from pipeline.campaign import (
+    CampaignError,
+    CampaignRunner,
+    Outcome,
+    SendSettings,
+    SilentReporter,
+    content_hash,
+    ledger_counts,
+    prepare_campaign,
+)
+from pipeline.config import Config
+from pipeline.db import open_db
+from pipeline.errors import Rejected, TemporaryFailure, TransportUnavailable
+from pipeline.message import MessageTemplate
+from pipeline.render import Rendered, render_issue
+from pipeline.source import read_issue
+from pipeline.subscribers import add, set_status
+from pipeline.tokens import verify_token
+from pipeline.transports import Envelope
+
+from .conftest import Newsletter
+
+SECRET = b"test-secret-0123456789"
+
+
+class FakeTransport:
+    def __init__(self, send: Callable[[Envelope], str], name: str = "fake", delivered: bool | None = None) -> None:
+        self._send = send
+        self.name = name
+        self.delivered = delivered
+        self.received: list[Envelope] = []
+        self._lock = threading.Lock()
+
+    def send(self, envelope: Envelope) -> str:
+        provider_id = self._send(envelope)
+        with self._lock:
+            self.received.append(envelope)
+        return provider_id
+
+    def max_rate(self) -> float | None:
+        return None
+
+    def was_delivered(self, key: str) -> bool | None:
+        return self.delivered
+
+    def close(self) -> None:
+        pass
+
+
+def accept(envelope: Envelope) -> str:
+    return f"id-{envelope.recipient}"
+
+
+@pytest.fixture
+def setup(newsletter: Newsletter) -> tuple[Config, Rendered, sqlite3.Connection]:
+    newsletter.write_issue(1, "Hello [there](https://example.org/).\n")
+    config = newsletter.config()
+    rendered = render_issue(config, read_issue(config.paths.issues, 1))
+    db = open_db(config.paths.state)
+    for index in range(40):
+        add(db, f"reader{index}@example.org", name=f"Reader {index}")
+    set_status(db, 5, "unsubscribed", "test")
+    return config, rendered, db
+
+
+def run(setup, transport, *, attempts: int = 3, failures: int = 5, reporter=None, **prepare):  # type: ignore[no-untyped-def]
+    config, rendered, db = setup
+    preparation = prepare_campaign(db, 1, content_hash(rendered), transport, **prepare)
+    runner = CampaignRunner(
+        db, config, preparation.campaign, MessageTemplate(config, rendered), transport, SECRET,
+        SendSettings(concurrency=4, max_rate=None, max_attempts=attempts, max_consecutive_failures=failures, backoff_base=0.001),
+        reporter,
+    )
+    return preparation, runner.run()
+
+
+def recipients(transport: FakeTransport) -> Counter[str]:
+    return Counter(envelope.recipient for envelope in transport.received)
+
+
+def test_every_active_subscriber_gets_one_personalised_message(setup) -> None:  # type: ignore[no-untyped-def]
+    transport = FakeTransport(accept)
+    _, summary = run(setup, transport)
+    assert summary.status == "done"
+    got = recipients(transport)
+    assert len(got) == 39 and set(got.values()) == {1} and "reader4@example.org" not in got
+    envelope = next(e for e in transport.received if e.recipient == "reader7@example.org")
+    message = email.message_from_bytes(envelope.data, policy=policy.default)
+    assert message["To"] == "Reader 7 <reader7@example.org>"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    url = message["List-Unsubscribe"].split(">")[0].strip().lstrip("<")
+    token = url.rsplit("/", 1)[1]
+    assert url.startswith("https://news.example.org/unsubscribe/8.")
+    assert verify_token(SECRET, "unsubscribe", token, "reader7@example.org")
+    html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert url in html and "reader7@example.org" in html and "%%" not in html
+    db = setup[2]
+    row = db.execute("SELECT provider_id, attempts FROM deliveries WHERE subscriber_id = 8").fetchone()
+    assert tuple(row) == ("id-reader7@example.org", 1)
+
+
+def test_rerun_sends_nothing_and_latecomers_only_when_asked(setup) -> None:  # type: ignore[no-untyped-def]
+    run(setup, FakeTransport(accept))
+    add(setup[2], "late@example.org")
+    again = FakeTransport(accept)
+    preparation, _ = run(setup, again)
+    assert preparation.queued == 0 and not again.received
+    latecomer = FakeTransport(accept)
+    preparation, _ = run(setup, latecomer, include_new=True)
+    assert preparation.added == 1 and list(recipients(latecomer)) == ["late@example.org"]
+
+
+def test_unsubscribed_after_campaign_started_is_skipped(setup) -> None:  # type: ignore[no-untyped-def]
+    config, rendered, db = setup
+    prepare_campaign(db, 1, content_hash(rendered), FakeTransport(accept))
+    set_status(db, 10, "unsubscribed", "clicked")
+    transport = FakeTransport(accept)
+    _, summary = run(setup, transport)
+    assert "reader9@example.org" not in recipients(transport)
+    assert summary.counts["skipped"] == 1 and summary.status == "done"
+
+
+def test_temporary_failures_are_retried_then_sent_once(setup) -> None:  # type: ignore[no-untyped-def]
+    calls: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def flaky(envelope: Envelope) -> str:
+        with lock:
+            calls[envelope.recipient] += 1
+            count = calls[envelope.recipient]
+        if count < 3 and envelope.recipient.endswith(("1@example.org", "2@example.org")):
+            raise TemporaryFailure("SES ThrottlingException: Maximum sending rate exceeded.")
+        return "ok"
+
+    transport = FakeTransport(flaky)
+    _, summary = run(setup, transport, attempts=3)
+    assert summary.status == "done" and set(recipients(transport).values()) == {1}
+    assert setup[2].execute("SELECT attempts FROM deliveries WHERE subscriber_id = 2").fetchone()[0] == 3
+
+
+def test_permanent_rejection_fails_one_and_goes_on(setup) -> None:  # type: ignore[no-untyped-def]
+    def picky(envelope: Envelope) -> str:
+        if envelope.recipient == "reader3@example.org":
+            raise Rejected("reader3@example.org: SES MessageRejected: Address blacklisted.")
+        return "ok"
+
+    transport = FakeTransport(picky)
+    _, summary = run(setup, transport)
+    assert summary.status == "done" and summary.counts == {"queued": 0, "sending": 0, "sent": 38, "failed": 1, "skipped": 0}
+    error = setup[2].execute("SELECT last_error FROM deliveries WHERE subscriber_id = 4").fetchone()[0]
+    assert "Address blacklisted" in error
+
+
+def test_consecutive_failures_pause_and_resume_finishes(setup) -> None:  # type: ignore[no-untyped-def]
+    broken = FakeTransport(lambda e: (_ for _ in ()).throw(TemporaryFailure("SES 500: internal error")))
+    _, summary = run(setup, broken, attempts=2, failures=3)
+    assert summary.status == "paused" and "failures in a row" in summary.reason
+    assert summary.counts["sent"] == 0 and summary.counts["sending"] == 0
+    healed = FakeTransport(accept)
+    _, summary = run(setup, healed)
+    assert summary.status == "done" and len(recipients(healed)) == 39
+
+
+def test_unavailable_transport_stops_at_once(setup) -> None:  # type: ignore[no-untyped-def]
+    dead = FakeTransport(lambda e: (_ for _ in ()).throw(TransportUnavailable("SES AccountSuspendedException")))
+    _, summary = run(setup, dead)
+    assert summary.status == "paused" and "AccountSuspended" in summary.reason
+    assert summary.counts["sent"] == 0 and summary.counts["queued"] >= 35
+
+
+@pytest.mark.parametrize(("delivered", "resend", "expected_sent_again"), [(True, False, 0), (False, False, 3), (None, False, 0), (None, True, 3)])
+def test_unknown_after_a_crash(setup, delivered, resend, expected_sent_again) -> None:  # type: ignore[no-untyped-def]
+    config, rendered, db = setup
+    preparation = prepare_campaign(db, 1, content_hash(rendered), FakeTransport(accept))
+    db.execute("UPDATE deliveries SET status = 'sending' WHERE subscriber_id IN (1, 2, 3)")  # a crash mid-send
+    transport = FakeTransport(accept, delivered=delivered)
+    again, summary = run(setup, transport, resend_unknown=resend)
+    sent_again = {"reader0@example.org", "reader1@example.org", "reader2@example.org"} & set(recipients(transport))
+    assert len(sent_again) == expected_sent_again
+    assert again.unknown == (3 if delivered is None and not resend else 0)
+    if delivered is None and not resend:
+        assert summary.status == "paused" and summary.counts["sending"] == 3
+    else:
+        assert summary.status == "done"
+
+
+def test_changed_content_is_refused_unless_allowed(setup) -> None:  # type: ignore[no-untyped-def]
+    config, rendered, db = setup
+    prepare_campaign(db, 1, "an-older-hash", FakeTransport(accept))
+    with pytest.raises(CampaignError, match="changed since its campaign started.*--allow-changed"):
+        run(setup, FakeTransport(accept))
+    transport = FakeTransport(accept)
+    _, summary = run(setup, transport, allow_changed=True)
+    assert summary.status == "done" and len(recipients(transport)) == 39
+
+
+class InterruptAfter(SilentReporter):
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def advance(self, outcome: Outcome) -> None:
+        self.count -= 1
+        if self.count == 0:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_records_what_was_handed_over_and_resumes(setup) -> None:  # type: ignore[no-untyped-def]
+    first = FakeTransport(accept)
+    _, summary = run(setup, first, reporter=InterruptAfter(10))
+    assert summary.status == "paused" and summary.reason == "interrupted"
+    assert summary.counts["sending"] == 0 and summary.counts["sent"] == len(first.received) >= 10
+    second = FakeTransport(accept)
+    run(setup, second)
+    assert recipients(first) + recipients(second) == Counter({f"reader{i}@example.org": 1 for i in range(40) if i != 4})
