@@ -6,7 +6,8 @@ READY := $(VENV)/.ready
 ISSUE ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help build check preview test golden bench clean
+CSV ?= subscribers.sample.csv
+.PHONY: help demo build check preview send status subscribers test golden bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,6 +18,11 @@ $(READY): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+demo: $(READY) ## Quick start: import the sample subscribers, send issue 1 into outbox/ (no account needed)
+	$(BIN)/newsletter subscribers import $(CSV)
+	$(BIN)/newsletter send $(ISSUE)
+	@echo "Messages are in outbox/new/ (a Maildir: open it in any mail client)."
+
 build: $(READY) ## Render issue ISSUE into build/ISSUE/ (email.html, email.txt, message.eml)
 	$(BIN)/newsletter build $(ISSUE)
 
@@ -25,6 +31,16 @@ check: $(READY) ## Validate and build issue ISSUE; fail on problems (size, malfo
 
 preview: $(READY) ## Serve issue ISSUE on 127.0.0.1:8000, live-reloading on changes
 	$(BIN)/newsletter preview $(ISSUE)
+
+send: $(READY) ## Check issue ISSUE, then send it to every active subscriber (resumes an interrupted send)
+	$(BIN)/newsletter send $(ISSUE) $(ARGS)
+
+status: $(READY) ## Show the progress of issue ISSUE's campaign, also while it runs
+	$(BIN)/newsletter status $(ISSUE)
+
+subscribers: $(READY) ## Import subscribers from CSV=file.csv and show the counts
+	$(BIN)/newsletter subscribers import $(CSV)
+	$(BIN)/newsletter subscribers count
 
 test: $(READY) ## Run the whole test suite
 	$(BIN)/python -m pytest
@@ -35,5 +51,5 @@ golden: $(READY) ## Refresh the golden files in tests/golden/ after an intended 
 bench: $(READY) ## Time the build of the large sample issue; figures go in bench/README.md
 	$(BIN)/python bench/bench_build.py
 
-clean: ## Remove build output (keeps .venv)
-	rm -rf build
+clean: ## Remove build output and the local outbox (keeps .venv and state/)
+	rm -rf build outbox

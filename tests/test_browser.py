@@ -1,0 +1,360 @@
+"""The built email in a real headless Chromium: fits a phone, reads as one column, every link clickable.
+
+Each sample issue (``issues/<N>.md``) is built through the library, exactly as
+``newsletter build`` would, and loaded with ``page.set_content`` into
+
+* a 375 px phone (mobile emulation: the page's ``<meta name=viewport>`` is
+  honoured, and a too-wide page makes the phone zoom out, as a real one does);
+* 600 px and 1024 px desktop reading panes.
+
+Nothing is fetched: every request the page makes is aborted (the email has no
+external resources, and a test must never reach the network).
+
+Needs Debian's ``/usr/bin/chromium``; Playwright's own browser downloads are
+never used.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+    pytest.skip(
+        f"{CHROMIUM} not found: install Debian's chromium package (apt-get install chromium)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="Python Playwright is not installed (pip install -e '.[test]')"
+)
+
+from pipeline.build import Build, build_issue
+from pipeline.config import load_config
+from pipeline.markdown import Link
+from pipeline.source import available_numbers
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = load_config(REPO / "newsletter.toml")
+ISSUES = available_numbers(CONFIG.paths.issues)
+
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+PHONE = 375
+PANE = 600
+WIDE = 1024
+HEIGHT = 740
+COLUMN_MAX = 640
+COLUMN_MIN = 500
+MIN_FONT_PX = 14
+TOLERANCE = 0.5  # px: sub-pixel layout rounding
+
+issue_param = pytest.mark.parametrize("number", ISSUES, ids=[f"issue{n}" for n in ISSUES])
+
+
+@functools.cache
+def built(number: int) -> Build:
+    return build_issue(CONFIG, number)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def open_email(browser: Any) -> Iterator[Callable[[str, int], Any]]:
+    """``open_email(html, width)``: a page ``width`` CSS px wide showing ``html``, offline."""
+    contexts: list[Any] = []
+
+    def open_(html: str, width: int) -> Any:
+        phone = width < 480
+        context = browser.new_context(
+            viewport={"width": width, "height": HEIGHT},
+            device_scale_factor=1,  # screenshot pixels == CSS pixels
+            is_mobile=phone,
+            has_touch=phone,
+        )
+        contexts.append(context)
+        context.route("**/*", lambda route: route.abort())
+        page = context.new_page()
+        page.set_content(html, wait_until="load")
+        # The emulation really gives that width (no minimum window width in the way). On a phone
+        # the page itself decides its layout width (meta viewport, or content wider than the
+        # screen); overflow_report checks that, so only the emulated screen is checked here.
+        got = page.evaluate(
+            "[screen.width, window.innerWidth]" if phone else "[window.innerWidth, window.innerWidth]"
+        )
+        assert got[0] == width and (phone or got[1] == width), f"asked for a {width} px viewport, got {got}"
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+# ---------------------------------------------------------------- in-page probes
+
+_OVERFLOW_JS = """
+({vw, tol}) => {
+  // An element that scrolls by itself (.table-wrap) keeps its wide content inside:
+  // what it holds may pass the viewport's edge; the scroller itself may not.
+  const scrolls = (el) => ['auto', 'scroll'].includes(getComputedStyle(el).overflowX);
+  const inScroller = (el) => {
+    for (let a = el; a && a !== document.body; a = a.parentElement) if (scrolls(a)) return true;
+    return false;
+  };
+  const describe = (el) => {
+    const parts = [];
+    for (let a = el; a && a !== document.body && parts.length < 4; a = a.parentElement) {
+      parts.unshift(a.tagName.toLowerCase() + (a.className && typeof a.className === 'string'
+        ? '.' + a.className.trim().split(/\\s+/).join('.') : ''));
+    }
+    return parts.join(' > ');
+  };
+  const snippet = (s) => s.replace(/\\s+/g, ' ').trim().slice(0, 70);
+  const out = (r) => r.right > vw + tol || r.left < -tol;
+  const found = [];  // [node, item]
+  for (const el of document.body.querySelectorAll('*')) {
+    if (el.getClientRects().length === 0) continue;  // display:none, not laid out
+    if (el.parentElement && inScroller(el.parentElement)) continue;
+    const r = el.getBoundingClientRect();
+    if (!out(r)) continue;
+    // A box sticking out of its parent forces the width; one as wide as its parent just follows it.
+    const p = el.parentElement.getBoundingClientRect();
+    const forces = r.right > p.right + tol || r.left < p.left - tol;
+    found.push([el, {what: describe(el), text: snippet(el.textContent || ''), rank: forces ? 1 : 2,
+                     left: r.left, right: r.right, height: r.height}]);
+  }
+  // Text can overflow a box that fits (a long URL that does not wrap).
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (!node.data.trim() || inScroller(node.parentElement)) continue;
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    for (const r of range.getClientRects()) {
+      if (r.width > 0 && out(r)) {
+        found.push([node, {what: 'text in ' + describe(node.parentElement), text: snippet(node.data),
+                           rank: 0, left: r.left, right: r.right, height: r.height}]);
+        break;
+      }
+    }
+  }
+  // Name the culprits first, not every wrapper they widen: drop offenders holding another one,
+  // then put overflowing text and boxes wider than their parent before boxes merely stretched.
+  const holders = new Set();
+  for (const [node] of found) for (let a = node.parentNode; a; a = a.parentNode) holders.add(a);
+  const offenders = found.filter(([node]) => !holders.has(node)).map(([, item]) => item)
+    .sort((a, b) => a.rank - b.rank);
+  const root = document.documentElement;
+  return {scrollWidth: root.scrollWidth, clientWidth: root.clientWidth,
+          bodyScrollWidth: document.body.scrollWidth, innerWidth: window.innerWidth,
+          offenders};
+}
+"""
+
+_FONT_JS = """
+({root, min}) => {
+  // Body text: every text node of the issue's own content, except code blocks.
+  const small = [];
+  let count = 0;
+  for (const block of document.querySelectorAll(root)) {
+    const walker = document.createTreeWalker(block, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const el = node.parentElement;
+      if (!node.data.trim() || el.closest('pre') || el.getClientRects().length === 0) continue;
+      count++;
+      const size = parseFloat(getComputedStyle(el).fontSize);
+      if (size < min) small.push({tag: el.tagName.toLowerCase(), size,
+                                      text: node.data.replace(/\\s+/g, ' ').trim().slice(0, 60)});
+    }
+  }
+  const paragraphs = [...document.querySelectorAll(root + ' p')]
+    .map((p) => parseFloat(getComputedStyle(p).fontSize));
+  return {count, small, paragraphs};
+}
+"""
+
+_COLUMN_JS = """
+() => [...document.querySelectorAll('.content, .masthead')].map((el) => {
+  const r = el.getBoundingClientRect();
+  return {cls: el.className, left: r.left, width: r.width};
+})
+"""
+
+_LINKS_JS = """
+(links) => {
+  const vw = window.innerWidth, vh = window.innerHeight;  // elementFromPoint's coordinates
+  const anchors = [...document.querySelectorAll('a[href]')];
+  const used = new Set();
+  const problems = [];
+  links.forEach((link, i) => {
+    // getAttribute gives the href as the HTML parser decoded it (&amp; -> &).
+    const a = anchors.find((x) => !used.has(x) && x.getAttribute('href') === link.href);
+    if (!a) { problems.push({i, why: 'no <a> with this exact href in the DOM'}); return; }
+    used.add(a);
+    for (let e = a; e; e = e.parentElement) {
+      const s = getComputedStyle(e);
+      if (s.display === 'none') { problems.push({i, why: `hidden: display:none on <${e.tagName.toLowerCase()}>`}); return; }
+      if (s.visibility !== 'visible' && e === a) { problems.push({i, why: `hidden: visibility:${s.visibility}`}); return; }
+      if (parseFloat(s.opacity) === 0) { problems.push({i, why: `invisible: opacity 0 on <${e.tagName.toLowerCase()}>`}); return; }
+    }
+    a.scrollIntoView({block: 'center', inline: 'center', behavior: 'instant'});
+    // A link wrapped over two lines has two boxes; the centre of their union can be plain text.
+    const boxes = [...a.getClientRects()].filter((r) => r.width > 0 && r.height > 0);
+    if (boxes.length === 0) { problems.push({i, why: 'zero-size box'}); return; }
+    const box = boxes.reduce((b, r) => (r.width * r.height > b.width * b.height ? r : b));
+    const x = box.left + box.width / 2, y = box.top + box.height / 2;
+    if (x < 0 || y < 0 || x >= vw || y >= vh) {
+      problems.push({i, why: `centre (${x.toFixed(0)}, ${y.toFixed(0)}) is off-screen after scrolling into view`});
+      return;
+    }
+    const hit = document.elementFromPoint(x, y);
+    if (!hit || !(hit === a || a.contains(hit))) {
+      const what = hit ? '<' + hit.tagName.toLowerCase() + '> ' + (hit.textContent || '').trim().slice(0, 40) : 'nothing';
+      problems.push({i, why: `not clickable: the point (${x.toFixed(0)}, ${y.toFixed(0)}) hits ${what}`});
+    }
+  });
+  window.scrollTo(0, 0);
+  return problems;
+}
+"""
+
+
+def overflow_report(page: Any, width: int) -> list[str]:
+    """Why the page does not fit ``width`` px; empty when it fits."""
+    result = page.evaluate(_OVERFLOW_JS, {"vw": width, "tol": TOLERANCE})
+    errors = []
+    if result["scrollWidth"] > result["clientWidth"] or result["bodyScrollWidth"] > width:
+        errors.append(
+            f"the page scrolls sideways: scrollWidth {result['scrollWidth']} (body {result['bodyScrollWidth']})"
+            f" > {result['clientWidth']} px"
+        )
+    if result["innerWidth"] != width:
+        errors.append(
+            f"the phone lays the page out {result['innerWidth']} px wide, not {width}, and zooms out"
+            " (content wider than the screen, or no <meta name=viewport content=width=device-width>)"
+        )
+    for item in result["offenders"][:10]:
+        empty = (
+            " (an empty zero-height box, but a fixed width wider than the phone)"
+            if not item["height"]
+            else ""
+        )
+        errors.append(
+            f"{item['what']} spans x={item['left']:.0f}..{item['right']:.0f} > {width} px{empty}: {item['text']!r}"
+        )
+    if len(result["offenders"]) > 10:
+        errors.append(f"... and {len(result['offenders']) - 10} more")
+    return errors
+
+
+def link_problems(page: Any, links: list[Link]) -> list[str]:
+    """Why some of ``links`` (source links) are missing, hidden or not clickable; empty when all fine."""
+    payload = [{"href": link.href} for link in links]
+    return [
+        f"line {links[p['i']].line}: [{links[p['i']].text}]({links[p['i']].href}): {p['why']}"
+        for p in page.evaluate(_LINKS_JS, payload)
+    ]
+
+
+def source_links(build: Build) -> list[Link]:
+    return [link for link in build.rendered.document.links if not link.is_image]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", header[16:24])
+
+
+# ---------------------------------------------------------------------- tests
+
+
+@issue_param
+def test_phone_has_no_horizontal_overflow(open_email: Callable[[str, int], Any], number: int) -> None:
+    page = open_email(built(number).html, PHONE)
+    errors = overflow_report(page, PHONE)
+    assert not errors, f"issue {number} overflows a {PHONE} px phone:\n  " + "\n  ".join(errors)
+
+
+@issue_param
+def test_phone_body_text_is_readable(open_email: Callable[[str, int], Any], number: int) -> None:
+    page = open_email(built(number).html, PHONE)
+    fonts = page.evaluate(_FONT_JS, {"root": ".content", "min": MIN_FONT_PX})
+    assert fonts["count"] and fonts["paragraphs"], f"issue {number}: no body text found under .content"
+    assert min(fonts["paragraphs"]) >= MIN_FONT_PX, (
+        f"issue {number}: paragraph font sizes {sorted(set(fonts['paragraphs']))} px, want >= {MIN_FONT_PX}"
+    )
+    assert not fonts["small"], (
+        f"issue {number}: body text under {MIN_FONT_PX} px on a phone:\n  "
+        + "\n  ".join(f"<{s['tag']}> {s['size']} px: {s['text']!r}" for s in fonts["small"][:15])
+    )
+
+
+@issue_param
+@pytest.mark.parametrize("width", [PANE, WIDE])
+def test_desktop_is_one_readable_column(
+    open_email: Callable[[str, int], Any], number: int, width: int
+) -> None:
+    page = open_email(built(number).html, width)
+    boxes = page.evaluate(_COLUMN_JS)
+    assert boxes, f"issue {number}: no .content / .masthead blocks in the HTML"
+    for box in boxes:
+        assert COLUMN_MIN <= box["width"] <= COLUMN_MAX, (
+            f"issue {number} at {width} px: .{box['cls']} column is {box['width']:.0f} px wide,"
+            f" want {COLUMN_MIN}..{COLUMN_MAX}"
+        )
+    lefts = {round(box["left"]) for box in boxes}
+    assert len(lefts) == 1, f"issue {number} at {width} px: blocks start at x={sorted(lefts)}, not one column"
+    if width > COLUMN_MAX:
+        left = lefts.pop()
+        assert abs(left - (width - boxes[0]["width"]) / 2) <= 1, f"column not centred: starts at x={left}"
+
+
+@issue_param
+@pytest.mark.parametrize("width", [PHONE, PANE])
+def test_every_source_link_is_visible_and_clickable(
+    open_email: Callable[[str, int], Any], number: int, width: int
+) -> None:
+    build = built(number)
+    links = source_links(build)
+    page = open_email(build.html, width)
+    problems = link_problems(page, links)
+    assert not problems, (
+        f"issue {number} at {width} px: {len(problems)} of {len(links)} links broken "
+        f"({build.rendered.issue.path}):\n  " + "\n  ".join(problems)
+    )
+
+
+@pytest.mark.parametrize("number", [1], ids=["issue1"])  # the small one: a 25,000 px tall PNG helps nobody
+def test_phone_screenshot(open_email: Callable[[str, int], Any], number: int, tmp_path: Path) -> None:
+    """A full-page phone screenshot, for a human to look at; it must be exactly the phone's width."""
+    page = open_email(built(number).html, PHONE)
+    path = tmp_path / f"issue{number}-{PHONE}px.png"
+    page.screenshot(path=str(path), full_page=True)
+    width, height = png_size(path)
+    assert width == PHONE, f"full-page screenshot is {width} px wide, not {PHONE}: the page is wider"
+    assert height >= HEIGHT / 2, f"screenshot only {height} px tall: is the email empty?"
+
+
+def test_sample_issue_one_exists() -> None:
+    assert 1 in ISSUES, f"the small sample issue issues/1.md is missing from {CONFIG.paths.issues}"
