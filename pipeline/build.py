@@ -39,7 +39,7 @@ def build_issue(config: Config, number: int, now: dt.datetime | None = None) -> 
         subject=issue.subject,
         html=html,
         text=text,
-        date=now or dt.datetime.now(dt.timezone.utc),
+        date=now or dt.datetime.now(dt.UTC),
     )
     return Build(rendered, html, text, message_bytes(message))
 

@@ -478,7 +478,7 @@ def recent_rate(db: sqlite3.Connection, campaign_id: int, seconds: int = 60) -> 
     """Messages per second over the last ``seconds``, for ``status`` while a send runs."""
     import datetime as dt
 
-    since = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)).isoformat(timespec="seconds")
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)).isoformat(timespec="seconds")
     count = db.execute(
         "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND status = 'sent' AND updated_at >= ?",
         (campaign_id, since),

@@ -70,7 +70,7 @@ def build(ctx: click.Context, number: int) -> None:
     config = _config(ctx)
     result = build_issue(config, number)
     written = write_build(config, result)
-    for name, path in written.items():
+    for path in written.values():
         click.echo(f"{_size(path.stat().st_size)}  {_relative(path)}")
     _budget_line(config, result.html_size)
 

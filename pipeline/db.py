@@ -67,7 +67,7 @@ MIGRATIONS: list[str] = [
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def open_db(state_dir: Path) -> sqlite3.Connection:

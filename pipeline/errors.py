@@ -36,6 +36,10 @@ class RenderError(NewsletterError):
     """A template or the MJML compiler failed."""
 
 
+class PreviewError(NewsletterError):
+    """The preview server cannot start (e.g. the port is taken)."""
+
+
 class CheckFailed(NewsletterError):
     """``check`` found problems that must be fixed before sending."""
 

@@ -156,9 +156,7 @@ def _link_text(children: list[Token], open_index: int) -> str:
             depth -= 1
             if depth == 0:
                 break
-        elif token.type in ("text", "text_special", "code_inline"):
-            parts.append(token.content)
-        elif token.type == "image":
+        elif token.type in ("text", "text_special", "code_inline") or token.type == "image":
             parts.append(token.content)
     return "".join(parts)
 

@@ -89,7 +89,7 @@ class MessageTemplate:
             subject=self.subject,
             html=_MARKERS[1],
             text=_MARKERS[0],
-            date=dt.datetime.now(dt.timezone.utc),
+            date=dt.datetime.now(dt.UTC),
             message_id="<placeholder@example.invalid>",
             extra_headers={"List-Id": list_id(config), "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
         )
@@ -113,7 +113,7 @@ class MessageTemplate:
             SMTP.fold(name, value)
             for name, value in (
                 ("To", formataddr((recipient.name, recipient.email)) if recipient.name else recipient.email),
-                ("Date", format_datetime(date or dt.datetime.now(dt.timezone.utc))),
+                ("Date", format_datetime(date or dt.datetime.now(dt.UTC))),
                 ("Message-ID", recipient.message_id),
                 ("List-Unsubscribe", f"<{recipient.unsubscribe_url}>, <mailto:{self._mailto}?subject=unsubscribe>"),
             )

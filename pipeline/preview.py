@@ -29,20 +29,17 @@ from pathlib import Path
 
 from .build import build_issue, check_build
 from .config import Config, load_config
-from .errors import NewsletterError
+from .errors import NewsletterError, PreviewError
 from .source import issue_path
 
 HOST = "127.0.0.1"  # never another interface: the preview shows unsent mail
 PHONE_WIDTH = 375
 DESKTOP_WIDTH = 640
 POLL_SECONDS = 0.25
-"""How often the watcher looks at the files, and the page at ``/version``, in seconds."""
+"""How often the watcher looks at the files, in seconds; the page asks ``/version`` half as often."""
 
 Fingerprint = tuple[tuple[str, int, int, int] | tuple[str], ...]
 
-
-class PreviewError(NewsletterError):
-    """The preview server cannot start (e.g. the port is taken)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +47,8 @@ class Snapshot:
     """One build's outcome. Replaced whole, never mutated, so request threads need no lock."""
 
     version: int
+    config: Config
+    """The config it was built with: the page's name and budget must match the build's problems."""
     subject: str = ""
     html: str = ""
     text: str = ""
@@ -61,7 +60,8 @@ class Snapshot:
 
     def same_output(self, other: Snapshot) -> bool:
         """Whether the page would look the same: then there is nothing to reload."""
-        return (self.subject, self.html, self.text, self.problems, self.error) == (
+        return (self.config, self.subject, self.html, self.text, self.problems, self.error) == (
+            other.config,
             other.subject,
             other.html,
             other.text,
@@ -89,7 +89,7 @@ class PreviewServer:
         self._threads: list[threading.Thread] = []
         self._config_error = ""
         """Set while the config file does not load; the old config still says what to watch."""
-        self.snapshot = Snapshot(version=0)
+        self.snapshot = Snapshot(version=0, config=config)
         try:
             self._httpd = ThreadingHTTPServer((HOST, port), _handler_for(self))
         except OSError as error:
@@ -109,7 +109,13 @@ class PreviewServer:
         fingerprint = self._fingerprint()
         self.rebuild()
         self._threads = [
-            threading.Thread(target=self._httpd.serve_forever, name="preview-http", daemon=True),
+            # poll_interval: how long stop() waits for the serving loop to notice; 0.5 s by default.
+            threading.Thread(
+                target=self._httpd.serve_forever,
+                kwargs={"poll_interval": 0.1},
+                name="preview-http",
+                daemon=True,
+            ),
             threading.Thread(target=self._watch, args=(fingerprint,), name="preview-watch", daemon=True),
         ]
         for thread in self._threads:
@@ -126,29 +132,30 @@ class PreviewServer:
     def rebuild(self) -> None:
         """Build the issue into a new snapshot; a failed build becomes an error page, never a crash."""
         previous = self.snapshot
-        version = previous.version + 1
+        version, config = previous.version + 1, self.config
         try:
             if self._config_error:
-                snapshot = Snapshot(version=version, error=self._config_error)
+                snapshot = Snapshot(version=version, config=config, error=self._config_error)
             else:
-                snapshot = self._build(version)
+                snapshot = self._build(version, config)
         except NewsletterError as error:
-            snapshot = Snapshot(version=version, error=str(error))
-        except Exception as error:  # a bug, but one bad save must not end the session
+            snapshot = Snapshot(version=version, config=config, error=str(error))
+        except Exception as error:  # noqa: BLE001 - a bug, but one bad save must not end the session
             traceback.print_exc()
             message = f"unexpected {type(error).__name__}: {error} (a bug: traceback on the terminal)"
-            snapshot = Snapshot(version=version, error=message)
+            snapshot = Snapshot(version=version, config=config, error=message)
         if previous.version and snapshot.same_output(previous):
             return  # e.g. an editor's swap file in the templates folder: keep the page as it is
         self.snapshot = snapshot
         self._log(_summary(snapshot))
 
-    def _build(self, version: int) -> Snapshot:
-        built = build_issue(self.config, self.number)
-        problems = check_build(self.config, built)
+    def _build(self, version: int, config: Config) -> Snapshot:
+        built = build_issue(config, self.number)
+        problems = check_build(config, built)
         where = _relative(built.rendered.issue.path)
         return Snapshot(
             version=version,
+            config=config,
             subject=built.rendered.issue.subject,
             html=built.html,
             text=built.text,
@@ -167,7 +174,7 @@ class PreviewServer:
                     self._reload_config()
                 fingerprint = current
                 self.rebuild()
-            except Exception:  # keep watching: a dead watcher would silently freeze the preview
+            except Exception:  # noqa: BLE001 - a dead watcher would silently freeze the preview
                 traceback.print_exc()
 
     def _reload_config(self) -> None:
@@ -237,7 +244,7 @@ def _handler_for(server: PreviewServer) -> type[BaseHTTPRequestHandler]:
             snapshot = server.snapshot  # one snapshot per request: the answer is consistent
             route = self.path.split("?", 1)[0]
             if route in ("/", "/index.html"):
-                self._send(HTTPStatus.OK, "text/html", render_page(server.config, server.number, snapshot))
+                self._send(HTTPStatus.OK, "text/html", render_page(server.number, snapshot))
             elif route == "/version":
                 self._send(HTTPStatus.OK, "text/plain", str(snapshot.version))
             elif route in ("/email.html", "/email.txt") and snapshot.error:
@@ -293,12 +300,16 @@ setInterval(async () => {
 """
 
 
-def render_page(config: Config, number: int, snapshot: Snapshot) -> str:
+def render_page(number: int, snapshot: Snapshot) -> str:
     """The preview page; every value from the issue, config or an error message is escaped."""
     e = html.escape
+    config = snapshot.config
     title = f"Preview of issue {number}" + (f": {snapshot.subject}" if snapshot.subject else "")
     if snapshot.error:
-        body = f'<p class="error">{e(snapshot.error)}</p>\n<p class="meta">Fix it and save: the page reloads.</p>'
+        body = (
+            f'<p class="error">{e(snapshot.error)}</p>\n'
+            '<p class="meta">Fix it and save: the page reloads.</p>'
+        )
     else:
         share = 100 * snapshot.html_size / config.max_html_bytes
         size_class = ' class="over"' if snapshot.html_size > config.max_html_bytes else ""
@@ -307,7 +318,7 @@ def render_page(config: Config, number: int, snapshot: Snapshot) -> str:
             f"{config.max_html_bytes:,}-byte budget</span>"
         )
         frames = "\n".join(
-            f'<figure><figcaption>{label}, {width} px</figcaption>'
+            f"<figure><figcaption>{label}, {width} px</figcaption>"
             # sandbox: no script in the email runs, as in a mail client; its links may open tabs.
             f'<iframe src="/email.html?v={snapshot.version}" width="{width}" title="{label} view" '
             f'sandbox="allow-popups allow-popups-to-escape-sandbox"></iframe></figure>'

@@ -148,7 +148,7 @@ def send_test(config: Config, number: int, address: str) -> str:
             message_id=make_msgid(domain=sender_domain(config)),
         )
         data = MessageTemplate(config, build.rendered).build(recipient)
-        key = f"test{number}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%f}"
+        key = f"test{number}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
         from email.utils import parseaddr
 
         return transport.send(Envelope(parseaddr(config.sender)[1], address, data, key))

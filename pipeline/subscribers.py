@@ -190,13 +190,13 @@ def _rows(path: Path, handle: IO[str]) -> Iterator[tuple[int, str, str | None, s
             continue
         if not any(cell.strip() for cell in record):
             continue
+        name = " ".join(filter(None, (_cell(record, i) for i in name_columns))) if name_columns else None
+        status = _cell(record, status_column) if status_column is not None else None
+        yield reader.line_num, _cell(record, email_column), name, status or None
 
-        def cell(index: int | None) -> str:
-            return record[index].strip() if index is not None and index < len(record) else ""
 
-        name = " ".join(filter(None, (cell(i) for i in name_columns))) if name_columns else None
-        status = cell(status_column) if status_column is not None else None
-        yield reader.line_num, cell(email_column), name, status or None
+def _cell(record: list[str], index: int | None) -> str:
+    return record[index].strip() if index is not None and index < len(record) else ""
 
 
 def _name_columns(columns: dict[str, int]) -> list[int]:

@@ -267,7 +267,12 @@ class SesTransport:
         return str(response.get("MessageId", ""))
 
     def _translate(self, error: Exception, recipient: str) -> Exception:
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
 
         if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
             return TransportUnavailable(
