@@ -135,13 +135,20 @@ class SmtpTransport:
             else:
                 connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
                 if self.security == "starttls":
-                    connection.starttls(context=context)
+                    try:
+                        connection.starttls(context=context)
+                    except smtplib.SMTPNotSupportedError:
+                        raise TransportUnavailable(f"{where} does not offer STARTTLS (set transport.smtp.security)") from None
             if self.username:
-                connection.login(self.username, self.password)
+                try:
+                    connection.login(self.username, self.password)
+                except smtplib.SMTPNotSupportedError:
+                    raise TransportUnavailable(
+                        f"{where} does not offer AUTH on this connection (use security = \"starttls\" or \"tls\", "
+                        "or leave transport.smtp.username empty)"
+                    ) from None
         except smtplib.SMTPAuthenticationError as error:
             raise TransportUnavailable(f"{where} refused the login for {self.username!r}: {_reply(error)}") from None
-        except smtplib.SMTPNotSupportedError:
-            raise TransportUnavailable(f"{where} does not offer STARTTLS (set transport.smtp.security)") from None
         except (OSError, smtplib.SMTPException) as error:
             raise TemporaryFailure(f"cannot connect to {where}: {error}") from None
         with self._lock:
@@ -178,13 +185,19 @@ class SmtpTransport:
             return reply.decode("utf-8", "replace")
         except smtplib.SMTPRecipientsRefused as error:
             code, reply = next(iter(error.recipients.values()))
+            if code == 421:  # the server is closing this connection: the next try needs a new one
+                self._drop()
             failure = Rejected if code >= 500 else TemporaryFailure
             raise failure(f"{envelope.recipient}: {code} {reply.decode('utf-8', 'replace')}") from None
         except smtplib.SMTPSenderRefused as error:
+            if error.smtp_code == 421:
+                self._drop()
             if error.smtp_code >= 500:
                 raise TransportUnavailable(f"sender {envelope.sender} refused: {_reply(error)}") from None
             raise TemporaryFailure(f"sender refused for now: {_reply(error)}") from None
         except smtplib.SMTPResponseException as error:
+            if error.smtp_code == 421:
+                self._drop()
             failure = Rejected if error.smtp_code >= 500 else TemporaryFailure
             raise failure(f"{envelope.recipient}: {_reply(error)}") from None
         except (OSError, smtplib.SMTPException) as error:
