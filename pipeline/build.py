@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .check import Problem, check_rendered
+from .check import Problem, check_rendered, http_problems
 from .config import Config
+from .db import DB_NAME, open_db
+from .errata import errata_for, errata_html, load_errata
+from .files import write_atomically
+from .linkcheck import check_urls
 from .message import build_message, message_bytes
 from .render import Rendered, render_issue, sample_recipient
 from .source import read_issue
@@ -22,6 +25,8 @@ class Build:
     """The HTML as a sample recipient gets it."""
     text: str
     eml: bytes
+    errata_ids: list[int] = field(default_factory=list)
+    """The errata this issue carries; marked announced when its campaign starts."""
 
     @property
     def html_size(self) -> int:
@@ -30,7 +35,8 @@ class Build:
 
 def build_issue(config: Config, number: int, now: dt.datetime | None = None) -> Build:
     issue = read_issue(config.paths.issues, number)
-    rendered = render_issue(config, issue)
+    carried = errata_for(load_errata(config), number, started=campaign_state(config, number) is not None)
+    rendered = render_issue(config, issue, after_intro=[errata_html(config, carried)] if carried else [])
     recipient = sample_recipient(config)
     html, text = rendered.personalise(recipient)
     message = build_message(
@@ -41,9 +47,60 @@ def build_issue(config: Config, number: int, now: dt.datetime | None = None) -> 
         text=text,
         date=now or dt.datetime.now(dt.UTC),
     )
-    return Build(rendered, html, text, message_bytes(message))
+    return Build(rendered, html, text, message_bytes(message), [e.id for e in carried])
 
 
+@dataclass(frozen=True)
+class CheckResult:
+    build: Build
+    offline: list[Problem]
+    """Problems found in the source and the rendered email."""
+    http: list[Problem]
+    """Problems found by checking the links over HTTP."""
+    links_note: str
+    """How the links were checked over HTTP, or why they were not."""
+
+    @property
+    def problems(self) -> list[Problem]:
+        return sorted({*self.offline, *self.http})
+
+
+def check_issue(
+    config: Config, number: int, *, online: bool = True, progress: Callable[[int, int], None] | None = None
+) -> CheckResult:
+    """Everything ``check`` does: build, offline checks, and (unless offline) links over HTTP."""
+    build = build_issue(config, number)
+    offline = check_build(config, build)
+    links = build.rendered.document.links
+    if not online:
+        return CheckResult(build, offline, [], "links not checked over HTTP (--offline)")
+    if not config.links.enabled:
+        return CheckResult(build, offline, [], "links not checked over HTTP (links.enabled = false)")
+    db = open_db(config.paths.state)
+    try:
+        report = check_urls([link.href for link in links], config.links, db, progress=progress)
+    finally:
+        db.close()
+    if report.skipped:
+        return CheckResult(build, offline, [Problem(0, "warning", report.skipped)], report.skipped)
+    broken = sum(not r.ok for r in report.results.values())
+    note = f"{len(report.results)} link(s) checked over HTTP, {broken} broken"
+    return CheckResult(build, offline, http_problems(links, report.results), note)
+
+
+def campaign_state(config: Config, number: int) -> str | None:
+    """Issue ``number``'s campaign status ('sending', 'paused', 'done'), or None if never started.
+
+    Once a campaign exists its content is pinned, errata included.
+    """
+    if not (config.paths.state / DB_NAME).exists():
+        return None
+    db = open_db(config.paths.state)
+    try:
+        row = db.execute("SELECT status FROM campaigns WHERE issue = ?", (number,)).fetchone()
+        return str(row["status"]) if row else None
+    finally:
+        db.close()
 def check_build(config: Config, build: Build) -> list[Problem]:
     return check_rendered(build.rendered, build.html_size, config.max_html_bytes)
 
@@ -63,13 +120,3 @@ def write_build(config: Config, build: Build) -> dict[str, Path]:
     return written
 
 
-def write_atomically(path: Path, data: bytes) -> Path:
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path

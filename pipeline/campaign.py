@@ -70,6 +70,31 @@ class Preparation:
     added: int = 0
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What ``send`` is about to do, read before anything is written, so the editor can say no."""
+
+    resuming: bool
+    recipients: int
+    unknown: int
+
+
+def plan_campaign(db: sqlite3.Connection, issue: int, *, include_new: bool = False) -> Plan:
+    campaign = find_campaign(db, issue)
+    active = "SELECT COUNT(*) FROM subscribers WHERE status = 'active'"
+    if campaign is None:
+        return Plan(False, int(db.execute(active).fetchone()[0]), 0)
+    counts = ledger_counts(db, campaign.id)
+    newcomers = 0
+    if include_new:
+        newcomers = int(
+            db.execute(
+                active + " AND id NOT IN (SELECT subscriber_id FROM deliveries WHERE campaign_id = ?)", (campaign.id,)
+            ).fetchone()[0]
+        )
+    return Plan(True, counts["queued"] + newcomers, counts["sending"])
+
+
 def find_campaign(db: sqlite3.Connection, issue: int) -> Campaign | None:
     row = db.execute("SELECT id, issue, content_hash, status, transport FROM campaigns WHERE issue = ?", (issue,)).fetchone()
     return Campaign(*row) if row else None
@@ -238,6 +263,10 @@ class Summary:
     status: str
     reason: str = ""
     outcomes: dict[str, int] = field(default_factory=dict)
+    archived: str = ""
+    """Where the issue was archived after a complete campaign."""
+    reconciled: int = 0
+    """Messages a crash had left in flight that the transport could settle."""
 
     @property
     def rate(self) -> float:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+from .linkcheck import LinkResult
 from .markdown import Link
 from .render import Rendered
 
@@ -105,3 +106,18 @@ def _comparable(url: str) -> str:
     url = unquote(url).lower()
     url = re.sub(r"^[a-z]+://", "", url)
     return url.removeprefix("www.").rstrip("/")
+
+
+def http_problems(links: list[Link], results: dict[str, LinkResult]) -> list[Problem]:
+    """Broken links are errors; a permanent redirect is a warning suggesting the new address."""
+    problems: set[Problem] = set()
+    for link in links:
+        result = results.get(link.href)
+        if result is None:
+            continue
+        kind = "image" if link.is_image else "link"
+        if not result.ok:
+            problems.add(Problem(link.line, "error", f"{kind} {link.text!r}: {result.describe()}: {link.href}"))
+        elif result.permanent_redirect:
+            problems.add(Problem(link.line, "warning", f"{kind} {link.text!r}: {link.href} {result.describe()}"))
+    return sorted(problems)

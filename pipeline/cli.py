@@ -10,7 +10,7 @@ from typing import NoReturn
 import click
 
 from . import __version__
-from .build import build_issue, check_build, write_build
+from .build import build_issue, write_build
 from .check import Problem
 from .config import Config, load_config
 from .errors import CheckFailed, NewsletterError
@@ -75,22 +75,52 @@ def build(ctx: click.Context, number: int) -> None:
     _budget_line(config, result.html_size)
 
 
+OFFLINE = click.option("--offline", is_flag=True, help="Do not check links over HTTP.")
+
+
 @main.command()
 @ISSUE
+@OFFLINE
 @click.pass_context
-def check(ctx: click.Context, number: int) -> None:
-    """Validate issue N and its config, build it, and fail on problems that would break it in an inbox."""
+def check(ctx: click.Context, number: int, offline: bool) -> None:
+    """Validate issue N and its config, build it, check its links, and fail on what would break it in an inbox."""
+    from .build import check_issue
+
     config = _config(ctx)
-    result = build_issue(config, number)
-    problems = check_build(config, result)
-    summary = _report_problems(config, result.rendered.issue.path, problems, len(result.rendered.document.links))
-    _budget_line(config, result.html_size)
-    if any(p.severity == "error" for p in problems):
+    with LinkProgress() as progress:
+        result = check_issue(config, number, online=not offline, progress=progress)
+    summary = _report_problems(result.build.rendered.issue.path, result.problems, len(result.build.rendered.document.links))
+    _budget_line(config, result.build.html_size)
+    click.echo(result.links_note)
+    if any(p.severity == "error" for p in result.problems):
         raise CheckFailed(f"{summary}: fix the errors before sending")
     click.secho(f"{summary}: ready to send", fg="green")
 
 
-def _report_problems(config: Config, source: Path, problems: list[Problem], links: int) -> str:
+class LinkProgress:
+    """A progress bar for long link checks, on a terminal only."""
+
+    def __enter__(self) -> LinkProgress:
+        self._bar = None
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if total < 20 or not sys.stderr.isatty():
+            return
+        if self._bar is None:
+            from rich.progress import Progress
+
+            self._bar = Progress(transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("checking links", total=total)
+        self._bar.update(self._task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _report_problems(source: Path, problems: list[Problem], links: int) -> str:
     path = _relative(source)
     for problem in problems:
         colour = "red" if problem.severity == "error" else "yellow"
@@ -131,6 +161,8 @@ def _relative(path: Path) -> str:
 @click.option("--resend-unknown", is_flag=True, help="Resend messages whose fate a crash left unknown.")
 @click.option("--allow-changed", is_flag=True, help="Resume even though the issue changed since the campaign started.")
 @click.option("--include-new", is_flag=True, help="Also send to subscribers who joined after the campaign started.")
+@click.option("--allow-broken-links", is_flag=True, help="Send even if links are broken over HTTP.")
+@OFFLINE
 @click.pass_context
 def send(
     ctx: click.Context,
@@ -141,32 +173,45 @@ def send(
     resend_unknown: bool,
     allow_changed: bool,
     include_new: bool,
+    allow_broken_links: bool,
+    offline: bool,
 ) -> None:
-    """Send issue N to every active subscriber (or resume its campaign)."""
+    """Check issue N, then send it to every active subscriber (or resume its campaign); archive it when done."""
+    from .campaign import Plan
     from .progress import ProgressBar
-    from .sending import SendOptions, checked_build, send_issue, send_test
+    from .sending import SendOptions, checked, send_issue, send_test
+    from .transports import Transport
 
     config = _config(ctx)
-    build, problems = checked_build(config, number)
-    for problem in problems:
+    options = SendOptions(
+        dry_run=dry_run,
+        offline=offline,
+        allow_broken_links=allow_broken_links,
+        allow_changed=allow_changed,
+        include_new=include_new,
+        resend_unknown=resend_unknown,
+    )
+    with LinkProgress() as progress:
+        result = checked(config, number, options, progress)
+    build = result.build
+    for problem in result.problems:
         click.secho(problem.format(_relative(build.rendered.issue.path)), fg="yellow")
     if address:
-        provider_id = send_test(config, number, address)
+        provider_id = send_test(config, build, address)
         click.secho(f"test copy of issue {number} sent to {address} via {config.transport} ({provider_id})", fg="green")
         return
 
-    def confirm(preparation, transport, rate) -> bool:  # type: ignore[no-untyped-def]
-        p = preparation
+    def confirm(plan: Plan, transport: Transport, rate: float | None) -> bool:
         pace = f"at up to {rate:g}/s" if rate else "as fast as possible"
-        verb = "resume" if not p.created else "send"
+        verb = "resume" if plan.resuming else "send"
         what = "DRY RUN: would " + verb if dry_run else verb.capitalize()
-        click.echo(f"{what} issue {number} ({build.rendered.issue.subject!r}) to {p.queued:,} recipient(s) via {transport.name} {pace}.")
-        if p.reconciled:
-            click.echo(f"{p.reconciled} message(s) left in flight by an interruption were settled with the transport.")
-        if p.unknown:
+        subject = build.rendered.issue.subject
+        click.echo(f"{what} issue {number} ({subject!r}) to {plan.recipients:,} recipient(s) via {transport.name} {pace}.")
+        if plan.unknown:
             click.secho(
-                f"{p.unknown} message(s) were being handed over when a previous run stopped: their fate is unknown, "
-                "they are not resent (use --resend-unknown to resend them).",
+                f"{plan.unknown} message(s) were being handed over when a previous run stopped; "
+                + ("they will be resent (--resend-unknown)." if resend_unknown else
+                   "unless the transport can tell they arrived, they are not resent (--resend-unknown resends them)."),
                 fg="yellow",
             )
         if dry_run or yes or transport.name == "maildir":
@@ -175,8 +220,7 @@ def send(
             raise NewsletterError("refusing to send without confirmation: run it in a terminal or pass --yes")
         return click.confirm("Send now?", default=False)
 
-    options = SendOptions(dry_run=dry_run, allow_changed=allow_changed, include_new=include_new, resend_unknown=resend_unknown)
-    summary = send_issue(config, number, options, confirm=confirm, reporter=ProgressBar(f"issue {number}"))
+    summary = send_issue(config, build, options, confirm=confirm, reporter=ProgressBar(f"issue {number}"))
     counts = summary.counts
     click.echo(
         f"{'DRY RUN: ' if dry_run else ''}{counts['sent']:,} sent, {counts['failed']:,} failed, {counts['skipped']:,} skipped, "
@@ -187,7 +231,11 @@ def send(
         from .campaign import CampaignPaused
 
         raise CampaignPaused(f"campaign paused: {summary.reason}; run `newsletter send {number}` to resume")
+    if summary.reconciled:
+        click.echo(f"{summary.reconciled} message(s) left in flight by an interruption were settled with the transport")
     click.secho(f"issue {number}: campaign complete", fg="green")
+    if summary.archived:
+        click.echo(f"archived: {summary.archived}")
 
 
 @main.command()
@@ -299,3 +347,71 @@ def subscribers_list(ctx: click.Context, status: str | None) -> None:
 
     for row in listing(_db(ctx), status):
         click.echo(f"{row['email']}\t{row['name']}\t{row['status']}\t{row['status_changed_at']}")
+
+
+@main.command()
+@ISSUE
+@click.pass_context
+def archive(ctx: click.Context, number: int) -> None:
+    """Write issue N into the Markdown archive (with index and feed) and push it to archive.remote."""
+    from .sending import publish_archive
+
+    click.echo(f"archived: {publish_archive(_config(ctx), number)}")
+
+
+@main.command()
+@click.argument("number", metavar="N", type=click.IntRange(min=1), required=False)
+@click.option("--archive", "whole_archive", is_flag=True, help="Re-check every archived issue; suggest errata.")
+@click.pass_context
+def links(ctx: click.Context, number: int | None, whole_archive: bool) -> None:
+    """Check the links of issue N over HTTP, or of every archived issue (--archive)."""
+    from .links_report import check_archive_links, check_issue_links
+
+    config = _config(ctx)
+    if whole_archive == (number is not None):
+        raise click.UsageError("give an issue number N, or --archive")
+    with LinkProgress() as progress:
+        if whole_archive:
+            lines, failed = check_archive_links(config, progress)
+        else:
+            lines, failed = check_issue_links(config, number or 0, progress)
+    for line in lines:
+        click.echo(line)
+    if failed:
+        raise CheckFailed(f"{failed} broken link(s)")
+
+
+@main.group()
+def errata() -> None:
+    """Record corrections to sent issues; the next issue announces them."""
+
+
+@errata.command("add")
+@ISSUE
+@click.option("--text", required=True, help="The correction, as readers will see it.")
+@click.option("--replace", nargs=2, metavar="OLD NEW", help="Also fix the archived copy: replace OLD by NEW.")
+@click.pass_context
+def errata_add(ctx: click.Context, number: int, text: str, replace: tuple[str, str] | None) -> None:
+    """Record a correction to issue N (which must have been sent)."""
+    from .build import campaign_state
+    from .errata import add_erratum
+    from .source import read_issue
+
+    config = _config(ctx)
+    issue = read_issue(config.paths.issues, number)
+    if campaign_state(config, number) != "done":
+        raise NewsletterError(f"issue {number} has not been sent: correct its source instead")
+    erratum = add_erratum(config, number, text, replace or None, issue.body)
+    click.echo(f"erratum {erratum.id} recorded against issue {number}; the next issue sent will announce it")
+
+
+@errata.command("list")
+@click.pass_context
+def errata_list(ctx: click.Context) -> None:
+    """List recorded errata: pending ones and where each was announced."""
+    from .errata import load_errata
+
+    for e in load_errata(_config(ctx)):
+        where = f"announced in issue {e.announced_in}" if e.announced_in else "pending"
+        fix = f" [replace {e.replace_old!r} -> {e.replace_new!r}]" if e.replace_old else ""
+        click.echo(f"{e.id}. issue {e.issue} ({e.recorded}): {e.text}{fix} ({where})")

@@ -46,6 +46,15 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     },
     "archive": {
         "filename": (str, "{number}.md"),
+        "remote": (str, ""),
+        "branch": (str, "main"),
+    },
+    "links": {
+        "enabled": (bool, True),
+        "timeout": (float, 10.0),
+        "cache_hours": (float, 24.0),
+        "per_host": (int, 2),
+        "concurrency": (int, 16),
     },
     "transport": {
         "kind": (str, "maildir"),
@@ -112,6 +121,15 @@ class SendSettings:
 
 
 @dataclass(frozen=True)
+class LinkSettings:
+    enabled: bool
+    timeout: float
+    cache_hours: float
+    per_host: int
+    concurrency: int
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     name: str
@@ -124,6 +142,9 @@ class Config:
     paths: Paths
     max_html_bytes: int
     archive_filename: str
+    archive_remote: str
+    archive_branch: str
+    links: LinkSettings
     transport: str
     maildir: Path
     smtp: SmtpSettings
@@ -132,7 +153,10 @@ class Config:
 
     def archive_url(self, number: int) -> str:
         """Where issue ``number`` can be read in the public archive."""
-        return f"{self.archive_base_url}/{self.archive_filename.format(number=number)}"
+        return f"{self.archive_base_url}/{self.archive_name(number)}"
+
+    def archive_name(self, number: int) -> str:
+        return self.archive_filename.format(number=number)
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -171,6 +195,14 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         paths=Paths(**{key: (base / value).resolve() for key, value in values["paths"].items()}),
         max_html_bytes=_positive(config_path, "check.max_html_bytes", values["check"]["max_html_bytes"]),
         archive_filename=_filename_pattern(config_path, values["archive"]["filename"]),
+        archive_remote=_remote(base, values["archive"]["remote"]),
+        archive_branch=values["archive"]["branch"] or "main",
+        links=LinkSettings(
+            **{
+                key: value if isinstance(value, bool) else _positive(config_path, f"links.{key}", value)
+                for key, value in values["links"].items()
+            }
+        ),
         transport=_choice(config_path, "transport.kind", values["transport"]["kind"], TRANSPORTS),
         maildir=(base / values["transport.maildir"]["path"]).resolve(),
         smtp=SmtpSettings(
@@ -241,6 +273,13 @@ def _url(path: Path, key: str, value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(path, f"{key} must be an http(s) URL, got {value!r}")
     return value.rstrip("/")
+
+
+def _remote(base: Path, remote: str) -> str:
+    """A git URL as given; a relative local path resolves against the config's folder like every path."""
+    if not remote or "://" in remote or remote.startswith(("/", "git@")) or ":" in remote.split("/")[0]:
+        return remote
+    return str((base / remote).resolve())
 
 
 def _choice(path: Path, key: str, value: str, choices: tuple[str, ...]) -> str:

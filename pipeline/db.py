@@ -63,6 +63,17 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX deliveries_by_status ON deliveries (campaign_id, status, subscriber_id);
     """,
+    """
+    CREATE TABLE link_cache (
+        url TEXT PRIMARY KEY,
+        ok INTEGER NOT NULL,
+        status INTEGER,
+        final_url TEXT,
+        permanent_redirect INTEGER NOT NULL,
+        error TEXT,
+        checked_at TEXT NOT NULL
+    );
+    """,
 ]
 
 

@@ -46,6 +46,8 @@ class Section:
     heading: str
     """Plain text of the section's heading; empty for the opening text before the first heading."""
     html: str
+    start: int = 0
+    """Index in the body's lines where the section begins."""
 
 
 @dataclass
@@ -185,5 +187,6 @@ def _split_sections(md: MarkdownIt, tokens: list[Token], env: EnvType) -> list[S
         heading = ""
         if chunk and chunk[0].type == "heading_open":
             heading = "".join(c.content for c in chunk[1].children or [] if c.type in ("text", "code_inline"))
-        sections.append(Section(heading, md.renderer.render(chunk, md.options, env)))
+        start = next((t.map[0] for t in chunk if t.map), 0)
+        sections.append(Section(heading, md.renderer.render(chunk, md.options, env), start))
     return sections

@@ -8,11 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import make_msgid
 
-from .build import Build, build_issue, check_build
+from .archive import archive_issue
+from .build import Build, CheckResult, check_issue
 from .campaign import (
     Campaign,
     CampaignRunner,
-    Preparation,
+    Plan,
     Reporter,
     SendSettings,
     Summary,
@@ -21,14 +22,16 @@ from .campaign import (
     find_campaign,
     is_locked,
     ledger_counts,
+    plan_campaign,
     prepare_campaign,
     recent_rate,
 )
-from .check import Problem
 from .config import Config
 from .db import open_db
+from .errata import mark_announced
 from .errors import CheckFailed, NewsletterError
 from .message import MessageTemplate, Recipient, check_header_value, sender_domain
+from .mirror import sync_archive
 from .subscribers import check_address, find
 from .tokens import load_secret, make_token
 from .transports import Envelope, Transport, open_transport
@@ -41,19 +44,22 @@ class NothingToSend(NewsletterError):
 @dataclass(frozen=True)
 class SendOptions:
     dry_run: bool = False
+    offline: bool = False
+    allow_broken_links: bool = False
     allow_changed: bool = False
     include_new: bool = False
     resend_unknown: bool = False
 
 
-def checked_build(config: Config, number: int) -> tuple[Build, list[Problem]]:
-    """Build and check; raise CheckFailed when an error would break the issue in an inbox."""
-    build = build_issue(config, number)
-    problems = check_build(config, build)
-    errors = [p for p in problems if p.severity == "error"]
-    if errors:
-        raise CheckFailed(f"issue {number} has {len(errors)} error(s) (run `newsletter check {number}`): nothing was sent")
-    return build, problems
+def checked(config: Config, number: int, options: SendOptions, progress: Callable[[int, int], None] | None = None) -> CheckResult:
+    """``check``, as ``send`` runs it first: any error refuses the issue (broken links unless allowed)."""
+    result = check_issue(config, number, online=not options.offline, progress=progress)
+    errors = [p for p in result.offline if p.severity == "error"]
+    broken = [p for p in result.http if p.severity == "error"]
+    if errors or (broken and not options.allow_broken_links):
+        what = f"{len(errors)} error(s)" if errors else f"{len(broken)} broken link(s) (--allow-broken-links sends anyway)"
+        raise CheckFailed(f"issue {number} has {what}: nothing was sent")
+    return result
 
 
 def send_rate(config: Config, transport: Transport, dry_run: bool) -> float | None:
@@ -65,14 +71,15 @@ def send_rate(config: Config, transport: Transport, dry_run: bool) -> float | No
 
 def send_issue(
     config: Config,
-    number: int,
+    build: Build,
     options: SendOptions,
     *,
-    confirm: Callable[[Preparation, Transport, float | None], bool],
+    confirm: Callable[[Plan, Transport, float | None], bool],
     reporter: Reporter | None = None,
 ) -> Summary:
-    build, _ = checked_build(config, number)
+    """Run (or resume) the campaign of a built and checked issue; archive it once complete."""
     rendered = build.rendered
+    number = rendered.issue.number
     transport = open_transport(config, dry_run=options.dry_run)
     try:
         secret = load_secret(allow_development=config.transport == "maildir" or options.dry_run)
@@ -82,6 +89,15 @@ def send_issue(
             db = _memory_copy(state) if options.dry_run else state
             if options.dry_run:
                 state.close()
+            plan = plan_campaign(db, number, include_new=options.include_new)
+            if plan.resuming and not plan.recipients and not plan.unknown:
+                raise NothingToSend(
+                    f"issue {number} was already sent to everyone on its list; nothing to do "
+                    "(--include-new also sends it to subscribers who joined since)"
+                )
+            rate = send_rate(config, transport, options.dry_run)
+            if not confirm(plan, transport, rate):
+                raise NewsletterError("not sent: nothing was changed")
             preparation = prepare_campaign(
                 db,
                 number,
@@ -91,14 +107,9 @@ def send_issue(
                 include_new=options.include_new,
                 resend_unknown=options.resend_unknown,
             )
-            if preparation.queued == 0 and preparation.unknown == 0 and not preparation.created:
-                raise NothingToSend(
-                    f"issue {number} was already sent to everyone on its list; nothing to do "
-                    "(--include-new also sends it to subscribers who joined since)"
-                )
-            rate = send_rate(config, transport, options.dry_run)
-            if preparation.queued and not confirm(preparation, transport, rate):
-                raise NewsletterError("not sent: the editor said no")
+            if preparation.created and not options.dry_run:
+                # The errata this issue shows are now its own: later issues will not repeat them.
+                mark_announced(config, number, build.errata_ids)
             runner = CampaignRunner(
                 db,
                 config,
@@ -114,9 +125,25 @@ def send_issue(
                 ),
                 reporter,
             )
-            return runner.run()
+            summary = runner.run()
+            summary.reconciled = preparation.reconciled
     finally:
         transport.close()
+    if summary.status == "done" and not options.dry_run:
+        summary.archived = publish_archive(config, number)
+    return summary
+
+
+def publish_archive(config: Config, number: int) -> str:
+    """Write the issue (and those its errata corrected) into the archive and push it."""
+    written = archive_issue(config, number)
+    result = sync_archive(config, f"Archive issue {number}")
+    where = f"{len(written)} file(s) in {config.paths.archive}"
+    if result is None:
+        return f"{where} (archive.remote not set: local only)"
+    pushed = "pushed" if result.pushed else "already up to date"
+    pulled = f"; took {len(result.pulled)} change(s) made on the remote" if result.pulled else ""
+    return f"{where}, {pushed} to {config.archive_remote} ({config.archive_branch}){pulled}"
 
 
 def _memory_copy(db: sqlite3.Connection) -> sqlite3.Connection:
@@ -126,13 +153,13 @@ def _memory_copy(db: sqlite3.Connection) -> sqlite3.Connection:
     return copy
 
 
-def send_test(config: Config, number: int, address: str) -> str:
+def send_test(config: Config, build: Build, address: str) -> str:
     """One copy to ``address``, exactly as a subscriber would get it; the ledger is not touched."""
+    number = build.rendered.issue.number
     try:
         address = check_address(address)
     except ValueError as error:
         raise NewsletterError(f"--to {address!r}: {error}") from None
-    build, _ = checked_build(config, number)
     transport = open_transport(config)
     try:
         secret = load_secret(allow_development=config.transport == "maildir")

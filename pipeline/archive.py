@@ -1,0 +1,190 @@
+"""The public archive: one GitHub-flavoured Markdown file per issue, an index and an Atom feed.
+
+Each file keeps the body exactly as the editor wrote it (so GitHub shows the
+same text), plus the Errata section the issue carried, and a Corrections note
+when a later issue corrected it. A one-line HTML comment at the top carries the
+issue's metadata, so the index and feed are rebuilt from the archive alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .config import Config
+from .errata import Erratum, corrections_of, errata_for, errata_markdown, load_errata
+from .errors import NewsletterError
+from .files import write_atomically
+from .markdown import Document, make_url_resolver, render_markdown
+from .source import Issue, read_issue
+
+META = re.compile(r"^<!-- newsletter-archive: (\{.*\}) -->$", re.MULTILINE)
+ATOM = "http://www.w3.org/2005/Atom"
+
+
+class ArchiveError(NewsletterError):
+    pass
+
+
+@dataclass(frozen=True)
+class Entry:
+    number: int
+    title: str
+    date: dt.date
+    updated: dt.date
+    filename: str
+
+
+def archive_issue(config: Config, number: int) -> list[Path]:
+    """Write issue ``number`` and every issue its errata corrected; then the index and the feed."""
+    errata = load_errata(config)
+    touched = {number} | {e.issue for e in errata if e.announced_in == number}
+    written = [write_issue_file(config, n, errata) for n in sorted(touched)]
+    written += write_index(config)
+    return written
+
+
+def write_issue_file(config: Config, number: int, errata: list[Erratum]) -> Path:
+    issue = read_issue(config.paths.issues, number)
+    path = config.paths.archive / config.archive_name(number)
+    write_atomically(path, issue_markdown(config, issue, errata).encode("utf-8"))
+    return path
+
+
+def issue_markdown(config: Config, issue: Issue, errata: list[Erratum]) -> str:
+    corrections = corrections_of(errata, issue.number)
+    body = issue.body
+    for erratum in corrections:
+        if erratum.replace_old:
+            body = body.replace(erratum.replace_old, erratum.replace_new)
+    carried = [e for e in errata if e.announced_in == issue.number]
+    if carried:
+        body = _insert_after_intro(config, issue, body, errata_markdown(config, carried, _top_heading(body)))
+    updated = max([issue.date, *(e.recorded for e in corrections)])
+    meta = {"number": issue.number, "title": issue.title, "date": issue.date.isoformat(), "updated": updated.isoformat()}
+    byline = f"*{_date_text(issue.date)}{' · ' + issue.author if issue.author else ''}*"
+    parts = [f"<!-- newsletter-archive: {json.dumps(meta, ensure_ascii=False)} -->", f"# {issue.title}", byline, body.strip()]
+    if corrections:
+        notes = "\n".join(
+            f"- {e.text} (recorded {e.recorded.isoformat()}, announced in "
+            f"[issue {e.announced_in}]({config.archive_name(e.announced_in or 0)}))"
+            + (" The archived text above includes the fix." if e.replace_old else "")
+            for e in corrections
+        )
+        parts.append(f"---\n\n## Corrections\n\n{notes}")
+    return "\n\n".join(parts) + "\n"
+
+
+def _insert_after_intro(config: Config, issue: Issue, body: str, section: str) -> str:
+    sections = render_markdown(issue, make_url_resolver(config.archive_base_url, config.archive_url(issue.number))).sections
+    lines = body.split("\n")
+    cut = sections[1].start if len(sections) > 1 else len(lines)
+    return "\n".join([*lines[:cut], section, *lines[cut:]])
+
+
+def _top_heading(body: str) -> str:
+    levels = [len(m.group(1)) for m in re.finditer(r"^(#{1,6})\s", body, re.MULTILINE)]
+    return "#" * min(levels) if levels else "##"
+
+
+def _date_text(date: dt.date) -> str:
+    return f"{date:%d %B %Y}".lstrip("0")
+
+
+def archived_entries(config: Config) -> list[Entry]:
+    entries = []
+    for path in sorted(config.paths.archive.glob("*.md")):
+        match = META.search(path.read_text(encoding="utf-8")[:2000])
+        if not match:
+            continue  # the index itself, or a file someone added by hand
+        try:
+            meta = json.loads(match.group(1))
+            entries.append(
+                Entry(
+                    int(meta["number"]),
+                    str(meta["title"]),
+                    dt.date.fromisoformat(meta["date"]),
+                    dt.date.fromisoformat(meta.get("updated", meta["date"])),
+                    path.name,
+                )
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise ArchiveError(f"{path}:1: unreadable archive metadata: {error}") from None
+    return sorted(entries, key=lambda e: e.number, reverse=True)
+
+
+def write_index(config: Config) -> list[Path]:
+    entries = archived_entries(config)
+    rows = "\n".join(
+        f"| [#{e.number}]({e.filename}) | {e.date.isoformat()} | {_cell(e.title)} |" for e in entries
+    )
+    readme = (
+        f"# {config.name}: the archive\n\n"
+        f"Every issue, newest first. Follow new issues with the [Atom feed](feed.xml).\n\n"
+        f"| Issue | Date | Title |\n|---|---|---|\n{rows}\n"
+    )
+    index = write_atomically(config.paths.archive / "README.md", readme.encode("utf-8"))
+    feed = write_atomically(config.paths.archive / "feed.xml", atom_feed(config, entries))
+    return [index, feed]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def atom_feed(config: Config, entries: list[Entry]) -> bytes:
+    ET.register_namespace("", ATOM)
+    feed = ET.Element(f"{{{ATOM}}}feed")
+    host = urlsplit(config.archive_base_url).hostname or "example.org"
+    first_year = min((e.date.year for e in entries), default=dt.date.today().year)
+    base_id = f"tag:{host},{first_year}:{config.archive_base_url.split(host, 1)[1] or '/'}"
+
+    def add(parent: ET.Element, tag: str, text: str | None = None, **attributes: str) -> ET.Element:
+        element = ET.SubElement(parent, f"{{{ATOM}}}{tag}", attributes)
+        element.text = text
+        return element
+
+    add(feed, "title", config.name)
+    add(feed, "id", base_id)
+    add(feed, "link", href=config.archive_base_url + "/")
+    add(feed, "updated", _timestamp(max((e.updated for e in entries), default=dt.date(first_year, 1, 1))))
+    add(add(feed, "author"), "name", config.name)
+    for entry in entries:
+        item = add(feed, "entry")
+        add(item, "title", entry.title)
+        add(item, "id", f"{base_id}/issue/{entry.number}")  # stable: never the file name or the date
+        add(item, "link", href=f"{config.archive_base_url}/{entry.filename}")
+        add(item, "published", _timestamp(entry.date))
+        add(item, "updated", _timestamp(entry.updated))
+        add(item, "content", _entry_html(config, entry), type="html")
+    return ET.tostring(feed, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def _entry_html(config: Config, entry: Entry) -> str:
+    """The archived Markdown, rendered: what a feed reader shows."""
+    return "".join(section.html for section in archived_document(config, entry).sections)
+
+
+def archived_document(config: Config, entry: Entry) -> Document:
+    """Parse an archived file (past its metadata line) as the Markdown it is."""
+    path = config.paths.archive / entry.filename
+    body = path.read_text(encoding="utf-8").split("\n", 1)[1]
+    issue = Issue(path, entry.number, entry.title, entry.date, entry.title, "", "", False, body, 2)
+    return render_markdown(issue, make_url_resolver(config.archive_base_url, f"{config.archive_base_url}/{entry.filename}"))
+
+
+def archived_documents(config: Config) -> list[tuple[Entry, Document]]:
+    return [(entry, archived_document(config, entry)) for entry in archived_entries(config)]
+
+
+def _timestamp(date: dt.date) -> str:
+    return f"{date.isoformat()}T00:00:00Z"
+
+
+def carried_errata(config: Config, number: int) -> list[Erratum]:
+    return errata_for(load_errata(config), number, started=True)
