@@ -7,7 +7,7 @@ ISSUE ?= 1
 
 .DEFAULT_GOAL := help
 CSV ?= subscribers.sample.csv
-.PHONY: help demo build check preview send status subscribers test golden bench clean
+.PHONY: help demo build check preview send status subscribers archive links links-archive errata test golden bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,19 @@ status: $(READY) ## Show the progress of issue ISSUE's campaign, also while it r
 subscribers: $(READY) ## Import subscribers from CSV=file.csv and show the counts
 	$(BIN)/newsletter subscribers import $(CSV)
 	$(BIN)/newsletter subscribers count
+
+archive: $(READY) ## Write issue ISSUE into archive/ (Markdown, index, feed) and push it to archive.remote
+	$(BIN)/newsletter archive $(ISSUE)
+
+links: $(READY) ## Check issue ISSUE's links over HTTP
+	$(BIN)/newsletter links $(ISSUE)
+
+links-archive: $(READY) ## Re-check every archived issue's links; print errata suggestions
+	$(BIN)/newsletter links --archive
+
+errata: $(READY) ## Record a correction to sent issue ISSUE: make errata ISSUE=17 TEXT="..."
+	@test -n "$(TEXT)" || { echo 'usage: make errata ISSUE=N TEXT="the correction"'; exit 2; }
+	$(BIN)/newsletter errata add $(ISSUE) --text "$(TEXT)"
 
 test: $(READY) ## Run the whole test suite
 	$(BIN)/python -m pytest
