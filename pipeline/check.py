@@ -54,6 +54,10 @@ def check_rendered(rendered: Rendered, html_size: int, max_html_bytes: int) -> l
         problems.update(check_link(link, source_line(link.line)))
     for unparsed in rendered.document.unparsed_links:
         problems.add(Problem(unparsed.line, "error", _unparsed_message(unparsed.markdown)))
+    for raw in rendered.document.escaped_html:
+        problems.add(
+            Problem(raw.line, "warning", f"raw HTML {raw.markdown[:40]!r} is shown as text (allow_html: true passes it through)")
+        )
     for offset, line in enumerate(lines):
         if _URL_WITH_ZERO_WIDTH.search(line):
             problems.add(

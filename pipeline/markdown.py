@@ -16,6 +16,7 @@ from markdown_it import MarkdownIt
 from markdown_it.renderer import RendererHTML
 from markdown_it.rules_core import StateCore
 from markdown_it.token import Token
+from markdown_it.common.utils import escapeHtml
 from markdown_it.utils import EnvType, OptionsDict
 
 from .source import Issue
@@ -55,6 +56,8 @@ class Document:
     sections: list[Section]
     links: list[Link] = field(default_factory=list)
     unparsed_links: list[UnparsedLink] = field(default_factory=list)
+    escaped_html: list[UnparsedLink] = field(default_factory=list)
+    """Raw HTML (not comments) shown as text because the issue does not allow HTML."""
 
 
 def make_url_resolver(base_url: str, page_url: str) -> Callable[[str], str]:
@@ -70,8 +73,29 @@ def make_url_resolver(base_url: str, page_url: str) -> Callable[[str], str]:
     return resolve
 
 
+_COMMENT = re.compile(r"^\s*<!--.*?-->\s*$", re.DOTALL)
+
+
 class _EmailRenderer(RendererHTML):
-    """Wraps tables so a wide one scrolls inside itself instead of widening the phone's page."""
+    """Wraps tables so a wide one scrolls; passes raw HTML only when the issue allows it.
+
+    Otherwise raw HTML is shown as text, except comments: those are the editor's
+    notes to themselves, never meant for readers.
+    """
+
+    def html_block(self, tokens: Sequence[Token], idx: int, options: OptionsDict, env: EnvType) -> str:
+        return self._raw_html(tokens[idx].content, env)
+
+    def html_inline(self, tokens: Sequence[Token], idx: int, options: OptionsDict, env: EnvType) -> str:
+        return self._raw_html(tokens[idx].content, env)
+
+    @staticmethod
+    def _raw_html(content: str, env: EnvType) -> str:
+        if env["newsletter"].allow_html:
+            return content
+        if _COMMENT.match(content):
+            return ""
+        return escapeHtml(content)
 
     def table_open(self, tokens: Sequence[Token], idx: int, options: OptionsDict, env: EnvType) -> str:
         return '<div class="table-wrap">' + self.renderToken(tokens, idx, options, env)
@@ -80,8 +104,9 @@ class _EmailRenderer(RendererHTML):
         return self.renderToken(tokens, idx, options, env) + "</div>\n"
 
 
-def _parser(allow_html: bool) -> MarkdownIt:
-    md = MarkdownIt("commonmark", {"html": allow_html, "linkify": True}, renderer_cls=_EmailRenderer)
+def _parser() -> MarkdownIt:
+    # Raw HTML is always parsed, so comments are recognised; the renderer decides what to do with it.
+    md = MarkdownIt("commonmark", {"html": True, "linkify": True}, renderer_cls=_EmailRenderer)
     md.enable(["table", "strikethrough", "linkify"])
     # Before text_join, so backslash-escaped brackets are still told apart from raw ones.
     md.core.ruler.before("text_join", "newsletter_links", _links_rule)
@@ -92,7 +117,28 @@ def _links_rule(state: StateCore) -> None:
     context: _Context = state.env["newsletter"]
     for block in state.tokens:
         if block.type == "inline" and block.children is not None:
+            block.children = _gfm_autolinks_only(block.children)
             _visit_inline(block, context)
+        elif block.type == "html_block" and not context.allow_html and not _COMMENT.match(block.content):
+            line = context.body_line + (block.map[0] if block.map else 0)
+            context.document.escaped_html.append(UnparsedLink(block.content.strip().split("\n")[0], line))
+
+
+def _gfm_autolinks_only(children: list[Token]) -> list[Token]:
+    """Linkify also links bare names like README.md; GitHub only links scheme URLs and www."""
+    kept: list[Token] = []
+    skip_close = 0
+    for index, token in enumerate(children):
+        if token.type == "link_open" and token.markup == "linkify":
+            text = _link_text(children, index)
+            if not re.match(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://|www\.|mailto:)", text):
+                skip_close += 1
+                continue
+        elif token.type == "link_close" and token.markup == "linkify" and skip_close:
+            skip_close -= 1
+            continue
+        kept.append(token)
+    return kept
 
 
 @dataclass
@@ -101,15 +147,16 @@ class _Context:
     body_line: int
     resolve: Callable[[str], str]
     document: Document
+    allow_html: bool
 
 
-_PARSERS = {allow: _parser(allow) for allow in (False, True)}
+_PARSER = _parser()
 
 
 def render_markdown(issue: Issue, resolve: Callable[[str], str]) -> Document:
-    md = _PARSERS[issue.allow_html]
+    md = _PARSER
     document = Document(sections=[])
-    env = {"newsletter": _Context(issue.body.split("\n"), issue.body_line, resolve, document)}
+    env = {"newsletter": _Context(issue.body.split("\n"), issue.body_line, resolve, document, issue.allow_html)}
     tokens = md.parse(issue.body, env)
     document.sections = _split_sections(md, tokens, env)
     return document
@@ -131,7 +178,7 @@ def _visit_inline(block: Token, context: _Context) -> None:
                 raw = "https://" + raw.removeprefix("http://")
             token.attrs[attr] = context.resolve(raw)
             text = token.content if token.type == "image" else _link_text(children, index)
-            cursor = _find_line(lines, cursor, end, (unquote(raw), text))
+            cursor = _find_line(lines, cursor, end, (f"]({raw}", f"]({unquote(raw)}", unquote(raw), text))
             document.links.append(
                 Link(str(token.attrs[attr]), text, body_line + cursor, token.type == "image")
             )
@@ -141,6 +188,9 @@ def _visit_inline(block: Token, context: _Context) -> None:
             plain.append("\x00")
         elif token.type in ("softbreak", "hardbreak"):
             plain.append("\n")
+        elif token.type == "html_inline" and not context.allow_html and not _COMMENT.match(token.content):
+            line = _find_line(lines, start, end, (token.content,))
+            document.escaped_html.append(UnparsedLink(token.content, body_line + line))
     text = "".join(plain)
     for match in _UNPARSED_LINK.finditer(text):
         snippet = match.group(0)
@@ -158,8 +208,10 @@ def _link_text(children: list[Token], open_index: int) -> str:
             depth -= 1
             if depth == 0:
                 break
-        elif token.type in ("text", "text_special", "code_inline") or token.type == "image":
+        elif token.type in ("text", "text_special", "code_inline", "image"):
             parts.append(token.content)
+        elif token.type in ("softbreak", "hardbreak"):
+            parts.append(" ")
     return "".join(parts)
 
 

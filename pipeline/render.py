@@ -6,9 +6,11 @@ rendered once and personalised per subscriber by plain substitution.
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,6 +34,10 @@ HTML_TEMPLATE = "issue.mjml.j2"
 TEXT_TEMPLATE = "email.txt.j2"
 INLINE_CSS = "email.css"
 TEXT_WIDTH = 72
+
+# html2text wraps with textwrap's defaults, which break long URLs at their hyphens
+# (a link in the text part would no longer work). It looks `wrap` up in its module.
+html2text.wrap = functools.partial(textwrap.wrap, break_on_hyphens=False)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -83,3 +83,24 @@ def test_unparsed_links_are_found_but_escaped_brackets_are_not() -> None:
         ("[broken](http://a b)", 7),
         ("[undefined][ref]", 9),
     ]
+
+
+def test_only_scheme_and_www_autolinks_like_github() -> None:
+    document = render("See README.md, kit.edu and www.example.org/a or https://x.example/b.\n")
+    assert [link.href for link in document.links] == ["https://www.example.org/a", "https://x.example/b"]
+    assert "README.md," in html_of(document)
+
+
+def test_html_comments_are_dropped_other_raw_html_escaped_and_recorded() -> None:
+    document = render("Intro <!-- note to self --> and <b>bold</b>.\n\n<!--\nCFPs go here: [x]()\n-->\n\n<div>block</div>\n")
+    html = html_of(document)
+    assert "note to self" not in html and "CFPs go here" not in html
+    assert "&lt;b&gt;bold&lt;/b&gt;" in html and "&lt;div&gt;block&lt;/div&gt;" in html
+    assert [(raw.markdown, raw.line) for raw in document.escaped_html] == [("<b>", 7), ("</b>", 7), ("<div>block</div>", 13)]
+    assert document.unparsed_links == [] and document.links == []
+
+
+def test_link_text_across_lines_and_line_of_empty_target() -> None:
+    document = render("Send me an\nemail [ - ](https://a.example)\n\n[ - ]()\n")
+    assert [(link.text, link.line) for link in document.links] == [(" - ", 8), (" - ", 10)]
+    assert render("[Send me an\nemail](https://a.example)\n").links[0].text == "Send me an email"

@@ -102,3 +102,10 @@ def test_repo_samples_render() -> None:
     for path in sorted(config.paths.issues.glob("*.md")):
         build = build_issue(config, int(path.stem))
         assert build.html_size < config.max_html_bytes
+
+
+def test_long_hyphenated_urls_are_never_broken_in_the_text_part(newsletter: Newsletter) -> None:
+    url = "https://blog.example.org/2026/11/30/more-on-closures-and-the-borrow-checker-in-practice/"
+    newsletter.write_issue(1, f"- [{url}]({url})\n- words words words words words words words {url}\n")
+    text = build_issue(newsletter.config(), 1).text
+    assert text.count(url) >= 2
