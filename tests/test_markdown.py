@@ -104,3 +104,18 @@ def test_link_text_across_lines_and_line_of_empty_target() -> None:
     document = render("Send me an\nemail [ - ](https://a.example)\n\n[ - ]()\n")
     assert [(link.text, link.line) for link in document.links] == [(" - ", 8), (" - ", 10)]
     assert render("[Send me an\nemail](https://a.example)\n").links[0].text == "Send me an email"
+
+
+def test_fast_url_normalisation_matches_markdown_it() -> None:
+    from markdown_it.common.normalize_url import normalizeLink
+
+    from pipeline.markdown import _ALREADY_NORMAL
+
+    samples = [
+        "https://example.org/a_b(c)?x=1&y=2#top", "1.md", "#news", "mailto:a@example.org", "HTTPS://Example.ORG/a",
+        "https://example.org/%E2%82%AC", "https://docs.example.com/wiki/Ownership_(computer_science)",
+        "https://exa mple.org", "https://例え.jp/x", "https://a.org/ü", "https://a.org/%zz", "https://a.org/[x]",
+    ]
+    fast = [url for url in samples if _ALREADY_NORMAL.match(url)]
+    assert len(fast) == 7  # the fast path is taken for plain URLs, not for those needing escapes
+    assert all(normalizeLink(url) == url for url in fast)
