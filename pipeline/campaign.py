@@ -30,6 +30,7 @@ from .errors import NewsletterError, Rejected, TemporaryFailure, TransportError,
 from .message import MessageTemplate, Recipient, check_header_value, sender_domain
 from .ratelimit import RateLimiter, Unlimited
 from .render import Rendered
+from .subscribers import ascii_address
 from .tokens import make_token
 from .transports import Envelope, Transport
 
@@ -79,7 +80,7 @@ class Plan:
     unknown: int
 
 
-def plan_campaign(db: sqlite3.Connection, issue: int, *, include_new: bool = False) -> Plan:
+def plan_campaign(db: sqlite3.Connection, issue: int, *, include_new: bool = False, retry_failed: bool = False) -> Plan:
     campaign = find_campaign(db, issue)
     active = "SELECT COUNT(*) FROM subscribers WHERE status = 'active'"
     if campaign is None:
@@ -92,7 +93,7 @@ def plan_campaign(db: sqlite3.Connection, issue: int, *, include_new: bool = Fal
                 active + " AND id NOT IN (SELECT subscriber_id FROM deliveries WHERE campaign_id = ?)", (campaign.id,)
             ).fetchone()[0]
         )
-    return Plan(True, counts["queued"] + newcomers, counts["sending"])
+    return Plan(True, counts["queued"] + newcomers + (counts["failed"] if retry_failed else 0), counts["sending"])
 
 
 def find_campaign(db: sqlite3.Connection, issue: int) -> Campaign | None:
@@ -114,6 +115,7 @@ def prepare_campaign(
     allow_changed: bool = False,
     include_new: bool = False,
     resend_unknown: bool = False,
+    retry_failed: bool = False,
 ) -> Preparation:
     """Create the campaign and its ledger, or pick up the one a previous run left."""
     stamp = now()
@@ -144,6 +146,11 @@ def prepare_campaign(
                 )
             if include_new:
                 added = _enqueue_active(db, campaign_id)
+            if retry_failed:
+                db.execute(
+                    "UPDATE deliveries SET status = 'queued', updated_at = ? WHERE campaign_id = ? AND status = 'failed'",
+                    (stamp, campaign_id),
+                )
             db.execute("UPDATE campaigns SET status = 'sending', updated_at = ? WHERE id = ?", (stamp, campaign_id))
     campaign = find_campaign(db, issue)
     assert campaign is not None
@@ -444,10 +451,11 @@ class CampaignRunner:
 
     def _deliver(self, subscriber_id: int, email: str, name: str, attempts: int) -> Outcome:
         try:
-            data = self._message(subscriber_id, email, name)
-        except NewsletterError as error:
+            address = ascii_address(email)
+            data = self._message(subscriber_id, address, name)
+        except (NewsletterError, ValueError) as error:  # one bad row must not stop the campaign
             return Outcome(subscriber_id, "failed", attempts, error=str(error))
-        envelope = Envelope(self._envelope_sender, email, data, delivery_key(self.campaign, subscriber_id))
+        envelope = Envelope(self._envelope_sender, address, data, delivery_key(self.campaign, subscriber_id))
         settings = self.settings
         for attempt in range(1, settings.max_attempts + 1):
             try:
@@ -490,9 +498,9 @@ class CampaignRunner:
         stamp = now()
         with transaction(self.db):
             self.db.execute(
-                "UPDATE campaigns SET status = ?, note = CASE WHEN ? = '' THEN note ELSE ? END, updated_at = ?,"
+                "UPDATE campaigns SET status = ?, note = ?, updated_at = ?,"
                 " finished_at = CASE WHEN ? = 'done' THEN ? ELSE NULL END WHERE id = ?",
-                (status, pause_reason, pause_reason, stamp, status, stamp, self.campaign.id),
+                (status, pause_reason, stamp, status, stamp, self.campaign.id),
             )
         return Summary(counts, elapsed, handled, status, pause_reason, tally)
 

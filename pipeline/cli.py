@@ -159,6 +159,7 @@ def _relative(path: Path) -> str:
 @click.option("--dry-run", is_flag=True, help="Go through the whole campaign with a transport that sends nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--resend-unknown", is_flag=True, help="Resend messages whose fate a crash left unknown.")
+@click.option("--retry-failed", is_flag=True, help="Try again the recipients a previous run marked failed.")
 @click.option("--allow-changed", is_flag=True, help="Resume even though the issue changed since the campaign started.")
 @click.option("--include-new", is_flag=True, help="Also send to subscribers who joined after the campaign started.")
 @click.option("--allow-broken-links", is_flag=True, help="Send even if links are broken over HTTP.")
@@ -171,6 +172,7 @@ def send(
     dry_run: bool,
     yes: bool,
     resend_unknown: bool,
+    retry_failed: bool,
     allow_changed: bool,
     include_new: bool,
     allow_broken_links: bool,
@@ -190,6 +192,7 @@ def send(
         allow_changed=allow_changed,
         include_new=include_new,
         resend_unknown=resend_unknown,
+        retry_failed=retry_failed,
     )
     with LinkProgress() as progress:
         result = checked(config, number, options, progress)

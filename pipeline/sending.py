@@ -32,7 +32,7 @@ from .errata import mark_announced
 from .errors import CheckFailed, NewsletterError
 from .message import MessageTemplate, Recipient, check_header_value, sender_domain
 from .mirror import sync_archive
-from .subscribers import check_address, find
+from .subscribers import ascii_address, check_address, find
 from .tokens import load_secret, make_token
 from .transports import Envelope, Transport, open_transport
 
@@ -49,6 +49,7 @@ class SendOptions:
     allow_changed: bool = False
     include_new: bool = False
     resend_unknown: bool = False
+    retry_failed: bool = False
 
 
 def checked(config: Config, number: int, options: SendOptions, progress: Callable[[int, int], None] | None = None) -> CheckResult:
@@ -89,7 +90,7 @@ def send_issue(
             db = _memory_copy(state) if options.dry_run else state
             if options.dry_run:
                 state.close()
-            plan = plan_campaign(db, number, include_new=options.include_new)
+            plan = plan_campaign(db, number, include_new=options.include_new, retry_failed=options.retry_failed)
             if plan.resuming and not plan.recipients and not plan.unknown:
                 raise NothingToSend(
                     f"issue {number} was already sent to everyone on its list; nothing to do "
@@ -106,6 +107,7 @@ def send_issue(
                 allow_changed=options.allow_changed,
                 include_new=options.include_new,
                 resend_unknown=options.resend_unknown,
+                retry_failed=options.retry_failed,
             )
             if preparation.created and not options.dry_run:
                 # The errata this issue shows are now its own: later issues will not repeat them.
@@ -168,6 +170,10 @@ def send_test(config: Config, build: Build, address: str) -> str:
         subscriber_id, name = (row["id"], row["name"]) if row else (0, "")
         check_header_value(name, "name")
         token = make_token(secret, "unsubscribe", subscriber_id, address)
+        try:
+            address = ascii_address(address)
+        except ValueError as error:
+            raise NewsletterError(f"--to {error}") from None
         recipient = Recipient(
             email=address,
             name=name,

@@ -243,6 +243,11 @@ SES_FATAL = {"AccountSuspendedException", "SendingPausedException", "MailFromDom
              "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredTokenException", "LimitExceededException"}
 
 
+def _sender_problem(message: str) -> bool:
+    lowered = message.lower()
+    return any(phrase in lowered for phrase in ("not verified", "not authorized", "did not have authority"))
+
+
 class SesTransport:
     """Amazon SES v2 ``SendEmail`` with ``Content.Raw``: SES sends exactly the bytes we built."""
 
@@ -297,7 +302,8 @@ class SesTransport:
             message = error.response.get("Error", {}).get("Message", "")
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             text = f"SES {code or status}: {message}".strip()
-            if code in SES_FATAL:
+            if code in SES_FATAL or (code == "MessageRejected" and _sender_problem(message)):
+                # "Email address is not verified" / "not authorized": the sender's problem, not the recipient's.
                 return TransportUnavailable(text)
             if code in SES_REJECTED:
                 return Rejected(f"{recipient}: {text}")

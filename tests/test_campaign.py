@@ -225,3 +225,26 @@ def test_ctrl_c_records_what_was_handed_over_and_resumes(setup) -> None:  # type
     second = FakeTransport(accept)
     run(setup, second)
     assert recipients(first) + recipients(second) == Counter({f"reader{i}@example.org": 1 for i in range(40) if i != 4})
+
+
+def test_retry_failed_requeues_only_failed_rows(setup) -> None:  # type: ignore[no-untyped-def]
+    def picky(envelope: Envelope) -> str:
+        if envelope.recipient in ("reader3@example.org", "reader9@example.org"):
+            raise Rejected(f"{envelope.recipient}: mailbox full")
+        return "ok"
+
+    _, summary = run(setup, FakeTransport(picky))
+    assert summary.counts["failed"] == 2
+    again = FakeTransport(accept)
+    preparation, summary = run(setup, again, retry_failed=True)
+    assert preparation.queued == 2 and sorted(recipients(again)) == ["reader3@example.org", "reader9@example.org"]
+    assert summary.counts["failed"] == 0 and summary.counts["sent"] == 39
+
+
+def test_internationalised_domain_is_sent_in_punycode(setup) -> None:  # type: ignore[no-untyped-def]
+    add(setup[2], "anna@bücher.example", name="Anna")
+    transport = FakeTransport(accept)
+    run(setup, transport)
+    assert "anna@xn--bcher-kva.example" in recipients(transport)
+    envelope = next(e for e in transport.received if e.recipient == "anna@xn--bcher-kva.example")
+    assert b"To: Anna <anna@xn--bcher-kva.example>" in envelope.data

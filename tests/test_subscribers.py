@@ -107,3 +107,8 @@ def test_add_remove_export(db: sqlite3.Connection) -> None:
     assert counts(db)["active"] == 0
     with pytest.raises(SubscriberError, match="not on the list"):
         remove(db, "a@example.org")
+
+
+def test_non_ascii_mailbox_names_are_rejected_domains_accepted(db: sqlite3.Connection, tmp_path: Path) -> None:
+    report = import_csv(db, write(tmp_path, "email\nzoë@example.org\nanna@bücher.example\n"))
+    assert report.added == 1 and report.rejected[0][0] == 2
