@@ -38,7 +38,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a fresh clone without `pip install -e`
 
-from pipeline.build import build_issue  # noqa: E402
+from pipeline.build import build_issue, sample_message  # noqa: E402
 from pipeline.config import Config, load_config  # noqa: E402
 from pipeline.errors import NewsletterError  # noqa: E402
 from pipeline.render import (  # noqa: E402
@@ -159,7 +159,7 @@ def describe(config: Config, number: int) -> dict[str, Any]:
         "html_budget_bytes": config.max_html_bytes,
         "mjml_bytes": len(build.rendered.mjml.encode("utf-8")),
         "text_bytes": len(build.text.encode("utf-8")),
-        "eml_bytes": len(build.eml),
+        "eml_bytes": len(sample_message(config, build)),
     }
 
 

@@ -24,7 +24,6 @@ class Build:
     html: str
     """The HTML as a sample recipient gets it."""
     text: str
-    eml: bytes
     errata_ids: list[int] = field(default_factory=list)
     """The errata this issue carries; marked announced when its campaign starts."""
 
@@ -33,21 +32,25 @@ class Build:
         return len(self.html.encode("utf-8"))
 
 
-def build_issue(config: Config, number: int, now: dt.datetime | None = None) -> Build:
+def build_issue(config: Config, number: int) -> Build:
     issue = read_issue(config.paths.issues, number)
     carried = errata_for(load_errata(config), number, started=campaign_state(config, number) is not None)
     rendered = render_issue(config, issue, after_intro=[errata_html(config, carried)] if carried else [])
-    recipient = sample_recipient(config)
-    html, text = rendered.personalise(recipient)
+    html, text = rendered.personalise(sample_recipient(config))
+    return Build(rendered, html, text, [e.id for e in carried])
+
+
+def sample_message(config: Config, build: Build, now: dt.datetime | None = None) -> bytes:
+    """A complete MIME message to the sample recipient, for opening in a mail client."""
     message = build_message(
         config,
-        to=recipient["email"],
-        subject=issue.subject,
-        html=html,
-        text=text,
+        to=sample_recipient(config)["email"],
+        subject=build.rendered.issue.subject,
+        html=build.html,
+        text=build.text,
         date=now or dt.datetime.now(dt.UTC),
     )
-    return Build(rendered, html, text, message_bytes(message), [e.id for e in carried])
+    return message_bytes(message)
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def write_build(config: Config, build: Build) -> dict[str, Path]:
     outputs = {
         "email.html": build.html.encode("utf-8"),
         "email.txt": build.text.encode("utf-8"),
-        "message.eml": build.eml,
+        "message.eml": sample_message(config, build),
     }
     written = {}
     for name, data in outputs.items():
