@@ -13,6 +13,7 @@ from .db import DB_NAME, open_db
 from .errata import errata_for, errata_html, load_errata
 from .files import write_atomically
 from .linkcheck import check_urls
+from .markdown import Link
 from .message import build_message, message_bytes
 from .render import Rendered, render_issue, sample_recipient
 from .source import read_issue
@@ -74,7 +75,7 @@ def check_issue(
     """Everything ``check`` does: build, offline checks, and (unless offline) links over HTTP."""
     build = build_issue(config, number)
     offline = check_build(config, build)
-    links = build.rendered.document.links
+    links = checkable_links(config, build)
     if not online:
         return CheckResult(build, offline, [], "links not checked over HTTP (--offline)")
     if not config.links.enabled:
@@ -84,11 +85,17 @@ def check_issue(
         report = check_urls([link.href for link in links], config.links, db, progress=progress)
     finally:
         db.close()
+    found = http_problems(links, report.results)  # cached results count even when the rest was skipped
     if report.skipped:
-        return CheckResult(build, offline, [Problem(0, "warning", report.skipped)], report.skipped)
+        return CheckResult(build, offline, [*found, Problem(0, "warning", report.skipped)], report.skipped)
     broken = sum(not r.ok for r in report.results.values())
-    note = f"{len(report.results)} link(s) checked over HTTP, {broken} broken"
-    return CheckResult(build, offline, http_problems(links, report.results), note)
+    return CheckResult(build, offline, found, f"{len(report.results)} link(s) checked over HTTP, {broken} broken")
+
+
+def checkable_links(config: Config, build: Build) -> list[Link]:
+    """Links worth fetching: not those into this issue's own archive page, which exists only once it is sent."""
+    own_page = config.archive_url(build.rendered.issue.number)
+    return [link for link in build.rendered.document.links if link.href.split("#", 1)[0] != own_page]
 
 
 def campaign_state(config: Config, number: int) -> str | None:

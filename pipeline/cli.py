@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Self
 
 import click
 
@@ -14,6 +14,7 @@ from .build import build_issue, write_build
 from .check import Problem
 from .config import Config, load_config
 from .errors import CheckFailed, NewsletterError
+from .files import display_path
 
 ISSUE = click.argument("number", metavar="N", type=click.IntRange(min=1))
 
@@ -100,7 +101,7 @@ def check(ctx: click.Context, number: int, offline: bool) -> None:
 class LinkProgress:
     """A progress bar for long link checks, on a terminal only."""
 
-    def __enter__(self) -> LinkProgress:
+    def __enter__(self) -> Self:
         self._bar = None
         return self
 
@@ -147,10 +148,7 @@ def _budget_line(config: Config, size: int) -> None:
 
 
 def _relative(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+    return display_path(path)
 
 
 @main.command()

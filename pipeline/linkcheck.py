@@ -13,6 +13,8 @@ import asyncio
 import datetime as dt
 import socket
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -60,11 +62,13 @@ def check_urls(
     *,
     progress: Callable[[int, int], None] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    use_cache: bool = True,
 ) -> Report:
-    wanted = sorted({url for url in urls if urlsplit(url).scheme in ("http", "https")})
-    cached = _cached(db, wanted, settings.cache_hours) if db is not None else {}
+    wanted = sorted({url for url in urls if _scheme(url) in ("http", "https")})
+    cached = _cached(db, wanted, settings.cache_hours) if db is not None and use_cache else {}
     todo = [url for url in wanted if url not in cached]
-    if todo and transport is None and not _any_host_resolves(todo):
+    # Every host counts, cached ones too: one mistyped new domain must not look like "offline".
+    if todo and transport is None and not _any_host_resolves(wanted):
         return Report(cached, skipped="no host resolved: the network looks unreachable, links were not checked")
     fresh = asyncio.run(_check_all(todo, settings, progress, transport)) if todo else {}
     if db is not None and fresh:
@@ -72,21 +76,45 @@ def check_urls(
     return Report({**cached, **fresh})
 
 
-def _any_host_resolves(urls: list[str], limit: int = 8, timeout: float = 3.0) -> bool:
-    """Resolve a handful of distinct hosts in parallel; one success means we are online."""
-    hosts = list(dict.fromkeys(urlsplit(url).hostname or "" for url in urls))[:limit]
+def _scheme(url: str) -> str:
+    try:
+        return urlsplit(url).scheme
+    except ValueError:  # e.g. "http://[::1/": not a URL at all; the offline checks report it
+        return ""
 
-    async def resolve(host: str) -> bool:
+
+def _host(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+
+
+def _any_host_resolves(urls: list[str], timeout: float = 3.0, most: int = 64) -> bool:
+    """Resolve the distinct hosts at once; the first success means we are online.
+
+    Daemon threads, not asyncio: a hanging resolver must not hold us past ``timeout``.
+    """
+    hosts = [host for host in dict.fromkeys(_host(url) for url in urls) if host][:most]
+    online = threading.Event()
+    remaining = threading.Semaphore(0)
+
+    def resolve(host: str) -> None:
         try:
-            await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(host, 443), timeout)
-            return True
-        except (TimeoutError, OSError, UnicodeError):
-            return False
+            socket.getaddrinfo(host, 443)
+            online.set()
+        except (OSError, UnicodeError):
+            pass
+        finally:
+            remaining.release()
 
-    async def any_resolves() -> bool:
-        return any(await asyncio.gather(*(resolve(h) for h in hosts if h)))
-
-    return asyncio.run(any_resolves())
+    for host in hosts:
+        threading.Thread(target=resolve, args=(host,), daemon=True).start()
+    deadline = time.monotonic() + timeout
+    for _ in hosts:
+        if online.is_set() or not remaining.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            break
+    return online.is_set()
 
 
 async def _check_all(
@@ -109,10 +137,14 @@ async def _check_all(
 
         async def one(url: str) -> LinkResult:
             nonlocal done
-            host = urlsplit(url).hostname or ""
+            host = _host(url)
             semaphore = per_host.setdefault(host, asyncio.Semaphore(settings.per_host))
-            async with overall, semaphore:
-                result = await _check(client, url)
+            # Per-host first: links to one busy host must not hold every overall slot while they wait.
+            async with semaphore, overall:
+                try:
+                    result = await asyncio.wait_for(_check(client, url), settings.timeout)
+                except TimeoutError:
+                    result = LinkResult(url, False, error="timed out")
             done += 1
             if progress:
                 progress(done, len(urls))
@@ -150,11 +182,23 @@ async def _check(client: httpx.AsyncClient, url: str, max_redirects: int = 10) -
         return LinkResult(url, False, error="timed out")
     except httpx.ConnectError as error:
         cause = str(error) or type(error).__name__
-        if isinstance(error.__cause__, socket.gaierror) or "Name or service not known" in cause or "nodename" in cause:
+        if _is_dns_failure(error):
             return LinkResult(url, False, error="host not found (DNS)")
         return LinkResult(url, False, error=f"cannot connect: {cause}")
     except httpx.HTTPError as error:
         return LinkResult(url, False, error=f"{type(error).__name__}: {error}")
+    except Exception as error:  # noqa: BLE001 - a malformed URL (port 99999, bad IPv6) is one broken link, not a crash
+        return LinkResult(url, False, error=f"invalid URL: {error}")
+
+
+def _is_dns_failure(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    text = str(error).lower()
+    return any(p in text for p in ("name or service not known", "name resolution", "nodename nor servname"))
 
 
 async def _get(client: httpx.AsyncClient, url: str) -> httpx.Response:
@@ -168,7 +212,7 @@ def _now() -> dt.datetime:
 
 
 def _cached(db: sqlite3.Connection, urls: list[str], hours: float) -> dict[str, LinkResult]:
-    since = (_now() - dt.timedelta(hours=hours)).isoformat(timespec="seconds")
+    since = (_now() - dt.timedelta(hours=hours)).isoformat(timespec="microseconds")
     found: dict[str, LinkResult] = {}
     for start in range(0, len(urls), 500):
         chunk = urls[start : start + 500]
@@ -184,7 +228,9 @@ def _cached(db: sqlite3.Connection, urls: list[str], hours: float) -> dict[str, 
 
 
 def _store(db: sqlite3.Connection, results: Iterable[LinkResult]) -> None:
-    stamp = _now().isoformat(timespec="seconds")
+    """Only good results are kept: a one-off 503 or timeout must not block a send for a day."""
+    results = [r for r in results if r.ok]
+    stamp = _now().isoformat(timespec="microseconds")
     with transaction(db):
         db.executemany(
             "INSERT OR REPLACE INTO link_cache VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
+from urllib.parse import unquote
 
 from .archive import archived_documents
-from .build import build_issue
+from .build import build_issue, checkable_links
 from .check import http_problems
 from .config import Config
 from .db import open_db
+from .errata import Erratum, load_errata
+from .files import display_path
 from .linkcheck import check_urls
 from .markdown import Link
 
@@ -18,16 +21,16 @@ Progress = Callable[[int, int], None]
 
 def check_issue_links(config: Config, number: int, progress: Progress | None = None) -> tuple[list[str], int]:
     build = build_issue(config, number)
-    links = build.rendered.document.links
+    links = checkable_links(config, build)
     db = open_db(config.paths.state)
     try:
         report = check_urls([link.href for link in links], config.links, db, progress=progress)
     finally:
         db.close()
-    if report.skipped:
-        return [f"warning: {report.skipped}"], 0
-    path = str(build.rendered.issue.path)
+    path = display_path(build.rendered.issue.path)
     lines = [problem.format(path) for problem in http_problems(links, report.results)]
+    if report.skipped:
+        return [*lines, f"warning: {report.skipped}"], sum(not r.ok for r in report.results.values())
     broken = sum(not r.ok for r in report.results.values())
     moved = sum(r.ok and r.permanent_redirect for r in report.results.values())
     lines.append(f"{len(report.results)} link(s) checked: {broken} broken, {moved} moved permanently")
@@ -37,10 +40,12 @@ def check_issue_links(config: Config, number: int, progress: Progress | None = N
 def check_archive_links(config: Config, progress: Progress | None = None) -> tuple[list[str], int]:
     """Every archived issue's links; for each that broke since it was sent, a ready-to-run erratum."""
     documents = archived_documents(config)
+    errata = load_errata(config)
     urls = [link.href for _, document in documents for link in document.links]
     db = open_db(config.paths.state)
     try:
-        report = check_urls(urls, config.links, db, progress=progress)
+        # No cache: "broken since it was sent" needs today's answer, not yesterday's.
+        report = check_urls(urls, config.links, db, progress=progress, use_cache=False)
     finally:
         db.close()
     if report.skipped:
@@ -48,21 +53,36 @@ def check_archive_links(config: Config, progress: Progress | None = None) -> tup
     lines: list[str] = []
     broken = 0
     for entry, document in documents:
+        source = (config.paths.archive / entry.filename).read_text(encoding="utf-8")
         for link in document.links:
             result = report.results.get(link.href)
             if result is None or (result.ok and not result.permanent_redirect):
                 continue
+            if _already_corrected(errata, entry.number, link):
+                continue
             broken += not result.ok
             lines.append(f"{entry.filename}:{link.line}: {result.describe()}: {link.href}")
-            lines.append("  " + suggest_erratum(entry.number, link, result.final_url if result.ok else ""))
+            lines.append("  " + suggest_erratum(entry.number, link, result.final_url if result.ok else "", source))
     lines.append(f"{len(report.results)} link(s) in {len(documents)} archived issue(s) checked: {broken} broken")
     return lines, broken
 
 
-def suggest_erratum(number: int, link: Link, new_url: str) -> str:
-    label = link.text if link.text and link.text != link.href else link.href
-    if new_url:
-        text = f"The link to “{label}” has moved to {new_url}."
-        return shlex.join(["newsletter", "errata", "add", str(number), "--text", text, "--replace", link.href, new_url])
-    text = f"The link to “{label}” ({link.href}) no longer works."
+def _already_corrected(errata: list[Erratum], number: int, link: Link) -> bool:
+    """A link named in an erratum (its text, or what it replaces) has been dealt with."""
+    targets = {link.href, link.raw, unquote(link.raw)} - {""}
+    return any(
+        e.issue == number and any(t in e.text or t == e.replace_old for t in targets) for e in errata
+    ) or any(link.href in e.text for e in errata if e.announced_in == number)
+
+
+def suggest_erratum(number: int, link: Link, new_url: str, source: str = "") -> str:
+    label = link.text if link.text and link.text not in (link.href, link.raw) else ""
+    what = f"“{label}”" if label else "a link"
+    # --replace must name the URL as written in the issue, or it will not be found there.
+    written = next((c for c in (link.raw, unquote(link.raw), link.href) if c and c in source), "")
+    if new_url and written:
+        text = f"The link to {what} has moved to `{new_url}`."
+        return shlex.join(["newsletter", "errata", "add", str(number), "--text", text, "--replace", written, new_url])
+    # The URL in backticks: shown as text in the errata section, not as one more link to check.
+    text = f"The link to {what} (`{link.href}`) no longer works."
     return shlex.join(["newsletter", "errata", "add", str(number), "--text", text])

@@ -34,6 +34,8 @@ class Link:
     line: int
     """Line in the issue file where the link is written."""
     is_image: bool = False
+    raw: str = ""
+    """The target as written (before resolving against the archive), for suggestions that edit the source."""
 
 
 @dataclass(frozen=True)
@@ -192,9 +194,7 @@ def _visit_inline(block: Token, context: _Context) -> None:
             token.attrs[attr] = context.resolve(raw)
             text = token.content if token.type == "image" else _link_text(children, index)
             cursor = _find_line(lines, cursor, end, (f"]({raw}", f"]({unquote(raw)}", unquote(raw), text))
-            document.links.append(
-                Link(str(token.attrs[attr]), text, body_line + cursor, token.type == "image")
-            )
+            document.links.append(Link(str(token.attrs[attr]), text, body_line + cursor, token.type == "image", raw))
         elif token.type == "text":
             plain.append(token.content)
         elif token.type == "text_special":

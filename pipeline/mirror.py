@@ -38,6 +38,7 @@ class SyncResult:
 def _git(worktree: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         ["git", "-C", str(worktree), *args],
+        check=False,
         capture_output=True,
         text=True,
         env={"GIT_TERMINAL_PROMPT": "0", "PATH": _path(), "HOME": str(Path.home()), "LC_ALL": "C"},
