@@ -11,10 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote
 
 from .config import Config
 from .errata import Erratum, corrections_of, errata_for, errata_markdown, load_errata
@@ -64,41 +65,39 @@ def issue_markdown(config: Config, issue: Issue, errata: list[Erratum]) -> str:
             body = body.replace(erratum.replace_old, erratum.replace_new)
     carried = [e for e in errata if e.announced_in == issue.number]
     if carried:
-        body = _insert_after_intro(config, issue, body, errata_markdown(config, carried, _top_heading(body)))
+        body = _insert_after_intro(config, issue, body, carried)
     updated = max([issue.date, *(e.recorded for e in corrections)])
     meta = {"number": issue.number, "title": issue.title, "date": issue.date.isoformat(), "updated": updated.isoformat()}
+    # '>' escaped: a title containing "-->" must not close the comment and spill JSON onto the page.
+    meta_json = json.dumps(meta, ensure_ascii=False).replace(">", "\\u003e")
     byline = f"*{_date_text(issue.date)}{' · ' + issue.author if issue.author else ''}*"
-    parts = [f"<!-- newsletter-archive: {json.dumps(meta, ensure_ascii=False)} -->", f"# {issue.title}", byline, body.strip()]
+    parts = [f"<!-- newsletter-archive: {meta_json} -->", f"# {issue.title}", byline, body.strip()]
     if corrections:
         notes = "\n".join(
             f"- {e.text} (recorded {e.recorded.isoformat()}, announced in "
-            f"[issue {e.announced_in}]({config.archive_name(e.announced_in or 0)}))"
-            + (" The archived text above includes the fix." if e.replace_old else "")
+            f"[issue {e.announced_in}]({quote(config.archive_name(e.announced_in or 0))}))"
+            + (" The archived text above includes the fix." if e.replace_old and e.replace_old in issue.body else "")
             for e in corrections
         )
         parts.append(f"---\n\n## Corrections\n\n{notes}")
     return "\n\n".join(parts) + "\n"
 
 
-def _insert_after_intro(config: Config, issue: Issue, body: str, section: str) -> str:
+def _insert_after_intro(config: Config, issue: Issue, body: str, carried: list[Erratum]) -> str:
     sections = render_markdown(issue, make_url_resolver(config.archive_base_url, config.archive_url(issue.number))).sections
     lines = body.split("\n")
     cut = sections[1].start if len(sections) > 1 else len(lines)
-    return "\n".join([*lines[:cut], section, *lines[cut:]])
-
-
-def _top_heading(body: str) -> str:
-    levels = [len(m.group(1)) for m in re.finditer(r"^(#{1,6})\s", body, re.MULTILINE)]
-    return "#" * min(levels) if levels else "##"
+    heading = "#" * (sections[1].level if len(sections) > 1 else 2)
+    return "\n".join([*lines[:cut], errata_markdown(config, carried, heading), *lines[cut:]])
 
 
 def _date_text(date: dt.date) -> str:
     return f"{date:%d %B %Y}".lstrip("0")
 
 
-def archived_entries(config: Config) -> list[Entry]:
+def archived_entries(config: Config, folder: Path | None = None) -> list[Entry]:
     entries = []
-    for path in sorted(config.paths.archive.glob("*.md")):
+    for path in sorted((folder or config.paths.archive).glob("*.md")):
         match = META.search(path.read_text(encoding="utf-8")[:2000])
         if not match:
             continue  # the index itself, or a file someone added by hand
@@ -118,18 +117,20 @@ def archived_entries(config: Config) -> list[Entry]:
     return sorted(entries, key=lambda e: e.number, reverse=True)
 
 
-def write_index(config: Config) -> list[Path]:
-    entries = archived_entries(config)
+def write_index(config: Config, folder: Path | None = None) -> list[Path]:
+    """The index (README.md) and feed (feed.xml) of the archive in ``folder`` (default: the archive)."""
+    folder = folder or config.paths.archive
+    entries = archived_entries(config, folder)
     rows = "\n".join(
-        f"| [#{e.number}]({e.filename}) | {e.date.isoformat()} | {_cell(e.title)} |" for e in entries
+        f"| [#{e.number}]({quote(e.filename)}) | {e.date.isoformat()} | {_cell(e.title)} |" for e in entries
     )
     readme = (
         f"# {config.name}: the archive\n\n"
         f"Every issue, newest first. Follow new issues with the [Atom feed](feed.xml).\n\n"
         f"| Issue | Date | Title |\n|---|---|---|\n{rows}\n"
     )
-    index = write_atomically(config.paths.archive / "README.md", readme.encode("utf-8"))
-    feed = write_atomically(config.paths.archive / "feed.xml", atom_feed(config, entries))
+    index = write_atomically(folder / "README.md", readme.encode("utf-8"))
+    feed = write_atomically(folder / "feed.xml", atom_feed(config, entries, folder))
     return [index, feed]
 
 
@@ -137,12 +138,12 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def atom_feed(config: Config, entries: list[Entry]) -> bytes:
+def atom_feed(config: Config, entries: list[Entry], folder: Path | None = None) -> bytes:
     ET.register_namespace("", ATOM)
     feed = ET.Element(f"{{{ATOM}}}feed")
-    host = urlsplit(config.archive_base_url).hostname or "example.org"
+    # Ids derive from the archive's address alone: stable whatever is archived, and in what order.
+    base_id = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, config.archive_base_url)}"
     first_year = min((e.date.year for e in entries), default=dt.date.today().year)
-    base_id = f"tag:{host},{first_year}:{config.archive_base_url.split(host, 1)[1] or '/'}"
 
     def add(parent: ET.Element, tag: str, text: str | None = None, **attributes: str) -> ET.Element:
         element = ET.SubElement(parent, f"{{{ATOM}}}{tag}", attributes)
@@ -157,22 +158,22 @@ def atom_feed(config: Config, entries: list[Entry]) -> bytes:
     for entry in entries:
         item = add(feed, "entry")
         add(item, "title", entry.title)
-        add(item, "id", f"{base_id}/issue/{entry.number}")  # stable: never the file name or the date
-        add(item, "link", href=f"{config.archive_base_url}/{entry.filename}")
+        add(item, "id", f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{config.archive_base_url}#issue-{entry.number}')}")
+        add(item, "link", href=f"{config.archive_base_url}/{quote(entry.filename)}")
         add(item, "published", _timestamp(entry.date))
         add(item, "updated", _timestamp(entry.updated))
-        add(item, "content", _entry_html(config, entry), type="html")
+        add(item, "content", _entry_html(config, entry, folder), type="html")
     return ET.tostring(feed, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
-def _entry_html(config: Config, entry: Entry) -> str:
+def _entry_html(config: Config, entry: Entry, folder: Path | None = None) -> str:
     """The archived Markdown, rendered: what a feed reader shows."""
-    return "".join(section.html for section in archived_document(config, entry).sections)
+    return "".join(section.html for section in archived_document(config, entry, folder).sections)
 
 
-def archived_document(config: Config, entry: Entry) -> Document:
+def archived_document(config: Config, entry: Entry, folder: Path | None = None) -> Document:
     """Parse an archived file (past its metadata line) as the Markdown it is."""
-    path = config.paths.archive / entry.filename
+    path = (folder or config.paths.archive) / entry.filename
     body = path.read_text(encoding="utf-8").split("\n", 1)[1]
     issue = Issue(path, entry.number, entry.title, entry.date, entry.title, "", "", False, body, 2)
     return render_markdown(issue, make_url_resolver(config.archive_base_url, f"{config.archive_base_url}/{entry.filename}"))

@@ -67,6 +67,7 @@ class Preparation:
     created: bool
     queued: int
     unknown: int
+    archive_error: str = ""
     reconciled: int = 0
     added: int = 0
 
@@ -272,6 +273,7 @@ class Summary:
     outcomes: dict[str, int] = field(default_factory=dict)
     archived: str = ""
     """Where the issue was archived after a complete campaign."""
+    archive_error: str = ""
     reconciled: int = 0
     """Messages a crash had left in flight that the transport could settle."""
 

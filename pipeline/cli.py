@@ -237,6 +237,11 @@ def send(
     click.secho(f"issue {number}: campaign complete", fg="green")
     if summary.archived:
         click.echo(f"archived: {summary.archived}")
+    if summary.archive_error:
+        raise NewsletterError(
+            f"the issue was sent, but archiving failed: {summary.archive_error}; "
+            f"run `newsletter archive {number}` to retry",
+        )
 
 
 @main.command()

@@ -299,6 +299,6 @@ def _filename_pattern(path: Path, pattern: str) -> str:
         name = pattern.format(number=1)
     except (KeyError, IndexError, ValueError):
         raise ConfigError(path, f"archive.filename may only use {{number}}, got {pattern!r}") from None
-    if name == pattern.format(number=2) or "/" in name:
-        raise ConfigError(path, f"archive.filename must contain {{number}} and no '/', got {pattern!r}")
+    if name == pattern.format(number=2) or "/" in name or not name.endswith(".md"):
+        raise ConfigError(path, f"archive.filename must contain {{number}}, no '/', and end in .md, got {pattern!r}")
     return pattern

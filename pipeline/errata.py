@@ -8,12 +8,19 @@ section and no later issue repeats it.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import html
+import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedSeq
 
 from .config import Config
 from .errors import NewsletterError
@@ -80,8 +87,9 @@ def load_errata(config: Config) -> list[Erratum]:
 
 def _entry(path: Path, index: int, item: Any) -> Erratum:
     def fail(message: str) -> ErrataError:
-        name = item.get("id", index) if isinstance(item, dict) else index
-        return ErrataError(f"{path}: entry {name}: {message}")
+        has_id = isinstance(item, dict) and "id" in item
+        name = f"entry {item['id']}" if has_id else f"entry number {index} in the list"
+        return ErrataError(f"{path}: {name}: {message}")
 
     if not isinstance(item, dict):
         raise fail("must be a mapping with id, issue, recorded, text")
@@ -108,9 +116,29 @@ def _entry(path: Path, index: int, item: Any) -> Erratum:
     return Erratum(item["id"], item["issue"], recorded, item["text"].strip(), old, new, announced)
 
 
-def save_errata(config: Config, errata: list[Erratum]) -> None:
-    text = HEADER + yaml.safe_dump([e.as_yaml() for e in errata], allow_unicode=True, sort_keys=False, width=100)
-    write_atomically(errata_path(config), text.encode("utf-8"))
+@contextmanager
+def _locked(config: Config) -> Iterator[None]:
+    """One writer at a time: an `errata add` racing a campaign start must not lose an entry."""
+    config.paths.state.mkdir(parents=True, exist_ok=True)
+    with (config.paths.state / "errata.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _edit(config: Config, change: Callable[[CommentedSeq], None]) -> None:
+    """Change the file in place, round trip: the editor's comments and layout survive."""
+    path = errata_path(config)
+    yaml_rt = YAML()
+    yaml_rt.width = 100
+    exists = path.exists()
+    data = yaml_rt.load(path.read_text(encoding="utf-8")) if exists else None
+    if data is None:
+        data = CommentedSeq()
+    change(data)
+    buffer = io.StringIO()
+    yaml_rt.dump(data, buffer)
+    text = buffer.getvalue() if exists else HEADER + buffer.getvalue()
+    write_atomically(path, text.encode("utf-8"))
 
 
 def add_erratum(config: Config, issue: int, text: str, replace: tuple[str, str] | None, source_body: str) -> Erratum:
@@ -118,16 +146,17 @@ def add_erratum(config: Config, issue: int, text: str, replace: tuple[str, str] 
         raise ErrataError("--text must not be empty")
     if replace and replace[0] not in source_body:
         raise ErrataError(f"--replace: {replace[0]!r} does not occur in issue {issue}")
-    errata = load_errata(config)
-    erratum = Erratum(
-        id=max((e.id for e in errata), default=0) + 1,
-        issue=issue,
-        recorded=dt.date.today(),
-        text=text.strip(),
-        replace_old=replace[0] if replace else "",
-        replace_new=replace[1] if replace else "",
-    )
-    save_errata(config, [*errata, erratum])
+    with _locked(config):
+        errata = load_errata(config)
+        erratum = Erratum(
+            id=max((e.id for e in errata), default=0) + 1,
+            issue=issue,
+            recorded=dt.date.today(),
+            text=text.strip(),
+            replace_old=replace[0] if replace else "",
+            replace_new=replace[1] if replace else "",
+        )
+        _edit(config, lambda data: data.append(erratum.as_yaml()))
     return erratum
 
 
@@ -143,14 +172,15 @@ def mark_announced(config: Config, number: int, ids: list[int]) -> None:
     if not ids:
         return
     wanted = set(ids)
-    errata = load_errata(config)
-    updated = [
-        Erratum(e.id, e.issue, e.recorded, e.text, e.replace_old, e.replace_new, number)
-        if e.id in wanted and e.announced_in is None
-        else e
-        for e in errata
-    ]
-    save_errata(config, updated)
+
+    def mark(data: CommentedSeq) -> None:
+        for item in data:
+            if isinstance(item, dict) and item.get("id") in wanted and item.get("announced_in") is None:
+                item["announced_in"] = number
+
+    with _locked(config):
+        load_errata(config)  # refuse to edit a file that does not validate
+        _edit(config, mark)
 
 
 def corrections_of(errata: list[Erratum], number: int) -> list[Erratum]:
@@ -168,5 +198,5 @@ def errata_html(config: Config, carried: list[Erratum]) -> str:
 
 
 def errata_markdown(config: Config, carried: list[Erratum], heading: str = "##") -> str:
-    items = "\n".join(f"- In [issue {e.issue}]({config.archive_name(e.issue)}): {e.text}" for e in carried)
+    items = "\n".join(f"- In [issue {e.issue}]({quote(config.archive_name(e.issue))}): {e.text}" for e in carried)
     return f"{heading} Errata\n\n{items}\n"

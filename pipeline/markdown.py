@@ -51,6 +51,8 @@ class Section:
     html: str
     start: int = 0
     """Index in the body's lines where the section begins."""
+    level: int = 2
+    """Heading level of the body's top-level sections (2 for '##')."""
 
 
 @dataclass
@@ -253,5 +255,6 @@ def _split_sections(md: MarkdownIt, tokens: list[Token], env: EnvType) -> list[S
         if chunk and chunk[0].type == "heading_open":
             heading = "".join(c.content for c in chunk[1].children or [] if c.type in ("text", "code_inline"))
         start = next((t.map[0] for t in chunk if t.map), 0)
-        sections.append(Section(heading, md.renderer.render(chunk, md.options, env), start))
+        level = int(top[1]) if top else 2
+        sections.append(Section(heading, md.renderer.render(chunk, md.options, env), start, level))
     return sections

@@ -92,13 +92,19 @@ def send_issue(
                 state.close()
             plan = plan_campaign(db, number, include_new=options.include_new, retry_failed=options.retry_failed)
             if plan.resuming and not plan.recipients and not plan.unknown:
+                # Finish what a previous run may have left undone: archiving is idempotent.
+                archived = "" if options.dry_run else f"; archive: {publish_archive(config, number)}"
                 raise NothingToSend(
-                    f"issue {number} was already sent to everyone on its list; nothing to do "
-                    "(--include-new also sends it to subscribers who joined since)"
+                    f"issue {number} was already sent to everyone on its list; nothing to send "
+                    f"(--include-new also sends it to subscribers who joined since){archived}"
                 )
             rate = send_rate(config, transport, options.dry_run)
             if not confirm(plan, transport, rate):
                 raise NewsletterError("not sent: nothing was changed")
+            if not plan.resuming and not options.dry_run:
+                # Before the campaign exists: a crash in between leaves the errata announced by an
+                # issue whose rebuild still shows them, never an issue pinned without them.
+                mark_announced(config, number, build.errata_ids)
             preparation = prepare_campaign(
                 db,
                 number,
@@ -109,9 +115,6 @@ def send_issue(
                 resend_unknown=options.resend_unknown,
                 retry_failed=options.retry_failed,
             )
-            if preparation.created and not options.dry_run:
-                # The errata this issue shows are now its own: later issues will not repeat them.
-                mark_announced(config, number, build.errata_ids)
             runner = CampaignRunner(
                 db,
                 config,
@@ -132,7 +135,10 @@ def send_issue(
     finally:
         transport.close()
     if summary.status == "done" and not options.dry_run:
-        summary.archived = publish_archive(config, number)
+        try:
+            summary.archived = publish_archive(config, number)
+        except NewsletterError as error:  # the issue went out; only the archive is behind
+            summary.archive_error = str(error)
     return summary
 
 
@@ -143,9 +149,10 @@ def publish_archive(config: Config, number: int) -> str:
     where = f"{len(written)} file(s) in {config.paths.archive}"
     if result is None:
         return f"{where} (archive.remote not set: local only)"
-    pushed = "pushed" if result.pushed else "already up to date"
-    pulled = f"; took {len(result.pulled)} change(s) made on the remote" if result.pulled else ""
-    return f"{where}, {pushed} to {config.archive_remote} ({config.archive_branch}){pulled}"
+    target = f"{config.archive_remote} ({config.archive_branch})"
+    pushed = f"pushed to {target}" if result.pushed else f"{target} already up to date"
+    merged = "; merged the changes made there" if result.merged_remote else ""
+    return f"{where}, {pushed}{merged}"
 
 
 def _memory_copy(db: sqlite3.Connection) -> sqlite3.Connection:
