@@ -67,7 +67,6 @@ class Preparation:
     created: bool
     queued: int
     unknown: int
-    archive_error: str = ""
     reconciled: int = 0
     added: int = 0
 

@@ -424,7 +424,7 @@ def test_full_campaign_sends_each_active_subscriber_exactly_once(newsletter: New
 
     again = run(letter, "send", "1", "--yes")
     assert again.returncode == 0, again.stderr
-    assert "issue 1 was already sent to everyone on its list; nothing to do" in again.stdout
+    assert "issue 1 was already sent to everyone on its list; nothing to send" in again.stdout
     assert len(ses.messages()) == len(ACTIVE)
     assert proxy.send_calls == len(ACTIVE)
 
