@@ -26,7 +26,14 @@ from typing import Literal, Protocol
 
 from .config import Config
 from .db import now, transaction
-from .errors import NewsletterError, Rejected, TemporaryFailure, TransportError, TransportUnavailable
+from .errors import (
+    DeliveryUnknown,
+    NewsletterError,
+    Rejected,
+    TemporaryFailure,
+    TransportError,
+    TransportUnavailable,
+)
 from .message import MessageTemplate, Recipient, check_header_value, sender_domain
 from .ratelimit import RateLimiter, Unlimited
 from .render import Rendered
@@ -80,8 +87,18 @@ class Plan:
     unknown: int
 
 
-def plan_campaign(db: sqlite3.Connection, issue: int, *, include_new: bool = False, retry_failed: bool = False) -> Plan:
+def plan_campaign(
+    db: sqlite3.Connection,
+    issue: int,
+    digest: str,
+    *,
+    include_new: bool = False,
+    retry_failed: bool = False,
+    allow_changed: bool = False,
+) -> Plan:
     campaign = find_campaign(db, issue)
+    if campaign is not None and campaign.content_hash != digest and not allow_changed:
+        raise _changed(issue)
     active = "SELECT COUNT(*) FROM subscribers WHERE status = 'active'"
     if campaign is None:
         return Plan(False, int(db.execute(active).fetchone()[0]), 0)
@@ -135,14 +152,10 @@ def prepare_campaign(
             campaign_id = campaign.id
             if campaign.content_hash != digest:
                 if not allow_changed:
-                    raise CampaignError(
-                        f"issue {issue} changed since its campaign started: resuming would send different "
-                        "content to the rest of the list; revert the change, or pass --allow-changed "
-                        "to send the new version to those not sent yet"
-                    )
+                    raise _changed(issue)
                 db.execute(
-                    "UPDATE campaigns SET content_hash = ?, note = note || ? WHERE id = ?",
-                    (digest, f"content changed at {stamp}; ", campaign_id),
+                    "UPDATE campaigns SET content_hash = ?, history = history || ? WHERE id = ?",
+                    (digest, f"content changed at {stamp} (--allow-changed); ", campaign_id),
                 )
             if include_new:
                 added = _enqueue_active(db, campaign_id)
@@ -157,6 +170,14 @@ def prepare_campaign(
     reconciled = _reconcile_unknown(db, campaign, transport, resend_unknown)
     counts = ledger_counts(db, campaign.id)
     return Preparation(campaign, created, counts["queued"], counts["sending"], reconciled, added)
+
+
+def _changed(issue: int) -> CampaignError:
+    return CampaignError(
+        f"issue {issue} changed since its campaign started: resuming would send different "
+        "content to the rest of the list; revert the change, or pass --allow-changed "
+        "to send the new version to those not sent yet"
+    )
 
 
 def _enqueue_active(db: sqlite3.Connection, campaign_id: int) -> int:
@@ -215,25 +236,33 @@ def campaign_lock(state_dir: Path, issue: int) -> Iterator[None]:
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
-        yield
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()  # no pid: `status` knows nobody is sending
 
 
 def is_locked(state_dir: Path, issue: int) -> bool:
-    path = state_dir / f"send-{issue}.lock"
-    if not path.exists():
+    """Whether a send of ``issue`` is running, without touching the lock (a starting send must get it)."""
+    try:
+        pid = int((state_dir / f"send-{issue}.lock").read_text().strip() or 0)
+    except (OSError, ValueError):
         return False
-    with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
+    if pid <= 0:
         return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --- Running ---------------------------------------------------------------------------------
 
-Kind = Literal["sent", "failed", "retry", "fatal", "skipped"]
+Kind = Literal["sent", "failed", "retry", "fatal", "skipped", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -339,7 +368,7 @@ class CampaignRunner:
                     tally[outcome.kind] = tally.get(outcome.kind, 0) + 1
                     if outcome.kind == "sent":
                         consecutive_failures = 0
-                    elif outcome.kind in ("failed", "retry"):
+                    elif outcome.kind in ("failed", "retry", "unknown"):
                         consecutive_failures += 1
                     elif outcome.kind == "fatal" and not pause_reason:
                         pause_reason = outcome.error
@@ -371,9 +400,11 @@ class CampaignRunner:
                 for row in claimed:
                     if row["status"] != "active":
                         continue
+                    # Off the list before the hand-over: an interrupt in between leaves the row
+                    # "sending" (unknown, never resent blindly), not "queued" (possibly sent twice).
+                    not_handed_over.remove(row["subscriber_id"])
                     future = pool.submit(self._deliver, row["subscriber_id"], row["email"], row["name"], row["attempts"])
                     in_flight[future] = row["subscriber_id"]
-                    not_handed_over.remove(row["subscriber_id"])
                 if not in_flight and (exhausted or self.stopping.is_set()):
                     break
                 timeout = limiter.delay() if not exhausted and free > 0 else None
@@ -392,10 +423,12 @@ class CampaignRunner:
                 finished.append(future.result())
             self._commit(finished, [])
         finally:
-            restore_signals()
             pool.shutdown(wait=True)
             self.reporter.finish()
-        return self._close(pause_reason, time.monotonic() - started, tally)
+        try:
+            return self._close(pause_reason, time.monotonic() - started, tally)
+        finally:
+            restore_signals()
 
     interrupted = False
 
@@ -407,7 +440,9 @@ class CampaignRunner:
 
         def handler(signum: int, frame: object) -> None:
             if self.interrupted:
-                raise KeyboardInterrupt
+                # Stop now, as a crash would: committed rows stand, rows in flight are "unknown".
+                os.write(2, b"\nstopped at once; run `newsletter send` again to resume\n")
+                os._exit(130)
             self.interrupted = True
             self.stopping.set()
 
@@ -434,7 +469,9 @@ class CampaignRunner:
         campaign_id = self.campaign.id
         with transaction(self.db):
             for outcome in finished:
-                status = {"sent": "sent", "failed": "failed", "skipped": "skipped"}.get(outcome.kind, "queued")
+                status = {"sent": "sent", "failed": "failed", "skipped": "skipped", "unknown": "sending"}.get(
+                    outcome.kind, "queued"
+                )
                 self.db.execute(
                     "UPDATE deliveries SET status = ?, provider_id = ?, attempts = ?, last_error = ?, updated_at = ?"
                     " WHERE campaign_id = ? AND subscriber_id = ?",
@@ -464,6 +501,8 @@ class CampaignRunner:
                 return Outcome(subscriber_id, "sent", attempts + attempt, provider_id=provider_id)
             except Rejected as error:
                 return Outcome(subscriber_id, "failed", attempts + attempt, error=str(error))
+            except DeliveryUnknown as error:  # it may have arrived: retrying could send it twice
+                return Outcome(subscriber_id, "unknown", attempts + attempt, error=str(error))
             except TransportUnavailable as error:
                 return Outcome(subscriber_id, "fatal", attempts + attempt, error=str(error))
             except TemporaryFailure as error:

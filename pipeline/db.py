@@ -64,7 +64,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX deliveries_by_status ON deliveries (campaign_id, status, subscriber_id);
     """,
     """
-    CREATE TABLE link_cache (
+    CREATE TABLE IF NOT EXISTS link_cache (
         url TEXT PRIMARY KEY,
         ok INTEGER NOT NULL,
         status INTEGER,
@@ -73,6 +73,31 @@ MIGRATIONS: list[str] = [
         error TEXT,
         checked_at TEXT NOT NULL
     );
+    """,
+    # Ids are never reused (AUTOINCREMENT): a delivery key made from a deleted subscriber's id
+    # must not pass for a newcomer's. And campaigns keep a history of content changes.
+    """
+    CREATE TABLE subscribers_v3 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        email TEXT NOT NULL,
+        email_key TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL CHECK (status IN ('pending', 'active', 'unsubscribed', 'bounced', 'complained')),
+        source TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        confirmed_at TEXT,
+        status_changed_at TEXT NOT NULL
+    );
+    INSERT INTO subscribers_v3 SELECT * FROM subscribers;
+    DROP TABLE subscribers;
+    ALTER TABLE subscribers_v3 RENAME TO subscribers;
+    CREATE INDEX subscribers_by_status ON subscribers (status, id);
+    DELETE FROM sqlite_sequence WHERE name = 'subscribers';
+    INSERT INTO sqlite_sequence (name, seq)
+        SELECT 'subscribers', MAX(COALESCE((SELECT MAX(id) FROM subscribers), 0),
+                                  COALESCE((SELECT MAX(subscriber_id) FROM deliveries), 0),
+                                  COALESCE((SELECT MAX(subscriber_id) FROM status_changes), 0));
+    ALTER TABLE campaigns ADD COLUMN history TEXT NOT NULL DEFAULT '';
     """,
 ]
 
@@ -124,10 +149,12 @@ def _statements(script: str) -> Iterator[str]:
 
 @contextmanager
 def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    connection.execute("BEGIN IMMEDIATE")
     try:
+        connection.execute("BEGIN IMMEDIATE")
         yield connection
+        connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        # Also when an interrupt lands between BEGIN and the body: never leave a transaction open.
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
         raise
-    connection.execute("COMMIT")

@@ -58,5 +58,9 @@ class Rejected(TransportError):
     """The service refused this one recipient or message for good: record it, go on."""
 
 
+class DeliveryUnknown(TransportError):
+    """The message was handed over but the answer was lost: it may have been delivered. Never retried."""
+
+
 class TransportUnavailable(TransportError):
     """Nothing can be sent (no credentials, account paused, server unreachable): stop the campaign."""

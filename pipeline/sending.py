@@ -90,7 +90,15 @@ def send_issue(
             db = _memory_copy(state) if options.dry_run else state
             if options.dry_run:
                 state.close()
-            plan = plan_campaign(db, number, include_new=options.include_new, retry_failed=options.retry_failed)
+            digest = content_hash(rendered)
+            plan = plan_campaign(
+                db,
+                number,
+                digest,
+                include_new=options.include_new,
+                retry_failed=options.retry_failed,
+                allow_changed=options.allow_changed,
+            )
             if plan.resuming and not plan.recipients and not plan.unknown:
                 # Finish what a previous run may have left undone: archiving is idempotent.
                 archived = "" if options.dry_run else f"; archive: {publish_archive(config, number)}"
@@ -108,7 +116,7 @@ def send_issue(
             preparation = prepare_campaign(
                 db,
                 number,
-                content_hash(rendered),
+                digest,
                 transport,
                 allow_changed=options.allow_changed,
                 include_new=options.include_new,
@@ -213,13 +221,13 @@ def campaign_status(config: Config, number: int) -> CampaignStatus:
     campaign = find_campaign(db, number)
     if campaign is None:
         return CampaignStatus(None, {}, False, 0.0, "", active, "")
-    row = db.execute("SELECT note, updated_at FROM campaigns WHERE id = ?", (campaign.id,)).fetchone()
+    row = db.execute("SELECT note, history, updated_at FROM campaigns WHERE id = ?", (campaign.id,)).fetchone()
     return CampaignStatus(
         campaign,
         ledger_counts(db, campaign.id),
         is_locked(config.paths.state, number),
         recent_rate(db, campaign.id),
-        row["note"],
+        " ".join(filter(None, (row["note"], row["history"].strip()))),
         active,
         row["updated_at"],
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .config import Config
-from .errors import Rejected, TemporaryFailure, TransportUnavailable
+from .errors import DeliveryUnknown, Rejected, TemporaryFailure, TransportUnavailable
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,9 @@ class MaildirTransport:
         return None
 
     def was_delivered(self, key: str) -> bool:
-        name = _maildir_name(key)
-        # A mail client moves read messages to cur/ and appends ":2,<flags>".
-        return (self.path / "new" / name).exists() or any((self.path / "cur").glob(f"{name}:*"))
+        # Any host name: the resume may run in another container. A mail client moves read
+        # messages to cur/ and appends ":2,<flags>". Keys hold no dot, so "s5.*" never matches "s50".
+        return any((self.path / "new").glob(f"{key}.*")) or any((self.path / "cur").glob(f"{key}.*"))
 
     def close(self) -> None:
         pass
@@ -170,6 +170,7 @@ class SmtpTransport:
 
     def send(self, envelope: Envelope) -> str:
         connection = self._connection()
+        handed_over = False
         try:
             connection.ehlo_or_helo_if_needed()
             code, reply = connection.mail(envelope.sender)
@@ -179,6 +180,7 @@ class SmtpTransport:
             if code not in (250, 251):
                 connection.rset()
                 raise smtplib.SMTPRecipientsRefused({envelope.recipient: (code, reply)})
+            handed_over = True  # from here on, the server may have the message
             code, reply = connection.data(envelope.data)
             if code != 250:
                 raise smtplib.SMTPDataError(code, reply)
@@ -202,6 +204,9 @@ class SmtpTransport:
             raise failure(f"{envelope.recipient}: {_reply(error)}") from None
         except (OSError, smtplib.SMTPException) as error:
             self._drop()
+            if handed_over:
+                # The reply to DATA was lost: the server may have queued it. Resending could mean two copies.
+                raise DeliveryUnknown(f"SMTP connection lost while the server took the message: {error}") from None
             raise TemporaryFailure(f"SMTP connection lost: {error}") from None
 
     def _drop(self) -> None:
@@ -288,8 +293,10 @@ class SesTransport:
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
+            ConnectionClosedError,
             NoCredentialsError,
             PartialCredentialsError,
+            ReadTimeoutError,
         )
 
         if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
@@ -312,6 +319,9 @@ class SesTransport:
             if status in (401, 403):
                 return TransportUnavailable(text)
             return Rejected(f"{recipient}: {text}")
+        if isinstance(error, (ReadTimeoutError, ConnectionClosedError)):
+            # The request went out; SES may have accepted it. Resending could mean two copies.
+            return DeliveryUnknown(f"{self._where}: no answer to the request: {error}")
         if isinstance(error, BotoCoreError):
             return TemporaryFailure(f"{self._where}: {error}")
         return error
