@@ -7,7 +7,7 @@ ISSUE ?= 1
 
 .DEFAULT_GOAL := help
 CSV ?= subscribers.sample.csv
-.PHONY: help demo build check preview send status subscribers archive links links-archive errata test golden bench clean
+.PHONY: help demo build check preview send status subscribers archive links links-archive errata test golden bench bench-send clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,8 +61,12 @@ test: $(READY) ## Run the whole test suite
 golden: $(READY) ## Refresh the golden files in tests/golden/ after an intended rendering change
 	$(BIN)/python -m tests.golden
 
-bench: $(READY) ## Time the build of the large sample issue; figures go in bench/README.md
+bench: $(READY) ## Time the build of the large sample issue and sending (quick); figures in bench/README.md
 	$(BIN)/python bench/bench_build.py
+	$(BIN)/python bench/bench_send.py --quick
+
+bench-send: $(READY) ## The full sending benchmark, 1,000,000 subscribers included (~20 min)
+	$(BIN)/python bench/bench_send.py
 
 clean: ## Remove build output and the local outbox (keeps .venv and state/)
 	rm -rf build outbox

@@ -38,10 +38,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a fresh clone without `pip install -e`
 
-from pipeline.build import build_issue, sample_message  # noqa: E402
-from pipeline.config import Config, load_config  # noqa: E402
-from pipeline.errors import NewsletterError  # noqa: E402
-from pipeline.render import (  # noqa: E402
+from pipeline.build import build_issue, sample_message
+from pipeline.config import Config, load_config
+from pipeline.errors import NewsletterError
+from pipeline.render import (
     compile_mjml,
     inline_css,
     markdown_stage,
@@ -49,10 +49,10 @@ from pipeline.render import (  # noqa: E402
     render_text,
     template_context,
 )
-from pipeline.source import available_numbers, read_issue  # noqa: E402
+from pipeline.source import available_numbers, read_issue
 
 try:  # since f2c2403 the inlined stylesheet is read from the templates and passed in
-    from pipeline.render import inline_stylesheet  # noqa: E402
+    from pipeline.render import inline_stylesheet
 except ImportError:  # pragma: no cover - older pipeline
     inline_stylesheet = None
 

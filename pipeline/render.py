@@ -174,9 +174,10 @@ def inline_css(document: str, stylesheet: str) -> str:
         css_text=stylesheet,
         allow_network=False,
         strip_important=False,  # the phone layout's media queries rely on !important
-        keep_style_tags=False,  # rules that cannot be inlined (media queries) stay in a <style>
+        keep_style_tags=False,
         remove_classes=False,  # media queries select by class
         disable_validation=True,
+        disable_leftover_css=True,  # nothing is left over: media queries live in the head's own style blocks
         cssutils_logging_level=logging.CRITICAL,
     )
     # Style blocks inside Outlook's conditional comments are text to premailer: strip the marker there too.
