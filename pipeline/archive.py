@@ -18,8 +18,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .config import Config
-from .errata import Erratum, corrections_of, errata_for, errata_markdown, load_errata
-from .errors import NewsletterError
+from .errata import Erratum, corrections_of, errata_markdown, load_errata
+from .errors import ArchiveError
 from .files import write_atomically
 from .markdown import Document, make_url_resolver, render_markdown
 from .source import Issue, read_issue
@@ -27,9 +27,6 @@ from .source import Issue, read_issue
 META = re.compile(r"^<!-- newsletter-archive: (\{.*\}) -->$", re.MULTILINE)
 ATOM = "http://www.w3.org/2005/Atom"
 
-
-class ArchiveError(NewsletterError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -186,6 +183,3 @@ def archived_documents(config: Config) -> list[tuple[Entry, Document]]:
 def _timestamp(date: dt.date) -> str:
     return f"{date.isoformat()}T00:00:00Z"
 
-
-def carried_errata(config: Config, number: int) -> list[Erratum]:
-    return errata_for(load_errata(config), number, started=True)

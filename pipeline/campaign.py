@@ -27,6 +27,7 @@ from typing import Literal, Protocol
 from .config import Config
 from .db import now, transaction
 from .errors import (
+    CampaignError,
     DeliveryUnknown,
     NewsletterError,
     Rejected,
@@ -34,22 +35,14 @@ from .errors import (
     TransportError,
     TransportUnavailable,
 )
-from .message import MessageTemplate, Recipient, check_header_value, sender_domain
+from .message import MessageTemplate, recipient_for, sender_address, sender_domain
 from .ratelimit import RateLimiter, Unlimited
 from .render import Rendered
-from .subscribers import ascii_address
-from .tokens import make_token
 from .transports import Envelope, Transport
 
 LEDGER_STATUSES = ("queued", "sending", "sent", "failed", "skipped")
 
 
-class CampaignError(NewsletterError):
-    pass
-
-
-class CampaignPaused(NewsletterError):
-    exit_code = 1
 
 
 def content_hash(rendered: Rendered) -> str:
@@ -340,7 +333,7 @@ class CampaignRunner:
         self.stopping = threading.Event()
         self._sleep = sleep or self.stopping.wait
         self._sender = config.sender
-        self._envelope_sender = _address_only(config.sender)
+        self._envelope_sender = sender_address(config)
         self._domain = sender_domain(config)
 
     def run(self) -> Summary:
@@ -489,11 +482,12 @@ class CampaignRunner:
 
     def _deliver(self, subscriber_id: int, email: str, name: str, attempts: int) -> Outcome:
         try:
-            address = ascii_address(email)
-            data = self._message(subscriber_id, address, name)
-        except (NewsletterError, ValueError) as error:  # one bad row must not stop the campaign
+            message_id = f"<{delivery_key(self.campaign, subscriber_id)}.{self.campaign.content_hash[:10]}@{self._domain}>"
+            recipient = recipient_for(self.config, self.secret, subscriber_id, email, name, message_id)
+            data = self.template.build(recipient)
+        except NewsletterError as error:  # one bad row must not stop the campaign
             return Outcome(subscriber_id, "failed", attempts, error=str(error))
-        envelope = Envelope(self._envelope_sender, address, data, delivery_key(self.campaign, subscriber_id))
+        envelope = Envelope(self._envelope_sender, recipient.email, data, delivery_key(self.campaign, subscriber_id))
         settings = self.settings
         for attempt in range(1, settings.max_attempts + 1):
             try:
@@ -515,18 +509,6 @@ class CampaignRunner:
                 return Outcome(subscriber_id, "fatal", attempts + attempt, error=str(error))
         raise AssertionError("unreachable")
 
-    def _message(self, subscriber_id: int, email: str, name: str) -> bytes:
-        check_header_value(email, "address")
-        check_header_value(name, "name")
-        token = make_token(self.secret, "unsubscribe", subscriber_id, email)
-        recipient = Recipient(
-            email=email,
-            name=name,
-            unsubscribe_url=f"{self.config.public_url}/unsubscribe/{token}",
-            message_id=f"<{delivery_key(self.campaign, subscriber_id)}.{self.campaign.content_hash[:10]}@{self._domain}>",
-        )
-        return self.template.build(recipient)
-
     def _close(self, pause_reason: str, elapsed: float, tally: dict[str, int]) -> Summary:
         counts = ledger_counts(self.db, self.campaign.id)
         handled = sum(tally.values())
@@ -544,11 +526,6 @@ class CampaignRunner:
             )
         return Summary(counts, elapsed, handled, status, pause_reason, tally)
 
-
-def _address_only(sender: str) -> str:
-    from email.utils import parseaddr
-
-    return parseaddr(sender)[1]
 
 
 def recent_rate(db: sqlite3.Connection, campaign_id: int, seconds: int = 60) -> float:

@@ -229,7 +229,7 @@ def send(
         f"{summary.handled:,} handled in {summary.elapsed:.1f}s ({summary.rate:.1f}/s)"
     )
     if summary.status != "done":
-        from .campaign import CampaignPaused
+        from .errors import CampaignPaused
 
         raise CampaignPaused(f"campaign paused: {summary.reason}; run `newsletter send {number}` to resume")
     if summary.reconciled:

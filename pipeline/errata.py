@@ -23,7 +23,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedSeq
 
 from .config import Config
-from .errors import NewsletterError
+from .errors import ErrataError
 from .files import write_atomically
 
 ERRATA_FILE = "errata.yaml"
@@ -33,9 +33,6 @@ HEADER = (
     "# you may edit entries by hand. `announced_in` is set when an issue is sent with the entry.\n"
 )
 
-
-class ErrataError(NewsletterError):
-    pass
 
 
 @dataclass(frozen=True)

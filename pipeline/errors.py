@@ -64,3 +64,39 @@ class DeliveryUnknown(TransportError):
 
 class TransportUnavailable(TransportError):
     """Nothing can be sent (no credentials, account paused, server unreachable): stop the campaign."""
+
+
+class SubscriberError(NewsletterError):
+    """A subscriber operation the editor asked for cannot be done (bad address, unknown subscriber)."""
+
+
+class MissingSecret(NewsletterError):
+    """NEWSLETTER_SECRET is missing or too short for a transport that sends real mail."""
+
+
+class CampaignError(NewsletterError):
+    """A campaign cannot start or resume as asked (content changed, another sender running)."""
+
+
+class CampaignPaused(NewsletterError):
+    """The campaign stopped before everyone was handled; running `send` again resumes it."""
+
+    exit_code = 1
+
+
+class NothingToSend(NewsletterError):
+    """Not a failure: the campaign is already complete."""
+
+    exit_code = 0
+
+
+class ArchiveError(NewsletterError):
+    """The archive folder holds something unreadable."""
+
+
+class MirrorError(NewsletterError):
+    """The archive could not be pushed to its git repository; nothing was lost."""
+
+
+class ErrataError(NewsletterError):
+    """errata.yaml or an `errata add` request is malformed."""

@@ -14,10 +14,17 @@ from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from .config import Config
 from .errors import NewsletterError
 from .render import PLACEHOLDER, Rendered
+from .subscribers import ascii_address
+from .tokens import make_token
+
+
+def sender_address(config: Config) -> str:
+    """The bare address of ``From``: the envelope sender."""
+    return parseaddr(config.sender)[1]
 
 
 def sender_domain(config: Config) -> str:
-    return parseaddr(config.sender)[1].rpartition("@")[2]
+    return sender_address(config).rpartition("@")[2]
 
 
 def build_message(
@@ -82,7 +89,7 @@ class MessageTemplate:
     def __init__(self, config: Config, rendered: Rendered, *, unsubscribe_mailto: str | None = None) -> None:
         self.config = config
         self.subject = rendered.issue.subject
-        self._mailto = unsubscribe_mailto or parseaddr(config.sender)[1]
+        self._mailto = unsubscribe_mailto or sender_address(config)
         skeleton = build_message(
             config,
             to="placeholder@example.invalid",
@@ -130,6 +137,21 @@ class MessageTemplate:
             after_html,
         ]
         return "".join(parts).encode("ascii")
+
+
+def recipient_for(
+    config: Config, secret: bytes, subscriber_id: int, email: str, name: str, message_id: str
+) -> Recipient:
+    """One subscriber's values. The token signs the address as stored (what the unsubscribe
+    endpoint will verify); headers get its ASCII form (an internationalised domain in punycode)."""
+    check_header_value(email, "address")
+    check_header_value(name, "name")
+    token = make_token(secret, "unsubscribe", subscriber_id, email)
+    try:
+        header_address = ascii_address(email)
+    except ValueError as error:
+        raise NewsletterError(str(error)) from None
+    return Recipient(header_address, name, f"{config.public_url}/unsubscribe/{token}", message_id)
 
 
 def check_header_value(value: str, what: str) -> str:

@@ -20,15 +20,12 @@ from email.utils import parseaddr
 from pathlib import Path
 
 from .config import Config
-from .errors import NewsletterError
+from .errors import MirrorError
 
 MIRROR_DIR = "archive-mirror"
 GENERATED = "newsletter-generated"
 INDEX_FILES = ("README.md", "feed.xml")
 
-
-class MirrorError(NewsletterError):
-    pass
 
 
 @dataclass(frozen=True)

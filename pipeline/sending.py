@@ -29,16 +29,12 @@ from .campaign import (
 from .config import Config
 from .db import open_db
 from .errata import mark_announced
-from .errors import CheckFailed, NewsletterError
-from .message import MessageTemplate, Recipient, check_header_value, sender_domain
+from .errors import CheckFailed, NewsletterError, NothingToSend
+from .message import MessageTemplate, recipient_for, sender_address, sender_domain
 from .mirror import sync_archive
-from .subscribers import ascii_address, check_address, find
-from .tokens import load_secret, make_token
+from .subscribers import check_address, find
+from .tokens import load_secret
 from .transports import Envelope, Transport, open_transport
-
-
-class NothingToSend(NewsletterError):
-    exit_code = 0
 
 
 @dataclass(frozen=True)
@@ -183,23 +179,13 @@ def send_test(config: Config, build: Build, address: str) -> str:
         db = open_db(config.paths.state)
         row = find(db, address)
         subscriber_id, name = (row["id"], row["name"]) if row else (0, "")
-        check_header_value(name, "name")
-        token = make_token(secret, "unsubscribe", subscriber_id, address)
         try:
-            address = ascii_address(address)
-        except ValueError as error:
+            recipient = recipient_for(config, secret, subscriber_id, address, name, make_msgid(domain=sender_domain(config)))
+        except NewsletterError as error:
             raise NewsletterError(f"--to {error}") from None
-        recipient = Recipient(
-            email=address,
-            name=name,
-            unsubscribe_url=f"{config.public_url}/unsubscribe/{token}",
-            message_id=make_msgid(domain=sender_domain(config)),
-        )
         data = MessageTemplate(config, build.rendered).build(recipient)
         key = f"test{number}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
-        from email.utils import parseaddr
-
-        return transport.send(Envelope(parseaddr(config.sender)[1], address, data, key))
+        return transport.send(Envelope(sender_address(config), recipient.email, data, key))
     finally:
         transport.close()
 

@@ -13,7 +13,7 @@ from typing import IO
 from email_validator import EmailNotValidError, validate_email
 
 from .db import now, transaction
-from .errors import NewsletterError
+from .errors import SubscriberError
 
 STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
 # Who said no, or whose address failed: an import must not silently mail them again.
@@ -24,9 +24,6 @@ EMAIL_HEADERS = ("email", "email address", "e-mail", "e-mail address", "emailadd
 EXPORT_COLUMNS = ("email", "name", "status", "source", "created_at", "confirmed_at", "status_changed_at")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-
-class SubscriberError(NewsletterError):
-    """A subscriber operation the editor asked for cannot be done."""
 
 
 def check_address(address: str) -> str:
@@ -263,9 +260,6 @@ def _import_row(
     else:
         report.unchanged += 1
 
-
-def active_count(db: sqlite3.Connection) -> int:
-    return int(db.execute("SELECT COUNT(*) FROM subscribers WHERE status = 'active'").fetchone()[0])
 
 
 def describe(report: ImportReport) -> Iterable[str]:

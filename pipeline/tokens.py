@@ -13,7 +13,7 @@ import hmac
 import logging
 import os
 
-from .errors import NewsletterError
+from .errors import MissingSecret
 
 SECRET_ENV = "NEWSLETTER_SECRET"
 # Only for the local maildir transport: nothing leaves the machine, so links need not be unforgeable.
@@ -22,9 +22,6 @@ MIN_SECRET_LENGTH = 16
 
 log = logging.getLogger(__name__)
 
-
-class MissingSecret(NewsletterError):
-    pass
 
 
 def load_secret(allow_development: bool) -> bytes:

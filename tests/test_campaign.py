@@ -248,3 +248,13 @@ def test_internationalised_domain_is_sent_in_punycode(setup) -> None:  # type: i
     assert "anna@xn--bcher-kva.example" in recipients(transport)
     envelope = next(e for e in transport.received if e.recipient == "anna@xn--bcher-kva.example")
     assert b"To: Anna <anna@xn--bcher-kva.example>" in envelope.data
+
+
+def test_unsubscribe_token_signs_the_stored_address_not_its_punycode(setup) -> None:  # type: ignore[no-untyped-def]
+    add(setup[2], "anna@bücher.example", name="Anna")
+    transport = FakeTransport(accept)
+    run(setup, transport)
+    envelope = next(e for e in transport.received if e.recipient == "anna@xn--bcher-kva.example")
+    message = email.message_from_bytes(envelope.data, policy=policy.default)
+    token = message["List-Unsubscribe"].split(">")[0].strip().lstrip("<").rsplit("/", 1)[1]
+    assert verify_token(SECRET, "unsubscribe", token, "anna@bücher.example")
