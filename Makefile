@@ -7,7 +7,7 @@ ISSUE ?= 1
 
 .DEFAULT_GOAL := help
 CSV ?= subscribers.sample.csv
-.PHONY: help demo build check preview send status subscribers archive links links-archive errata test golden bench bench-send clean
+.PHONY: help demo build check preview send status subscribers serve events archive links links-archive errata test golden bench bench-send clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,13 +42,25 @@ subscribers: $(READY) ## Import subscribers from CSV=file.csv and show the count
 	$(BIN)/newsletter subscribers import $(CSV)
 	$(BIN)/newsletter subscribers count
 
+serve: $(READY) ## Run the subscriber web service (sign-up, unsubscribe, SES webhook) on serve.host:serve.port
+	$(BIN)/newsletter serve
+
+events: $(READY) ## Apply SES bounce/complaint notifications waiting in the SQS queue (events.queue_url)
+	$(BIN)/newsletter events pull
+
 archive: $(READY) ## Write issue ISSUE into archive/ (Markdown, index, feed) and push it to archive.remote
 	$(BIN)/newsletter archive $(ISSUE)
 
 links: $(READY) ## Check issue ISSUE's links over HTTP
 	$(BIN)/newsletter links $(ISSUE)
 
-links-archive: $(READY) ## Re-check every archived issue's links; print errata suggestions
+links-serve: $(READY) ## Run the subscriber web service (sign-up, unsubscribe, SES webhook) on serve.host:serve.port
+	$(BIN)/newsletter serve
+
+events: $(READY) ## Apply SES bounce/complaint notifications waiting in the SQS queue (events.queue_url)
+	$(BIN)/newsletter events pull
+
+archive: $(READY) ## Re-check every archived issue's links; print errata suggestions
 	$(BIN)/newsletter links --archive
 
 errata: $(READY) ## Record a correction to sent issue ISSUE: make errata ISSUE=17 TEXT="..."

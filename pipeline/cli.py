@@ -421,3 +421,34 @@ def errata_list(ctx: click.Context) -> None:
         where = f"announced in issue {e.announced_in}" if e.announced_in else "pending"
         fix = f" [replace {e.replace_old!r} -> {e.replace_new!r}]" if e.replace_old else ""
         click.echo(f"{e.id}. issue {e.issue} ({e.recorded}): {e.text}{fix} ({where})")
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (default: serve.host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(min=0, max=65535), help="Port (default: serve.port, 8025).")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Run the subscriber web service: sign-up, confirmation, unsubscribe, SES bounce/complaint webhook."""
+    from .web import serve as run_server
+
+    config = _config(ctx)
+    run_server(config, host or config.serve.host, config.serve.port if port is None else port)
+
+
+@main.group()
+def events() -> None:
+    """SES bounce and complaint notifications."""
+
+
+@events.command("pull")
+@click.option("--wait", "wait_seconds", default=5, show_default=True, type=click.IntRange(0, 20),
+              help="Seconds to wait for messages when the queue is empty (SQS long polling).")
+@click.option("--max", "most", type=click.IntRange(min=1), help="Stop after this many messages.")
+@click.pass_context
+def events_pull(ctx: click.Context, wait_seconds: int, most: int | None) -> None:
+    """Read SES notifications from the SQS queue (events.queue_url), apply them, then delete them."""
+    from .events import pull
+
+    report = pull(_config(ctx), wait_seconds=wait_seconds, most=most)
+    for line in report.lines():
+        click.echo(line)

@@ -21,7 +21,8 @@ CONFIG_ENV = "NEWSLETTER_CONFIG"
 CONFIG_NAME = "newsletter.toml"
 
 REQUIRED = object()
-_KIND_NAMES = {str: "text in quotes", int: "a whole number", float: "a number", bool: "true or false"}
+_KIND_NAMES = {str: "text in quotes", int: "a whole number", float: "a number", bool: "true or false",
+               list: "a list of texts in quotes"}
 
 # section -> key -> (type, default). REQUIRED marks keys without a default.
 SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
@@ -81,6 +82,19 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "max_attempts": (int, 5),
         "max_consecutive_failures": (int, 10),
     },
+    "serve": {
+        "host": (str, "127.0.0.1"),
+        "port": (int, 8025),
+        "confirm_hours": (float, 48.0),
+        "resend_minutes": (float, 15.0),
+        "signups_per_ip_per_hour": (int, 20),
+        "signups_per_address_per_day": (int, 5),
+    },
+    "events": {
+        "queue_url": (str, ""),
+        "region": (str, ""),
+        "topic_arns": (list, []),
+    },
 }
 TRANSPORTS = ("maildir", "smtp", "ses")
 SMTP_SECURITY = ("starttls", "tls", "none")
@@ -121,6 +135,25 @@ class SendSettings:
 
 
 @dataclass(frozen=True)
+class ServeSettings:
+    host: str
+    port: int
+    confirm_hours: float
+    resend_minutes: float
+    signups_per_ip_per_hour: int
+    signups_per_address_per_day: int
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    queue_url: str
+    region: str
+    """Empty: the SES transport's region."""
+    topic_arns: tuple[str, ...]
+    """When set, notifications from any other SNS topic are refused."""
+
+
+@dataclass(frozen=True)
 class LinkSettings:
     enabled: bool
     timeout: float
@@ -150,6 +183,8 @@ class Config:
     smtp: SmtpSettings
     ses: SesSettings
     send: SendSettings
+    serve: ServeSettings
+    events: EventSettings
 
     def archive_url(self, number: int) -> str:
         """Where issue ``number`` can be read in the public archive."""
@@ -217,6 +252,17 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         ses=SesSettings(**values["transport.ses"]),
         send=SendSettings(
             **{key: _positive(config_path, f"send.{key}", value) for key, value in values["send"].items()}
+        ),
+        serve=ServeSettings(
+            **{
+                key: value if key == "host" else _positive(config_path, f"serve.{key}", value)
+                for key, value in values["serve"].items()
+            }
+        ),
+        events=EventSettings(
+            queue_url=values["events"]["queue_url"],
+            region=values["events"]["region"] or values["transport.ses"]["region"],
+            topic_arns=_texts(config_path, "events.topic_arns", values["events"]["topic_arns"]),
         ),
     )
 
@@ -292,6 +338,12 @@ def _positive(path: Path, key: str, value: Any) -> Any:
     if value <= 0:
         raise ConfigError(path, f"{key} must be positive, got {value}")
     return value
+
+
+def _texts(path: Path, key: str, value: list[Any]) -> tuple[str, ...]:
+    if not all(isinstance(item, str) and item.strip() for item in value):
+        raise ConfigError(path, f"{key} must be a list of non-empty texts in quotes, got {value!r}")
+    return tuple(item.strip() for item in value)
 
 
 def _filename_pattern(path: Path, pattern: str) -> str:

@@ -99,6 +99,19 @@ MIGRATIONS: list[str] = [
                                   COALESCE((SELECT MAX(subscriber_id) FROM status_changes), 0));
     ALTER TABLE campaigns ADD COLUMN history TEXT NOT NULL DEFAULT '';
     """,
+    # The subscriber web service: when a confirmation was last mailed (resend interval), transient
+    # bounces counted, and every SNS message applied, by id, so a redelivery changes nothing.
+    """
+    ALTER TABLE subscribers ADD COLUMN confirmation_sent_at TEXT;
+    ALTER TABLE subscribers ADD COLUMN soft_bounces INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE sns_messages (
+        message_id TEXT PRIMARY KEY,
+        topic_arn TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        received_at TEXT NOT NULL
+    );
+    """,
 ]
 
 

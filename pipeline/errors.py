@@ -100,3 +100,17 @@ class MirrorError(NewsletterError):
 
 class ErrataError(NewsletterError):
     """errata.yaml or an `errata add` request is malformed."""
+
+
+class ServeError(NewsletterError):
+    """The subscriber web service cannot start (port taken, bad settings)."""
+
+
+class NotificationRejected(NewsletterError):
+    """An SNS notification is unsigned, tampered, from an unexpected host or topic, or malformed."""
+
+    exit_code = 1
+
+
+class EventsError(NewsletterError):
+    """Reading SES events from the SQS queue failed (no queue configured, queue unreachable)."""
