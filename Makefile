@@ -54,13 +54,7 @@ archive: $(READY) ## Write issue ISSUE into archive/ (Markdown, index, feed) and
 links: $(READY) ## Check issue ISSUE's links over HTTP
 	$(BIN)/newsletter links $(ISSUE)
 
-links-serve: $(READY) ## Run the subscriber web service (sign-up, unsubscribe, SES webhook) on serve.host:serve.port
-	$(BIN)/newsletter serve
-
-events: $(READY) ## Apply SES bounce/complaint notifications waiting in the SQS queue (events.queue_url)
-	$(BIN)/newsletter events pull
-
-archive: $(READY) ## Re-check every archived issue's links; print errata suggestions
+links-archive: $(READY) ## Re-check every archived issue's links; print errata suggestions
 	$(BIN)/newsletter links --archive
 
 errata: $(READY) ## Record a correction to sent issue ISSUE: make errata ISSUE=17 TEXT="..."

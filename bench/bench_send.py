@@ -251,7 +251,7 @@ class Probe:
                     profiles.append(local.profile)
             return found
 
-        commit, next_recipients, message = runner._commit, runner._next_recipients, runner._message
+        commit, next_recipients, template = runner._commit, runner._next_recipients, runner.template
         deliver, transport = runner._deliver, runner.transport
 
         def timed_commit(finished: list[Outcome], claimed: list[sqlite3.Row]) -> None:
@@ -268,13 +268,17 @@ class Probe:
             self.queries += 1
             return rows
 
-        def timed_message(subscriber_id: int, email: str, name: str) -> bytes:
-            mine = acc()
-            start = time.thread_time()
-            data = message(subscriber_id, email, name)
-            mine["build_cpu"] += time.thread_time() - start
-            mine["build_n"] += 1
-            return data
+        class TimedTemplate:
+            def build(self, recipient: Any) -> bytes:
+                mine = acc()
+                start = time.thread_time()
+                data = template.build(recipient)
+                mine["build_cpu"] += time.thread_time() - start
+                mine["build_n"] += 1
+                return data
+
+            def __getattr__(self, attribute: str) -> Any:
+                return getattr(template, attribute)
 
         class TimedTransport:
             name = transport.name
@@ -302,7 +306,7 @@ class Probe:
 
         runner._commit = timed_commit  # type: ignore[method-assign]
         runner._next_recipients = timed_next  # type: ignore[method-assign]
-        runner._message = timed_message  # type: ignore[method-assign]
+        runner.template = TimedTemplate()  # type: ignore[assignment]
         runner.transport = TimedTransport()  # type: ignore[assignment]
         if profile:
             runner._deliver = profiled_deliver  # type: ignore[method-assign]
@@ -377,6 +381,41 @@ def run_campaign(
     if profile:
         result["profile"] = format_profiles(main_profile, probe.profiles)
     return result
+
+
+def run_campaign_processes(db: sqlite3.Connection, config: Config, rendered: Rendered, transport: Transport,
+                           settings: SendSettings, processes: int, *, step: int) -> dict[str, Any]:
+    """prepare_campaign + fanout.run_in_processes, as `newsletter send` runs an SES campaign on several cores.
+
+    The sender processes open their own transport from ``config`` (the stand-in's endpoint). No probe:
+    their threads are in other processes; CPU is this process's plus the senders' (RUSAGE_CHILDREN)."""
+    import resource
+
+    from pipeline.fanout import run_in_processes
+
+    preparation = prepare_campaign(db, ISSUE, content_hash(rendered), transport)
+    transport.close()  # each sender process opens its own
+    timeline = Timeline(step)
+    gc.collect()
+    cpu = time.process_time()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    summary = run_in_processes(db, config, preparation.campaign, MessageTemplate(config, rendered), SECRET, settings,
+                               processes, timeline)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = time.process_time() - cpu + (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    return {
+        "queued": preparation.queued,
+        "status": summary.status,
+        "reason": summary.reason,
+        "counts": summary.counts,
+        "handled": summary.handled,
+        "elapsed_s": round(summary.elapsed, 3),
+        "rate": round(summary.rate, 1),
+        "middle_rate": round(timeline.middle_rate() or 0.0, 1),
+        "process_cpu_s": round(cpu, 3),
+        "cpu_cores_busy": round(cpu / summary.elapsed, 2) if summary.elapsed else 0.0,
+        "probe": None,
+    }
 
 
 def format_profiles(main: cProfile.Profile | None, workers: list[cProfile.Profile], limit: int = 30) -> str:
@@ -697,7 +736,7 @@ def ses_send_cost(config: Config, rendered: Rendered, impl: str, sends: int) -> 
 
 
 def bench_ses(config: Config, rendered: Rendered, work: Path, subscribers: int, runs: int,
-              concurrencies: list[int], impl: str, profile: bool) -> dict[str, Any]:
+              concurrencies: list[int], impl: str, profile: bool, process_counts: list[int]) -> dict[str, Any]:
     from ses_standin import StandIn
 
     from pipeline.transports import SesTransport
@@ -723,9 +762,9 @@ def bench_ses(config: Config, rendered: Rendered, work: Path, subscribers: int, 
             config, transport="ses", ses=dataclasses.replace(config.ses, endpoint_url=standin.url),
             send=dataclasses.replace(config.send, max_rate=SES_RATE),
         )
-        plan = [("boto3", c, run) for run in range(runs) for c in concurrencies]  # interleaved
-        plan += [("sleep", c, 0) for c in concurrencies]
-        for kind, concurrency, run in plan:
+        plan = [("boto3", c, p, run) for run in range(runs) for p in process_counts for c in concurrencies]  # interleaved
+        plan += [("sleep", c, 1, 0) for c in concurrencies]
+        for kind, concurrency, processes, run in plan:
             state = copy_state(source, work / "ses-run")
             db = open_db(state)
             # As open_transport builds it: a connection pool of concurrency + 2.
@@ -741,8 +780,12 @@ def bench_ses(config: Config, rendered: Rendered, work: Path, subscribers: int, 
                 settings = SendSettings(concurrency=concurrency, max_rate=rate,
                                         max_attempts=config.send.max_attempts,
                                         max_consecutive_failures=config.send.max_consecutive_failures)
-                sample = run_campaign(db, with_state(ses_config, state), rendered, transport, settings,
-                                      step=max(subscribers // 200, 1), profile=profile and kind == "boto3" and run == 0)
+                if processes > 1:
+                    sample = run_campaign_processes(db, with_state(ses_config, state), rendered, transport, settings,
+                                                    processes, step=max(subscribers // 200, 1))
+                else:
+                    sample = run_campaign(db, with_state(ses_config, state), rendered, transport, settings,
+                                          step=max(subscribers // 200, 1), profile=profile and kind == "boto3" and run == 0)
             finally:
                 transport.close()
                 db.close()
@@ -755,17 +798,19 @@ def bench_ses(config: Config, rendered: Rendered, work: Path, subscribers: int, 
             sample["standin_peak_in_flight"] = stats["peak_in_flight"]
             sample["standin_connections"] = stats["connections"]
             sample["max_rate"] = rate
-            collected.setdefault(f"{kind}/{concurrency}", []).append(sample)
+            collected.setdefault(f"{kind}/{concurrency}/{processes}", []).append(sample)
             shutil.rmtree(state)
     for key, samples in collected.items():
-        kind, concurrency = key.split("/")
+        kind, concurrency, processes = key.split("/")
         ordered = sorted(samples, key=lambda s: s["middle_rate"])
         median = ordered[len(ordered) // 2]
         profiled = next((s.pop("profile") for s in samples if "profile" in s), None)
         results["variants"][key] = {
-            "transport": "SesTransport (boto3)" if kind == "boto3" else "sleep 50 ms (no HTTP)",
+            "transport": ("SesTransport" + (f" x{processes} proc" if processes != "1" else "")
+                          if kind == "boto3" else "sleep 50 ms (no HTTP)"),
             "kind": kind,
             "concurrency": int(concurrency),
+            "processes": int(processes),
             "max_rate": median["max_rate"],
             "median_middle_rate": median["middle_rate"],
             "median_rate": statistics.median(s["rate"] for s in samples),
@@ -889,6 +934,14 @@ def table(result: dict[str, Any]) -> str:
         ]
         for v in s["variants"].values():
             run, probe = v["median_run"], v["median_run"]["probe"]
+            if probe is None:  # several sender processes: no in-process probe
+                lines.append(
+                    f"   {v['transport']:22} {v['concurrency']:>7} {v['max_rate']:>8.0f} {v['median_middle_rate']:>7,.0f} "
+                    f"{v['median_rate']:>7,.0f} {'/'.join(f'{r:,.0f}' for r in v['middle_rates']):>17} "
+                    f"{run['standin_peak_in_flight']:>4} {'-':>7} {'-':>6} {'-':>11} {'-':>7} {'-':>8} {'-':>9} "
+                    f"{run['cpu_cores_busy']:>5.2f}"
+                )
+                continue
             share = probe["commit_wall_s"] / run["elapsed_s"] if run["elapsed_s"] else 0
             lines.append(
                 f"   {v['transport']:22} {v['concurrency']:>7} {v['max_rate']:>8.0f} {v['median_middle_rate']:>7,.0f} "
@@ -929,6 +982,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sync", default="FULL", choices=("FULL", "NORMAL", "OFF"), help="part 3's synchronous mode")
     parser.add_argument("--ses-subscribers", type=int, help="recipients for part 5 (default 10,000; --quick 3,000)")
     parser.add_argument("--ses-workers", default="32,48", help="worker counts for part 5 (default 32,48)")
+    parser.add_argument("--ses-processes", default="1,2", help="sender process counts for part 5 (default 1,2)")
     parser.add_argument("--standin-impl", default="asyncio", choices=("asyncio", "threading"),
                         help="stand-in server for part 5 (part 4 measures both)")
     parser.add_argument("--profile", action="store_true", help="cProfile the first SES run of each worker count")
@@ -952,6 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
     config, rendered = load(args.config)
     concurrency = args.concurrency or config.send.concurrency
     workers = [int(w) for w in args.ses_workers.split(",") if w.strip()]
+    process_counts = [int(p) for p in args.ses_processes.split(",") if p.strip()]
     result: dict[str, Any] = {
         "date": dt.date.today().isoformat(),
         "command": " ".join([".venv/bin/python bench/bench_send.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -983,7 +1038,8 @@ def main(argv: list[str] | None = None) -> int:
             "standin": ("4. the SES stand-in alone", lambda: bench_standin(
                 request_body(config, rendered), ["threading", "asyncio"], [32, 48], 2000 if quick else 5000)),
             "ses": (f"5. SES through the pipeline, {ses_count:,} recipients, workers {workers}", lambda: bench_ses(
-                config, rendered, work, ses_count, 1 if quick else 3, workers, args.standin_impl, args.profile)),
+                config, rendered, work, ses_count, 1 if quick else 3, workers, args.standin_impl, args.profile,
+                process_counts)),
         }
         for part in PARTS:
             if part not in parts:

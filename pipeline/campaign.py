@@ -325,8 +325,11 @@ class CampaignRunner:
         settings: SendSettings,
         reporter: Reporter | None = None,
         sleep: Callable[[float], bool] | None = None,
+        partition: tuple[int, int] | None = None,
     ) -> None:
         self.db, self.config, self.campaign = db, config, campaign
+        self.partition = partition
+        """(k, n): send only to subscribers whose id % n == k (one of n sender processes)."""
         self.template, self.transport, self.secret = template, transport, secret
         self.settings = settings
         self.reporter = reporter or SilentReporter()
@@ -337,6 +340,16 @@ class CampaignRunner:
         self._domain = sender_domain(config)
 
     def run(self) -> Summary:
+        restore_signals = self.stop_on_signals((signal.SIGINT, signal.SIGTERM))
+        try:
+            pause_reason, elapsed, tally = self.send_all()
+            return close_campaign(self.db, self.campaign, pause_reason, elapsed, tally)
+        finally:
+            restore_signals()
+
+    def send_all(self) -> tuple[str, float, dict[str, int]]:
+        """Send to every queued recipient (of this runner's partition); returns why it stopped early
+        (or ""), the time taken and how many outcomes of each kind. The campaign row is not touched."""
         settings = self.settings
         limiter = RateLimiter(settings.max_rate) if settings.max_rate else Unlimited()
         counts = ledger_counts(self.db, self.campaign.id)
@@ -351,7 +364,6 @@ class CampaignRunner:
         not_handed_over: list[int] = []
         started = time.monotonic()
         pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="send")
-        restore_signals = self._stop_on_signals()
         try:
             while True:
                 for future in [f for f in in_flight if f.done()]:
@@ -418,18 +430,15 @@ class CampaignRunner:
         finally:
             pool.shutdown(wait=True)
             self.reporter.finish()
-        try:
-            return self._close(pause_reason, time.monotonic() - started, tally)
-        finally:
-            restore_signals()
+        return pause_reason, time.monotonic() - started, tally
 
     interrupted = False
 
-    def _stop_on_signals(self) -> Callable[[], None]:
+    def stop_on_signals(self, signals: tuple[signal.Signals, ...]) -> Callable[[], None]:
         """First Ctrl-C (or SIGTERM): finish what is in flight, record it, stop. The second one: stop now."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.getsignal(sig) for sig in signals}
 
         def handler(signum: int, frame: object) -> None:
             if self.interrupted:
@@ -449,12 +458,13 @@ class CampaignRunner:
         return restore
 
     def _next_recipients(self, after: int, limit: int) -> list[sqlite3.Row]:
+        share, shares = self.partition or (0, 1)
         return self.db.execute(
             "SELECT d.subscriber_id, d.attempts, s.email, s.name, s.status FROM deliveries d"
             " JOIN subscribers s ON s.id = d.subscriber_id"
-            " WHERE d.campaign_id = ? AND d.status = 'queued' AND d.subscriber_id > ?"
+            " WHERE d.campaign_id = ? AND d.status = 'queued' AND d.subscriber_id > ? AND d.subscriber_id % ? = ?"
             " ORDER BY d.subscriber_id LIMIT ?",
-            (self.campaign.id, after, limit),
+            (self.campaign.id, after, shares, share, limit),
         ).fetchall()
 
     def _commit(self, finished: list[Outcome], claimed: list[sqlite3.Row]) -> None:
@@ -509,23 +519,26 @@ class CampaignRunner:
                 return Outcome(subscriber_id, "fatal", attempts + attempt, error=str(error))
         raise AssertionError("unreachable")
 
-    def _close(self, pause_reason: str, elapsed: float, tally: dict[str, int]) -> Summary:
-        counts = ledger_counts(self.db, self.campaign.id)
-        handled = sum(tally.values())
-        if not pause_reason and counts["queued"]:
-            pause_reason = f"{counts['queued']} message(s) could not be sent yet (temporary errors); run again to retry"
-        if not pause_reason and counts["sending"]:
-            pause_reason = f"{counts['sending']} message(s) in an unknown state"
-        status = "paused" if pause_reason else "done"
-        stamp = now()
-        with transaction(self.db):
-            self.db.execute(
-                "UPDATE campaigns SET status = ?, note = ?, updated_at = ?,"
-                " finished_at = CASE WHEN ? = 'done' THEN ? ELSE NULL END WHERE id = ?",
-                (status, pause_reason, stamp, status, stamp, self.campaign.id),
-            )
-        return Summary(counts, elapsed, handled, status, pause_reason, tally)
 
+def close_campaign(
+    db: sqlite3.Connection, campaign: Campaign, pause_reason: str, elapsed: float, tally: dict[str, int]
+) -> Summary:
+    """Record whether the campaign is done or paused (and why), from what the ledger now says."""
+    counts = ledger_counts(db, campaign.id)
+    handled = sum(tally.values())
+    if not pause_reason and counts["queued"]:
+        pause_reason = f"{counts['queued']} message(s) could not be sent yet (temporary errors); run again to retry"
+    if not pause_reason and counts["sending"]:
+        pause_reason = f"{counts['sending']} message(s) in an unknown state"
+    status = "paused" if pause_reason else "done"
+    stamp = now()
+    with transaction(db):
+        db.execute(
+            "UPDATE campaigns SET status = ?, note = ?, updated_at = ?,"
+            " finished_at = CASE WHEN ? = 'done' THEN ? ELSE NULL END WHERE id = ?",
+            (status, pause_reason, stamp, status, stamp, campaign.id),
+        )
+    return Summary(counts, elapsed, handled, status, pause_reason, tally)
 
 
 def recent_rate(db: sqlite3.Connection, campaign_id: int, seconds: int = 60) -> float:

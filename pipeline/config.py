@@ -81,6 +81,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "max_rate": (float, 14.0),
         "max_attempts": (int, 5),
         "max_consecutive_failures": (int, 10),
+        "processes": (int, 0),
     },
     "serve": {
         "host": (str, "127.0.0.1"),
@@ -132,6 +133,8 @@ class SendSettings:
     max_rate: float
     max_attempts: int
     max_consecutive_failures: int
+    processes: int
+    """Sender processes; 0: one per core (at most 4) for SES, one for the other transports."""
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         ),
         ses=SesSettings(**values["transport.ses"]),
         send=SendSettings(
-            **{key: _positive(config_path, f"send.{key}", value) for key, value in values["send"].items()}
+            **{
+                key: value if key == "processes" and value == 0 else _positive(config_path, f"send.{key}", value)
+                for key, value in values["send"].items()
+            }
         ),
         serve=ServeSettings(
             **{

