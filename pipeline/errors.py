@@ -114,3 +114,8 @@ class NotificationRejected(NewsletterError):
 
 class EventsError(NewsletterError):
     """Reading SES events from the SQS queue failed (no queue configured, queue unreachable)."""
+
+
+class NotificationDeferred(NotificationRejected):
+    """An SNS notification cannot be verified or applied right now (its certificate host is unreachable,
+    the database is busy): not the sender's fault, so answer 503 (SNS retries) or leave it in the queue."""

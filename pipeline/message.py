@@ -154,6 +154,25 @@ def recipient_for(
     return Recipient(header_address, name, f"{config.public_url}/unsubscribe/{token}", message_id)
 
 
+def service_message(
+    config: Config, *, email: str, name: str, subject: str, text: str, html: str, date: dt.datetime
+) -> tuple[str, bytes]:
+    """A one-off message of the web service (confirm your subscription) to one address:
+    returns the envelope recipient (ASCII) and the message bytes. Refuses header injection."""
+    check_header_value(email, "address")
+    check_header_value(name, "name")
+    try:
+        address = ascii_address(email)
+    except ValueError as error:
+        raise NewsletterError(str(error)) from None
+    to = formataddr((name, address)) if name else address
+    message = build_message(
+        config, to=to, subject=subject, html=html, text=text, date=date,
+        extra_headers={"Auto-Submitted": "auto-generated"},
+    )
+    return address, message_bytes(message)
+
+
 def check_header_value(value: str, what: str) -> str:
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise NewsletterError(f"{what} {value!r} contains a line break or control character")

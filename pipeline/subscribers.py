@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -271,3 +272,102 @@ def describe(report: ImportReport) -> Iterable[str]:
         yield f"  line {line}: skipped: {reason}"
     for line, reason in report.rejected:
         yield f"  line {line}: rejected: {reason}"
+
+
+# --- The web service: double opt-in sign-up, confirmation, unsubscribe by link ------------------
+
+
+@dataclass(frozen=True)
+class Signup:
+    """What a sign-up request led to; ``mail`` says which message to send, if any."""
+
+    subscriber_id: int
+    email: str
+    name: str
+    status: str
+    """The status before: "new" for an address that was not on the list (now pending)."""
+    mail: str | None
+    """"confirm" (new, pending or coming back after unsubscribing), "already" (active), or None."""
+    previous_sent_at: str | None
+    """confirmation_sent_at before this request: put back if the mail cannot be sent."""
+
+
+def stamp_at(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
+
+
+def _seconds(stamp: str | None) -> float | None:
+    return dt.datetime.fromisoformat(stamp).timestamp() if stamp else None
+
+
+def request_signup(
+    db: sqlite3.Connection, email: str, name: str, *, at: float, resend_seconds: float, source: str = "web"
+) -> Signup:
+    """Record a sign-up (already validated) and decide what to mail, at most once per ``resend_seconds``.
+
+    A new address is added as ``pending``; nobody's status changes here: an unsubscribed
+    reader stays unsubscribed until they click the link, so a stranger typing their
+    address changes nothing. Bounced and complained addresses are never mailed.
+    """
+    sent_at = stamp_at(at)
+    with transaction(db):
+        row = find(db, email)
+        if row is None:
+            subscriber_id = _insert(db, email, name, "pending", source)
+            db.execute("UPDATE subscribers SET confirmation_sent_at = ? WHERE id = ?", (sent_at, subscriber_id))
+            return Signup(subscriber_id, email, name, "new", "confirm", None)
+        status, previous = row["status"], row["confirmation_sent_at"]
+        mail = {"pending": "confirm", "unsubscribed": "confirm", "active": "already"}.get(status)
+        last = _seconds(previous)
+        if mail and last is not None and at - last < resend_seconds:
+            mail = None
+        if mail:
+            db.execute("UPDATE subscribers SET confirmation_sent_at = ? WHERE id = ?", (sent_at, row["id"]))
+        return Signup(row["id"], row["email"], row["name"], status, mail, previous)
+
+
+def undo_signup_mail(db: sqlite3.Connection, signup: Signup, at: float) -> None:
+    """The mail could not be sent: let the next request try again instead of waiting out the interval."""
+    with transaction(db):
+        db.execute(
+            "UPDATE subscribers SET confirmation_sent_at = ? WHERE id = ? AND confirmation_sent_at = ?",
+            (signup.previous_sent_at, signup.subscriber_id, stamp_at(at)),
+        )
+
+
+def by_id(db: sqlite3.Connection, subscriber_id: int) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = db.execute("SELECT * FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+    return row
+
+
+def confirm(db: sqlite3.Connection, subscriber_id: int, cause: str = "confirmed by link") -> str:
+    """Activate a subscriber whose confirmation link checked out. Returns what happened:
+    "confirmed", "already" (active before), "refused" (bounced or complained: only the editor
+    may restore them), "stale" (unsubscribed after this sign-up and not asked again since), "unknown"."""
+    with transaction(db):
+        row = by_id(db, subscriber_id)
+        if row is None:
+            return "unknown"
+        status = row["status"]
+        if status == "active":
+            return "already"
+        if status in ("bounced", "complained"):
+            return "refused"
+        if status == "unsubscribed":
+            asked, left = _seconds(row["confirmation_sent_at"]), _seconds(row["status_changed_at"])
+            if asked is None or left is None or asked < left:
+                return "stale"
+        set_status(db, subscriber_id, "active", cause)
+        return "confirmed"
+
+
+def unsubscribe(db: sqlite3.Connection, subscriber_id: int, cause: str) -> str:
+    """Unsubscribe by link; returns the status before. Twice is harmless, and a bounce or a
+    complaint is kept as it is (it already stops the mail, and says more)."""
+    with transaction(db):
+        row = by_id(db, subscriber_id)
+        if row is None:
+            return "unknown"
+        if row["status"] in ("active", "pending"):
+            set_status(db, subscriber_id, "unsubscribed", cause)
+        return str(row["status"])

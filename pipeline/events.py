@@ -1,0 +1,392 @@
+"""SES bounce and complaint events, from the webhook or the SQS queue, applied to the subscriber list.
+
+Every SNS message is verified (:mod:`pipeline.sns`) before it is believed, and applied at most once:
+its MessageId is stored in ``sns_messages`` in the same transaction as its effect, so a redelivery
+(SNS retries, SQS at-least-once) is acknowledged as a duplicate and changes nothing.
+
+What a notification does:
+
+* permanent bounce -> ``bounced``; complaint -> ``complained`` (it may replace ``bounced``);
+  unsubscribed, bounced and complained are otherwise final, and nobody is ever re-activated;
+* transient or undetermined bounce -> ``subscribers.soft_bounces`` += 1, status unchanged;
+* any other SES event (Delivery, Send, Open...) or a non-SES message -> recorded as ``ignored``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from .config import Config
+from .db import now, open_db, transaction
+from .errors import EventsError, NotificationDeferred, NotificationRejected
+from .sns import SnsVerifier
+from .subscribers import ascii_address, set_status
+
+log = logging.getLogger("pipeline.events")
+
+# Which current statuses each event may replace: nobody comes back to active, and only a complaint
+# (the stronger signal) overrides a bounce.
+REPLACEABLE = {"bounced": ("pending", "active"), "complained": ("pending", "active", "bounced")}
+PERMANENT_BOUNCE = "Permanent"
+# SQS keeps a message at most 14 days; a queue message is as old as the queue lets it be, and
+# replaying into our own queue needs AWS credentials, so only the MessageId guards against it there.
+SQS_MAX_AGE_SECONDS = 15 * 24 * 3600.0
+SQS_BATCH = 10
+DIAGNOSTIC_LIMIT = 300
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+@dataclass
+class Applied:
+    """What one SNS message did."""
+
+    message_id: str
+    kind: str  # "Bounce", "Complaint", "SubscriptionConfirmation", "UnsubscribeConfirmation", "Delivery"...
+    outcome: str  # "bounced 1", "complained 1", "soft bounce counted 1", "unknown recipient 1", "ignored"...
+    duplicate: bool = False
+
+
+def handle_sns(db: sqlite3.Connection, verifier: SnsVerifier, body: bytes) -> Applied:
+    """Verify an SNS message, confirm a subscription if asked, apply a notification.
+
+    Raises NotificationRejected for bad input (never valid: answer 400, delete from the queue) and its
+    subclass NotificationDeferred when it cannot be handled now (certificate host unreachable, database
+    busy: answer 503, leave it in the queue). A message already applied is a duplicate, however old.
+    """
+    message = verifier.verify_signature(body)
+    try:
+        seen = _seen(db, message["MessageId"])
+        if seen is not None:
+            return seen
+        verifier.check_fresh(message)
+        kind = message["Type"]
+        if kind == "SubscriptionConfirmation":
+            verifier.confirm_subscription(message)
+            return _record_only(db, message, kind, "confirmed")
+        if kind == "UnsubscribeConfirmation":
+            log.warning(
+                "SNS topic %s unsubscribed this endpoint (message %s)",
+                message["TopicArn"],
+                message["MessageId"],
+            )
+            return _record_only(db, message, kind, "acknowledged")
+        return apply_notification(db, message)
+    except sqlite3.OperationalError as error:
+        # "database is locked" and the like: the message is fine, our side is not ready.
+        raise NotificationDeferred(
+            f"SNS message {message['MessageId']}: state database busy: {error}"
+        ) from None
+
+
+def apply_notification(db: sqlite3.Connection, message: dict[str, str]) -> Applied:
+    """Apply one VERIFIED SNS Notification (its Message is the SES event JSON); record its MessageId; idempotent.
+
+    Raises NotificationRejected when an SES Bounce or Complaint lacks its recipients (nothing is recorded).
+    """
+    message_id = message["MessageId"]
+    event = _ses_event(message.get("Message", ""))
+    kind = str(event.get("eventType") or event.get("notificationType") or "Notification")
+    if kind == "Bounce":
+        bounce = _section(message_id, event, "bounce", "bouncedRecipients")
+        permanent = bounce.get("bounceType") == PERMANENT_BOUNCE
+        action = _bounce if permanent else _soft_bounce
+        cause = _bounce_cause(bounce, message_id)
+        recipients = bounce["bouncedRecipients"]
+    elif kind == "Complaint":
+        complaint = _section(message_id, event, "complaint", "complainedRecipients")
+        action, cause, recipients = (
+            _complain,
+            _complaint_cause(complaint, message_id),
+            complaint["complainedRecipients"],
+        )
+    else:
+        return _record_only(db, message, kind, "ignored")
+    with transaction(db):
+        seen = _seen(db, message_id)
+        if seen is not None:
+            return seen
+        tally: dict[str, int] = {}
+        for recipient in recipients:
+            address = recipient.get("emailAddress") if isinstance(recipient, dict) else None
+            subscriber = _find_recipient(db, address) if isinstance(address, str) else None
+            result = "unknown recipient" if subscriber is None else action(db, subscriber, cause, recipient)
+            tally[result] = tally.get(result, 0) + 1
+        outcome = ", ".join(f"{result} {count}" for result, count in tally.items()) or "no recipients"
+        _insert(db, message, kind, outcome)
+    log.info("SNS message %s: %s: %s", message_id, kind, outcome)
+    return Applied(message_id, kind, outcome)
+
+
+# --- One recipient ---------------------------------------------------------------------------------
+
+
+def _bounce(db: sqlite3.Connection, subscriber: sqlite3.Row, cause: str, recipient: dict[str, Any]) -> str:
+    return _final(db, subscriber, "bounced", _with_diagnostic(cause, recipient))
+
+
+def _complain(db: sqlite3.Connection, subscriber: sqlite3.Row, cause: str, recipient: dict[str, Any]) -> str:
+    return _final(db, subscriber, "complained", cause)
+
+
+def _final(db: sqlite3.Connection, subscriber: sqlite3.Row, status: str, cause: str) -> str:
+    if subscriber["status"] not in REPLACEABLE[status]:
+        return f"already {subscriber['status']}"
+    set_status(db, subscriber["id"], status, cause)
+    return status
+
+
+def _soft_bounce(
+    db: sqlite3.Connection, subscriber: sqlite3.Row, cause: str, recipient: dict[str, Any]
+) -> str:
+    db.execute("UPDATE subscribers SET soft_bounces = soft_bounces + 1 WHERE id = ?", (subscriber["id"],))
+    return "soft bounce counted"
+
+
+def _find_recipient(db: sqlite3.Connection, reported: str) -> sqlite3.Row | None:
+    """The subscriber SES means: "Name <addr>" or a bare address, any case, punycode or not."""
+    address = parseaddr(reported)[1].strip()
+    if "@" not in address:
+        return None
+    key = address.casefold()
+    row: sqlite3.Row | None = db.execute("SELECT * FROM subscribers WHERE email_key = ?", (key,)).fetchone()
+    if row is not None or "xn--" not in key:
+        return row
+    # SES reports an internationalised domain in punycode; we store it as the subscriber wrote it.
+    # Only non-ASCII addresses can differ in that form, so only they are compared.
+    non_ascii = "SELECT * FROM subscribers WHERE email GLOB '*[^' || char(1) || '-' || char(127) || ']*'"
+    for candidate in db.execute(non_ascii):
+        try:
+            if ascii_address(candidate["email"]).casefold() == key:
+                return candidate  # type: ignore[no-any-return]
+        except ValueError:
+            continue
+    return None
+
+
+# --- The SES event ---------------------------------------------------------------------------------
+
+
+def _ses_event(text: str) -> dict[str, Any]:
+    """The SES event in a notification's Message; empty for anything else (not ours to act on)."""
+    try:
+        event = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return {}  # a plain-text message someone published on the topic
+    return event if isinstance(event, dict) else {}
+
+
+def _section(message_id: str, event: dict[str, Any], name: str, recipients: str) -> dict[str, Any]:
+    section = event.get(name)
+    if not isinstance(section, dict) or not isinstance(section.get(recipients), list):
+        log.warning("rejected SNS message %s: SES %s event without %s.%s", message_id, name, name, recipients)
+        raise NotificationRejected(
+            f"SNS message {message_id}: SES {name} event without a {name}.{recipients} list"
+        )
+    return section
+
+
+def _bounce_cause(bounce: dict[str, Any], message_id: str) -> str:
+    kind = _clean(str(bounce.get("bounceType") or "unknown")).lower()
+    subtype = _clean(str(bounce.get("bounceSubType") or "unknown"))
+    return f"SES {kind} bounce ({subtype}), SNS message {message_id}"
+
+
+def _complaint_cause(complaint: dict[str, Any], message_id: str) -> str:
+    feedback = complaint.get("complaintFeedbackType")
+    detail = f" ({_clean(str(feedback))})" if feedback else ""
+    return f"SES complaint{detail}, SNS message {message_id}"
+
+
+def _with_diagnostic(cause: str, recipient: dict[str, Any]) -> str:
+    diagnostic = recipient.get("diagnosticCode") or recipient.get("status")
+    if not diagnostic:
+        return cause
+    head, _, tail = cause.partition(", SNS message ")
+    return f"{head}: {_clean(str(diagnostic))}, SNS message {tail}"
+
+
+def _clean(text: str) -> str:
+    # Diagnostics are remote servers' words: one line, bounded, in the status history.
+    text = _CONTROL.sub(" ", text).strip()
+    return text if len(text) <= DIAGNOSTIC_LIMIT else text[: DIAGNOSTIC_LIMIT - 1] + "…"
+
+
+# --- sns_messages ----------------------------------------------------------------------------------
+
+
+def _seen(db: sqlite3.Connection, message_id: str) -> Applied | None:
+    row = db.execute("SELECT kind FROM sns_messages WHERE message_id = ?", (message_id,)).fetchone()
+    if row is None:
+        return None
+    log.info("SNS message %s: duplicate, already applied", message_id)
+    return Applied(message_id, row["kind"], "duplicate", duplicate=True)
+
+
+def _record_only(db: sqlite3.Connection, message: dict[str, str], kind: str, outcome: str) -> Applied:
+    with transaction(db):
+        seen = _seen(db, message["MessageId"])
+        if seen is not None:
+            return seen
+        _insert(db, message, kind, outcome)
+    log.info("SNS message %s: %s: %s", message["MessageId"], kind, outcome)
+    return Applied(message["MessageId"], kind, outcome)
+
+
+def _insert(db: sqlite3.Connection, message: dict[str, str], kind: str, outcome: str) -> None:
+    db.execute(
+        "INSERT INTO sns_messages (message_id, topic_arn, kind, outcome, received_at) VALUES (?, ?, ?, ?, ?)",
+        (message["MessageId"], message.get("TopicArn", ""), kind, outcome, now()),
+    )
+
+
+# --- The SQS queue ---------------------------------------------------------------------------------
+
+
+@dataclass
+class PullReport:
+    received: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    left: int = 0  # kept in the queue after a transient failure
+    details: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Human lines for the CLI: the counts, then one line per rejected or left message."""
+        summary = (
+            f"{self.received} received: {self.applied} applied, {self.duplicates} duplicate(s), "
+            f"{self.rejected} rejected, {self.left} left in the queue"
+        )
+        return [summary, *(f"  {detail}" for detail in self.details)]
+
+
+def pull(
+    config: Config,
+    *,
+    wait_seconds: int = 5,
+    most: int | None = None,
+    verifier: SnsVerifier | None = None,
+    client: object | None = None,
+) -> PullReport:
+    """`newsletter events pull`: receive from SQS, verify each SNS envelope, apply, then delete.
+
+    A message is deleted only after its effect is committed. One that can never be valid (unsigned,
+    tampered, malformed) is logged, counted as rejected and deleted; a transient failure (certificate
+    host unreachable, database locked) leaves it in the queue. Loops until a receive returns nothing
+    new or ``most`` messages were received. The default verifier accepts messages as old as SQS keeps
+    them (the MessageId stops replays). Raises EventsError when events.queue_url is empty or the queue
+    is unreachable or credentials are missing.
+    """
+    queue_url = config.events.queue_url
+    if not queue_url:
+        raise EventsError(
+            f"{config.path}: events.queue_url is empty: set it to the SQS queue SNS delivers SES events to"
+        )
+    sqs: Any = client if client is not None else _sqs_client(config, wait_seconds)
+    verifier = verifier or SnsVerifier(
+        topic_arns=config.events.topic_arns, max_age_seconds=SQS_MAX_AGE_SECONDS
+    )
+    report = PullReport()
+    deferred: set[str] = set()
+    db = open_db(config.paths.state)
+    try:
+        while most is None or report.received < most:
+            batch = min(SQS_BATCH, most - report.received) if most is not None else SQS_BATCH
+            messages = _receive(sqs, queue_url, batch, wait_seconds)
+            fresh = [m for m in messages if m.get("MessageId") not in deferred]
+            if not fresh:
+                break  # empty, or only what we already left in the queue (visibility timeout 0)
+            for queued in fresh:
+                report.received += 1
+                if not _handle_queued(db, sqs, queue_url, verifier, queued, report):
+                    deferred.add(queued.get("MessageId", ""))
+    finally:
+        db.close()
+    return report
+
+
+def _handle_queued(
+    db: sqlite3.Connection,
+    sqs: Any,
+    queue_url: str,
+    verifier: SnsVerifier,
+    queued: dict[str, Any],
+    report: PullReport,
+) -> bool:
+    """Handle one queue message; whether it was deleted."""
+    body = queued.get("Body", "")
+    try:
+        applied = handle_sns(db, verifier, body.encode("utf-8"))
+    except NotificationDeferred as error:
+        report.left += 1
+        report.details.append(f"left in the queue: {error}")
+        return False
+    except NotificationRejected as error:
+        report.rejected += 1
+        report.details.append(f"rejected: {error}")
+    else:
+        if applied.duplicate:
+            report.duplicates += 1
+        else:
+            report.applied += 1
+    _delete(sqs, queue_url, queued)
+    return True
+
+
+def _sqs_client(config: Config, wait_seconds: int) -> Any:
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    # The read timeout must outlast a long poll; few retries, so an unreachable queue fails in seconds.
+    settings = BotoConfig(
+        connect_timeout=5, read_timeout=wait_seconds + 15, retries={"max_attempts": 2, "mode": "standard"}
+    )
+    try:
+        # A session of its own: boto3's default one keeps the credentials it found first.
+        return boto3.session.Session().client(
+            "sqs", region_name=config.events.region or None, config=settings
+        )
+    except BotoCoreError as error:
+        raise EventsError(f"cannot set up the SQS client: {error}") from None
+
+
+def _receive(sqs: Any, queue_url: str, batch: int, wait_seconds: int) -> list[dict[str, Any]]:
+    try:
+        answer = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=batch, WaitTimeSeconds=wait_seconds
+        )
+    except (BotoCoreError, ClientError) as error:
+        raise EventsError(f"cannot read the SQS queue {queue_url}: {_aws_reason(error)}") from None
+    messages: list[dict[str, Any]] = answer.get("Messages", [])
+    return messages
+
+
+def _delete(sqs: Any, queue_url: str, queued: dict[str, Any]) -> None:
+    try:
+        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=queued["ReceiptHandle"])
+    except (BotoCoreError, ClientError) as error:
+        # Its effect is committed: when it comes back it is a duplicate, so carry on.
+        log.warning(
+            "could not delete SQS message %s (it will come back as a duplicate): %s",
+            queued.get("MessageId"),
+            _aws_reason(error),
+        )
+
+
+def _aws_reason(error: BotoCoreError | ClientError) -> str:
+    if isinstance(error, NoCredentialsError):
+        return (
+            "no AWS credentials (set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use a role)"
+        )
+    if isinstance(error, ClientError):
+        details = error.response.get("Error", {})
+        return _clean(f"{details.get('Code', 'error')}: {details.get('Message', '')}".rstrip(": "))
+    return _clean(str(error))
