@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import queue
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,6 +313,57 @@ class SendSettings:
     backoff_cap: float = 30.0
 
 
+class _Workers:
+    """Threads that deliver the messages the campaign loop hands them and queue back the outcomes.
+
+    Lighter than a ThreadPoolExecutor with ``wait()``: the loop learns of each outcome in O(1),
+    not by scanning every future in flight. An unexpected exception (a bug) becomes an "unknown"
+    outcome: the message may have been handed over, so it must not be retried blindly.
+    """
+
+    def __init__(self, count: int, deliver: Callable[[int, str, str, int], Outcome]) -> None:
+        self._jobs: queue.SimpleQueue[tuple[int, str, str, int] | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self._deliver = deliver
+        self._threads = [threading.Thread(target=self._work, name=f"send-{n}", daemon=True) for n in range(count)]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                outcome = self._deliver(*job)
+            except BaseException as error:  # noqa: BLE001 - reported as an outcome, never lost
+                outcome = Outcome(job[0], "unknown", job[3], error=f"internal error: {error!r}")
+            self._done.put(outcome)
+
+    def submit(self, job: tuple[int, str, str, int]) -> None:
+        self._jobs.put(job)
+
+    def ready(self) -> list[Outcome]:
+        """The outcomes that have arrived, without waiting."""
+        found = []
+        while True:
+            try:
+                found.append(self._done.get_nowait())
+            except queue.Empty:
+                return found
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        """At least one outcome, or none if ``timeout`` passes first; then whatever else has arrived."""
+        try:
+            first = self._done.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        return [first, *self.ready()]
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
 class CampaignRunner:
     def __init__(
         self,
@@ -354,7 +405,8 @@ class CampaignRunner:
         limiter = RateLimiter(settings.max_rate) if settings.max_rate else Unlimited()
         counts = ledger_counts(self.db, self.campaign.id)
         self.reporter.start(sum(counts.values()), counts["sent"] + counts["failed"] + counts["skipped"])
-        in_flight: dict[Future[Outcome], int] = {}
+        in_flight: set[int] = set()  # subscriber ids handed to a worker, outcome not back yet
+        arrived: list[Outcome] = []
         finished: list[Outcome] = []
         tally: dict[str, int] = {}
         consecutive_failures = 0
@@ -363,12 +415,12 @@ class CampaignRunner:
         pause_reason = ""
         not_handed_over: list[int] = []
         started = time.monotonic()
-        pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="send")
+        pool = _Workers(settings.concurrency, self._deliver)
         try:
             while True:
-                for future in [f for f in in_flight if f.done()]:
-                    del in_flight[future]
-                    outcome = future.result()
+                arrived.extend(pool.ready())
+                for outcome in arrived:
+                    in_flight.discard(outcome.subscriber_id)
                     finished.append(outcome)
                     tally[outcome.kind] = tally.get(outcome.kind, 0) + 1
                     if outcome.kind == "sent":
@@ -377,6 +429,7 @@ class CampaignRunner:
                         consecutive_failures += 1
                     elif outcome.kind == "fatal" and not pause_reason:
                         pause_reason = outcome.error
+                arrived = []
                 if consecutive_failures >= settings.max_consecutive_failures and not pause_reason:
                     last = next((o.error for o in reversed(finished) if o.error), "")
                     pause_reason = f"{consecutive_failures} failures in a row (last: {last})"
@@ -408,13 +461,13 @@ class CampaignRunner:
                     # Off the list before the hand-over: an interrupt in between leaves the row
                     # "sending" (unknown, never resent blindly), not "queued" (possibly sent twice).
                     not_handed_over.remove(row["subscriber_id"])
-                    future = pool.submit(self._deliver, row["subscriber_id"], row["email"], row["name"], row["attempts"])
-                    in_flight[future] = row["subscriber_id"]
+                    pool.submit((row["subscriber_id"], row["email"], row["name"], row["attempts"]))
+                    in_flight.add(row["subscriber_id"])
                 if not in_flight and (exhausted or self.stopping.is_set()):
                     break
                 timeout = limiter.delay() if not exhausted and free > 0 else None
                 if in_flight:
-                    wait(in_flight, timeout=min(timeout, 0.25) if timeout is not None else 0.25, return_when=FIRST_COMPLETED)
+                    arrived.extend(pool.wait(min(timeout, 0.25) if timeout is not None else 0.25))
                 elif timeout:
                     time.sleep(timeout)
         except KeyboardInterrupt:
@@ -423,12 +476,18 @@ class CampaignRunner:
             pause_reason = pause_reason or "interrupted"
             # Claimed but never handed to the transport: certainly not sent.
             finished.extend(Outcome(sid, "retry", 0, error="interrupted before sending") for sid in not_handed_over)
-            # Let the messages already handed over finish, so their results are recorded, not unknown.
-            for future in list(in_flight):
-                finished.append(future.result())
+            finished.extend(arrived)
+            in_flight.difference_update(outcome.subscriber_id for outcome in arrived)
+            while in_flight:
+                # Let the messages already handed over finish, so their results are recorded, not unknown.
+                outcomes = pool.wait(30.0)
+                if not outcomes:
+                    break  # an outcome lost to the interrupt itself: its row stays "sending" (unknown)
+                in_flight.difference_update(outcome.subscriber_id for outcome in outcomes)
+                finished.extend(outcomes)
             self._commit(finished, [])
         finally:
-            pool.shutdown(wait=True)
+            pool.shutdown()
             self.reporter.finish()
         return pause_reason, time.monotonic() - started, tally
 

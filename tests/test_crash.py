@@ -713,25 +713,22 @@ def test_smtp_reply_lost_after_the_message_was_taken_is_not_sent_again(newslette
 
 
 def test_second_ctrl_c_just_after_a_hand_over_does_not_requeue_it(newsletter: Newsletter, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from concurrent.futures import ThreadPoolExecutor
+    from pipeline.campaign import _Workers
 
-    import pipeline.campaign
+    handed_over = 0
+    submit = _Workers.submit
 
-    class SecondCtrlCAfterTenthHandOver(ThreadPoolExecutor):
+    def second_ctrl_c_after_tenth_hand_over(self, job):  # type: ignore[no-untyped-def]
         """Where a real second SIGINT lands now and then (see the ctrl-c-twice case above)."""
-
-        handed_over = 0
-
-        def submit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            future = super().submit(*args, **kwargs)
-            SecondCtrlCAfterTenthHandOver.handed_over += 1
-            if SecondCtrlCAfterTenthHandOver.handed_over == 10:
-                raise KeyboardInterrupt  # as the signal handler raises it, right after submit() returns
-            return future
+        nonlocal handed_over
+        submit(self, job)
+        handed_over += 1
+        if handed_over == 10:
+            raise KeyboardInterrupt  # as the signal handler raises it, right after submit() returns
 
     new_issue(newsletter)
     people = subscribe(newsletter, 40, inactive=False)
-    monkeypatch.setattr(pipeline.campaign, "ThreadPoolExecutor", SecondCtrlCAfterTenthHandOver)
+    monkeypatch.setattr(_Workers, "submit", second_ctrl_c_after_tenth_hand_over)
     assert send_in_process(newsletter).status == "paused"
     monkeypatch.undo()
     read_some(newsletter, every=1)  # the reader has read everything that arrived
