@@ -17,10 +17,10 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .config import Config
-from .errors import DeliveryUnknown, Rejected, TemporaryFailure, TransportUnavailable
+from .errors import DeliveryUnknown, Rejected, TemporaryFailure, TransportError, TransportUnavailable
 
 
 @dataclass(frozen=True)
@@ -169,6 +169,20 @@ class SmtpTransport:
         return connection
 
     def send(self, envelope: Envelope) -> str:
+        reused = getattr(self._local, "connection", None) is not None
+        try:
+            return self._send(envelope)
+        except _StaleConnection as stale:
+            if not reused:
+                raise TemporaryFailure(str(stale)) from None
+        # Servers close idle sessions (after minutes, silently): a connection kept since the last
+        # message may be gone. Nothing was handed over on it, so one try on a new one cannot send twice.
+        try:
+            return self._send(envelope)
+        except _StaleConnection as stale:
+            raise TemporaryFailure(str(stale)) from None
+
+    def _send(self, envelope: Envelope) -> str:
         connection = self._connection()
         handed_over = False
         try:
@@ -207,7 +221,7 @@ class SmtpTransport:
             if handed_over:
                 # The reply to DATA was lost: the server may have queued it. Resending could mean two copies.
                 raise DeliveryUnknown(f"SMTP connection lost while the server took the message: {error}") from None
-            raise TemporaryFailure(f"SMTP connection lost: {error}") from None
+            raise _StaleConnection(f"SMTP connection lost: {error}") from None
 
     def _drop(self) -> None:
         connection = getattr(self._local, "connection", None)
@@ -232,6 +246,10 @@ class SmtpTransport:
                 connection.quit()
             except (OSError, smtplib.SMTPException):
                 connection.close()
+
+
+class _StaleConnection(Exception):
+    """The connection failed before the message was handed over: safe to try again on a new one."""
 
 
 def _reply(error: smtplib.SMTPResponseException) -> str:
@@ -269,6 +287,7 @@ class SesTransport:
 
     def __init__(self, region: str, endpoint_url: str, configuration_set: str, pool_size: int) -> None:
         import boto3
+        import botocore.session
         from botocore.config import Config as BotoConfig
         from botocore.httpsession import URLLib3Session
         from botocore.parsers import create_parser
@@ -281,7 +300,8 @@ class SesTransport:
             connect_timeout=10,
             read_timeout=30,
         )
-        session = boto3.session.Session()
+        core = botocore.session.get_session()
+        session = boto3.session.Session(botocore_session=core)
         self._client = session.client("sesv2", region_name=region, endpoint_url=endpoint_url or None, config=boto_config)
         self._v1 = session.client("ses", region_name=region, endpoint_url=endpoint_url or None, config=boto_config)
         self._credentials = session.get_credentials()
@@ -291,7 +311,11 @@ class SesTransport:
         self._operation = meta.service_model.operation_model("SendEmail")
         self._parser = create_parser(meta.service_model.metadata["protocol"])
         self._http = URLLib3Session(
-            proxies=get_environ_proxies(self._url), timeout=(10, 30), max_pool_connections=pool_size
+            # As the client does: AWS_CA_BUNDLE or ca_bundle in ~/.aws/config (a TLS-inspecting proxy's CA).
+            verify=core.get_config_variable("ca_bundle") or True,
+            proxies=get_environ_proxies(self._url),
+            timeout=(10, 30),
+            max_pool_connections=pool_size,
         )
         prefix: dict[str, object] = {}
         if configuration_set:
@@ -325,17 +349,32 @@ class SesTransport:
             raise self._translate(error, envelope.recipient) from None
         if response.status_code == 200:
             try:
-                return str(json.loads(response.content).get("MessageId", ""))
+                message_id = json.loads(response.content).get("MessageId")
             except (ValueError, AttributeError):
-                # Accepted (200) with a body we cannot read: it was sent, we just lack its id.
-                return ""
-        parsed = self._parser.parse(
-            {"status_code": response.status_code, "headers": response.headers, "body": response.content},
-            self._operation.output_shape,
-        )
-        raise self._translate(ClientError(parsed, "SendEmail"), envelope.recipient) from None
+                message_id = None
+            if not isinstance(message_id, str) or not message_id:
+                # Something answered 200 that is not SES (a captive portal, a misconfigured proxy):
+                # the message probably went nowhere, but we cannot be sure. Failures in a row pause the campaign.
+                raise DeliveryUnknown(f"{self._where} answered 200 without a MessageId: is endpoint_url an SES endpoint?")
+            return message_id
+        raise self._translate(ClientError(self._error_of(response), "SendEmail"), envelope.recipient) from None
 
-    def _translate(self, error: Exception, recipient: str) -> Exception:
+    def _error_of(self, response: Any) -> dict[str, Any]:
+        """The error as botocore parses it; an HTML or garbled body (a proxy's) becomes its HTTP status."""
+        try:
+            parsed: dict[str, Any] = self._parser.parse(
+                {"status_code": response.status_code, "headers": response.headers, "body": response.content},
+                self._operation.output_shape,
+            )
+            if isinstance(parsed.get("Error"), dict):
+                return parsed
+        except Exception:  # noqa: BLE001 - whatever the body, the status code still says what happened
+            pass
+        text = " ".join(bytes(response.content[:200]).decode("utf-8", "replace").split())
+        return {"Error": {"Code": str(response.status_code), "Message": text},
+                "ResponseMetadata": {"HTTPStatusCode": response.status_code}}
+
+    def _translate(self, error: Exception, recipient: str) -> TransportError:
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
@@ -351,8 +390,8 @@ class SesTransport:
                 "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials or an instance role)"
             )
         if isinstance(error, ClientError):
-            code = error.response.get("Error", {}).get("Code", "")
-            message = error.response.get("Error", {}).get("Message", "")
+            code = str(error.response.get("Error", {}).get("Code") or "")
+            message = str(error.response.get("Error", {}).get("Message") or "")
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             text = f"SES {code or status}: {message}".strip()
             if code in SES_FATAL or (code == "MessageRejected" and _sender_problem(message)):
@@ -370,7 +409,10 @@ class SesTransport:
             return DeliveryUnknown(f"{self._where}: no answer to the request: {error}")
         if isinstance(error, BotoCoreError):
             return TemporaryFailure(f"{self._where}: {error}")
-        return error
+        if isinstance(error, TransportError):
+            return error
+        # Not an error botocore knows: the request may have gone out, so never assume it did not.
+        return DeliveryUnknown(f"{self._where}: unexpected error: {error!r}")
 
     def check(self) -> None:
         """Fail fast on credentials or an unreachable endpoint, before the campaign starts."""
@@ -392,7 +434,7 @@ class SesTransport:
                 continue
             except Exception as error:  # noqa: BLE001
                 translated = self._translate(error, "")
-                if isinstance(translated, TemporaryFailure):
+                if isinstance(translated, (TemporaryFailure, DeliveryUnknown)):
                     raise TransportUnavailable(f"cannot reach {self._where}: {translated}") from None
                 raise translated from None
         return None

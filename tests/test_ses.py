@@ -834,3 +834,97 @@ def test_no_credentials_anywhere_stops_the_send(monkeypatch: pytest.MonkeyPatch,
             transport.send(Envelope(SENDER, "reader@example.org", b"Subject: x\r\n\r\nx\r\n", "k1"))
     finally:
         transport.close()
+
+
+def _answer(status: str, content_type: str, body: bytes) -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode() + body
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected", "text"),
+    [
+        (_answer("403 Forbidden", "text/html; charset=latin-1", "<h1>Acc\xe8s refus\xe9</h1>".encode("latin-1")),
+         TransportUnavailable, "SES 403"),
+        (_answer("400 Bad Request", "application/json", b"[1, 2]"), Rejected, "SES 400"),
+        (_answer("400 Bad Request", "application/json", b'{"__type": 12, "message": ["x"]}'), Rejected, "SES"),
+        (_answer("502 Bad Gateway", "text/html", b"<html>proxy error</html>"), TemporaryFailure, "SES 502"),
+        (_answer("413 Payload Too Large", "text/plain", b"too big"), Rejected, "SES 413"),
+    ],
+    ids=["html-403-latin1", "json-array-400", "odd-json-400", "proxy-502", "plain-413"],
+)
+def test_answers_that_are_not_ses_errors_are_still_translated(
+    monkeypatch: pytest.MonkeyPatch, answer: bytes, expected: type[Exception], text: str
+) -> None:
+    _scrub_aws_env(monkeypatch)
+    server = OneShotServer(answer)
+    transport = SesTransport(REGION, server.url, "", 2)
+    try:
+        with pytest.raises(expected, match=text):
+            transport.send(Envelope(SENDER, "reader@example.org", b"Subject: x\r\n\r\nx\r\n", "k1"))
+    finally:
+        transport.close()
+        server.close()
+
+
+@pytest.mark.parametrize("body", [b"<html>Welcome to the hotel wifi</html>", b"{}", b'{"MessageId": 7}'])
+def test_a_200_without_a_message_id_is_unknown_not_sent(monkeypatch: pytest.MonkeyPatch, body: bytes) -> None:
+    """Something answered that is not SES: counting the message as sent would lose it silently."""
+    from pipeline.errors import DeliveryUnknown
+
+    _scrub_aws_env(monkeypatch)
+    server = OneShotServer(_answer("200 OK", "text/html", body))
+    transport = SesTransport(REGION, server.url, "", 2)
+    try:
+        with pytest.raises(DeliveryUnknown, match="without a MessageId"):
+            transport.send(Envelope(SENDER, "reader@example.org", b"Subject: x\r\n\r\nx\r\n", "k1"))
+    finally:
+        transport.close()
+        server.close()
+
+
+def test_sending_trusts_the_ca_bundle_the_boto3_chain_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Behind a TLS-inspecting proxy the editor sets AWS_CA_BUNDLE; sending must trust it as boto3 does."""
+    import http.server
+    import ssl
+    import threading
+
+    from .test_smtp import _certificate_with_cryptography
+
+    certificate = _certificate_with_cryptography(tmp_path)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b'{"MessageId":"0100-tls"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.socket = certificate.server_context().wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    endpoint = f"https://127.0.0.1:{httpd.server_address[1]}"
+    envelope = Envelope(SENDER, "reader@example.org", b"Subject: x\r\n\r\nx\r\n", "k1")
+    try:
+        _scrub_aws_env(monkeypatch)
+        untrusting = SesTransport(REGION, endpoint, "", 2)
+        try:
+            with pytest.raises(TemporaryFailure, match="SSL"):
+                untrusting.send(envelope)
+        finally:
+            untrusting.close()
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(certificate.ca))
+        trusting = SesTransport(REGION, endpoint, "", 2)
+        try:
+            assert trusting.send(envelope) == "0100-tls"
+        finally:
+            trusting.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -726,3 +726,22 @@ def test_dropped_connections_with_two_attempts_resume_without_duplicates(issue: 
         assert_one_line_error(result, "campaign paused:", "could not be sent yet (temporary errors)")
     assert "issue 1: campaign complete" in runs[-1].stdout
     assert_each_once(server, people.active)
+
+
+def test_a_session_the_server_dropped_while_idle_is_reopened(smtp_server) -> None:  # type: ignore[no-untyped-def]
+    """Real servers close idle sessions after a few minutes; the web service's confirmation emails
+    come minutes apart on one kept connection. Here aiosmtpd closes sessions idle for 1 s."""
+    import time
+
+    from pipeline.transports import Envelope, SmtpTransport
+
+    server = smtp_server(server_kwargs={"timeout": 1})
+    transport = SmtpTransport("127.0.0.1", server.port, "none", "", "", 10)
+    try:
+        for number in range(3):
+            data = f"From: a@example.org\r\nTo: r{number}@example.org\r\nSubject: {number}\r\n\r\nbody\r\n".encode()
+            transport.send(Envelope("a@example.org", f"r{number}@example.org", data, f"k{number}"))
+            time.sleep(1.6)  # the server times the session out in between
+    finally:
+        transport.close()
+    assert server.handler.recipients() == Counter({f"r{n}@example.org": 1 for n in range(3)})
