@@ -25,14 +25,16 @@ import queue
 import signal
 import sqlite3
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from .campaign import Campaign, CampaignRunner, Outcome, Reporter, SendSettings, SilentReporter, Summary, close_campaign
 from .config import Config
 from .db import open_db
-from .errors import NewsletterError
+from .errors import CampaignError, NewsletterError
 from .message import MessageTemplate
 from .transports import open_transport
 
@@ -73,31 +75,24 @@ def run_in_processes(
         concurrency=max(1, math.ceil(settings.concurrency / processes)),
         max_rate=settings.max_rate / processes if settings.max_rate else settings.max_rate,
     )
-    context = multiprocessing.get_context("spawn")  # no fork: nothing of this process's threads or sockets is inherited
-    messages: Any = context.Queue()
-    senders = [
-        context.Process(
-            target=_sender_main,
-            args=(config, campaign, template, secret, share_settings, (share, processes), os.getpid(), messages),
-            name=f"sender-{share + 1}",
-        )
-        for share in range(processes)
-    ]
+    senders = _Senders(config, campaign, template, secret, share_settings, processes)
     started = time.monotonic()
     restore = _forward_signals(senders)
     try:
-        for sender in senders:
-            sender.start()
+        try:
+            senders.start()
+        except CampaignError as error:
+            return close_campaign(db, campaign, str(error), time.monotonic() - started, {})
         counts = db.execute(
             "SELECT COUNT(*), SUM(status IN ('sent', 'failed', 'skipped')) FROM deliveries WHERE campaign_id = ?",
             (campaign.id,),
         ).fetchone()
         reporter.start(int(counts[0]), int(counts[1] or 0))
-        reasons, tally = _collect(senders, messages, reporter)
+        reasons, tally = senders.collect(reporter)
     finally:
+        senders.stop()  # a no-op after a normal end; after an error here, the senders must not go on alone
         reporter.finish()
-        for sender in senders:
-            sender.join()
+        senders.close()
         restore()
     # An early stop of one share (a paused account, failures in a row) is the campaign's reason;
     # the other shares then only say they were stopped.
@@ -105,54 +100,124 @@ def run_in_processes(
     return close_campaign(db, campaign, reason, time.monotonic() - started, tally)
 
 
-def _collect(senders: list[Any], messages: Any, reporter: Reporter) -> tuple[list[str], dict[str, int]]:
-    """Relay progress until every sender has reported its end; stop them all when one stops early."""
-    reasons: dict[int, str] = {}
-    tally: dict[str, int] = {}
-    while len(reasons) < len(senders):
-        try:
-            kind, share, payload = messages.get(timeout=0.2)
-        except queue.Empty:
-            dead = [share for share, sender in enumerate(senders) if share not in reasons and not sender.is_alive()]
-            if not dead:
-                continue
-            try:  # a sender that ended normally put its last message before exiting: it may still be in the pipe
-                kind, share, payload = messages.get(timeout=1.0)
-            except queue.Empty:
-                for share in dead:
-                    reasons[share] = (f"sender process {share + 1} stopped unexpectedly "
-                                      f"(exit code {senders[share].exitcode})")
-                _stop(senders)
-                continue
-        if kind == "outcome":
-            reporter.advance(payload)
-            continue
-        reason, counts = payload
-        reasons[share] = reason
-        for key, value in counts.items():
-            tally[key] = tally.get(key, 0) + value
-        if reason:
-            _stop(senders)
-    return [reasons[share] for share in range(len(senders))], tally
+# Held blocked while a sender starts, so the sender inherits them blocked: a Ctrl-C during its
+# start-up cannot kill it half-way (with a traceback), and a stop request waits until it can obey.
+_DEFERRED = {signal.SIGINT, signal.SIGTERM}
+LIVENESS_INTERVAL = 0.5
 
 
-def _stop(senders: list[Any]) -> bool:
-    """Ask every sender, once, to finish what it has in flight and stop (a second SIGTERM would stop it at once)."""
-    for sender in senders:
-        if sender.is_alive() and sender.pid and sender.pid not in _asked_to_stop:
-            _asked_to_stop.add(sender.pid)
+class _Senders:
+    """The sender processes of one campaign, and the queue they report on."""
+
+    def __init__(self, config: Config, campaign: Campaign, template: MessageTemplate, secret: bytes,
+                 settings: SendSettings, processes: int) -> None:
+        context = multiprocessing.get_context("spawn")  # not fork: inherit none of our threads or sockets
+        self.messages: Any = context.Queue()
+        self.processes = [
+            context.Process(
+                target=_sender_main,
+                args=(config, campaign, template, secret, settings, (share, processes), os.getpid(), self.messages),
+                name=f"sender-{share + 1}",
+            )
+            for share in range(processes)
+        ]
+        self.started: list[Any] = []
+        self.stopping = False
+        self._asked: set[int] = set()
+
+    def start(self) -> None:
+        for number, process in enumerate(self.processes, start=1):
+            if self.stopping:  # Ctrl-C while starting: the rest need not start at all
+                break
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
             try:
-                os.kill(sender.pid, signal.SIGTERM)
-            except ProcessLookupError:
+                process.start()
+            except OSError as error:
+                self.stop()
+                raise CampaignError(f"cannot start sender process {number}: {error.strerror or error}") from None
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            self.started.append(process)
+
+    def stop(self) -> None:
+        """Ask every sender, once, to finish what it has in flight and stop (a second SIGTERM would stop it at once)."""
+        self.stopping = True
+        for process in self.started:
+            if process.pid not in self._asked and process.is_alive():
+                self._asked.add(process.pid)
+                try:
+                    os.kill(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def collect(self, reporter: Reporter) -> tuple[list[str], dict[str, int]]:
+        """Relay progress until every sender has reported its end; stop them all when one stops early."""
+        shares = {process: share for share, process in enumerate(self.processes)}
+        reasons: dict[int, str] = {shares[p]: "interrupted" for p in self.processes if p not in self.started}
+        tally: dict[str, int] = {}
+        next_check = time.monotonic() + LIVENESS_INTERVAL
+        while len(reasons) < len(self.processes):
+            try:
+                kind, share, payload = self.messages.get(timeout=LIVENESS_INTERVAL)
+            except queue.Empty:
+                kind = ""
+            if kind == "outcome":
+                reporter.advance(payload)
+            elif kind == "done":
+                reason, counts = payload
+                reasons[share] = reason
+                for key, value in counts.items():
+                    tally[key] = tally.get(key, 0) + value
+                if reason:
+                    self.stop()
+            if time.monotonic() >= next_check:  # also while the others stream outcomes
+                next_check = time.monotonic() + LIVENESS_INTERVAL
+                self._notice_dead(reasons, reporter, tally)
+        return [reasons[share] for share in range(len(self.processes))], tally
+
+    def _notice_dead(self, reasons: dict[int, str], reporter: Reporter, tally: dict[str, int]) -> None:
+        dead = [p for p in self.started if p.exitcode is not None and self.processes.index(p) not in reasons]
+        if not dead:
+            return
+        # A sender that ended normally put its last words before exiting: they may still be in the pipe.
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and any(self.processes.index(p) not in reasons for p in dead):
+            try:
+                kind, share, payload = self.messages.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if kind == "outcome":
+                reporter.advance(payload)
+            else:
+                reasons[share] = payload[0]
+                for key, value in payload[1].items():
+                    tally[key] = tally.get(key, 0) + value
+        for process in dead:
+            share = self.processes.index(process)
+            if share in reasons:
+                continue
+            if process.pid in self._asked and process.exitcode == -signal.SIGTERM:
+                reasons[share] = "interrupted"
+            else:
+                reasons[share] = f"sender process {share + 1} stopped unexpectedly (exit code {process.exitcode})"
+            self.stop()
+
+    def close(self) -> None:
+        """Wait for the senders to end, reading what they still report so none blocks on a full pipe."""
+        while any(process.is_alive() for process in self.started):
+            try:
+                self.messages.get(timeout=0.2)
+            except queue.Empty:
                 pass
-    return True
+        for process in self.started:
+            process.join()
+        self.messages.close()
 
 
-_asked_to_stop: set[int] = set()
-
-
-def _forward_signals(senders: list[Any]) -> Any:
+def _forward_signals(senders: _Senders) -> Callable[[], None]:
     """First Ctrl-C or SIGTERM: ask every sender to finish what is in flight. The second: stop now."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     asked = False
 
@@ -160,9 +225,9 @@ def _forward_signals(senders: list[Any]) -> Any:
         nonlocal asked
         if asked:
             os.write(2, b"\nstopped at once; run `newsletter send` again to resume\n")
-            os._exit(130)  # the senders die with us (PR_SET_PDEATHSIG): a crash, which the ledger survives
+            os._exit(130)  # the senders die with us: a crash, which the ledger survives
         asked = True
-        _stop(senders)
+        senders.stop()
 
     for sig in previous:
         signal.signal(sig, handler)
@@ -189,11 +254,17 @@ class _QueueReporter:
 
 
 def _die_with(parent: int) -> None:
+    """End this sender as soon as `send` ends, whatever ends it (kill -9 included), as a crash would."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the line above took effect
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us with the parent
+
+    def watch() -> None:  # elsewhere (and as a second guard): an orphan is adopted by another process
+        while os.getppid() == parent:
+            time.sleep(0.5)
         os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _sender_main(
@@ -219,6 +290,7 @@ def _sender_main(
                 partition=partition,
             )
             restore = runner.stop_on_signals((signal.SIGTERM,))
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)  # a stop asked during start-up lands now
             try:
                 reason, _, tally = runner.send_all()
             finally:
@@ -228,6 +300,8 @@ def _sender_main(
             db.close()
     except NewsletterError as error:
         reason = str(error)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
     messages.put(("done", share, (reason, tally)))
     messages.close()
     messages.join_thread()
