@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import sqlite3
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from typing import Any
@@ -54,31 +55,45 @@ class Applied:
     duplicate: bool = False
 
 
-def handle_sns(db: sqlite3.Connection, verifier: SnsVerifier, body: bytes) -> Applied:
+def handle_sns(
+    db: sqlite3.Connection,
+    verifier: SnsVerifier,
+    body: bytes,
+    *,
+    db_lock: AbstractContextManager[Any] | None = None,
+) -> Applied:
     """Verify an SNS message, confirm a subscription if asked, apply a notification.
 
     Raises NotificationRejected for bad input (never valid: answer 400, delete from the queue) and its
     subclass NotificationDeferred when it cannot be handled now (certificate host unreachable, database
     busy: answer 503, leave it in the queue). A message already applied is a duplicate, however old.
+
+    ``db_lock`` is held around each use of ``db``, and only then: the network (the signing
+    certificate, a SubscribeURL) is never waited on while holding it.
     """
+    guard = db_lock if db_lock is not None else nullcontext()
     message = verifier.verify_signature(body)
     try:
-        seen = _seen(db, message["MessageId"])
+        with guard:
+            seen = _seen(db, message["MessageId"])
         if seen is not None:
             return seen
         verifier.check_fresh(message)
         kind = message["Type"]
         if kind == "SubscriptionConfirmation":
             verifier.confirm_subscription(message)
-            return _record_only(db, message, kind, "confirmed")
+            with guard:
+                return _record_only(db, message, kind, "confirmed")
         if kind == "UnsubscribeConfirmation":
             log.warning(
                 "SNS topic %s unsubscribed this endpoint (message %s)",
                 message["TopicArn"],
                 message["MessageId"],
             )
-            return _record_only(db, message, kind, "acknowledged")
-        return apply_notification(db, message)
+            with guard:
+                return _record_only(db, message, kind, "acknowledged")
+        with guard:
+            return apply_notification(db, message)
     except sqlite3.OperationalError as error:
         # "database is locked" and the like: the message is fine, our side is not ready.
         raise NotificationDeferred(
@@ -178,7 +193,7 @@ def _ses_event(text: str) -> dict[str, Any]:
     """The SES event in a notification's Message; empty for anything else (not ours to act on)."""
     try:
         event = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: not JSON, or an integer too long to convert
         return {}  # a plain-text message someone published on the topic
     return event if isinstance(event, dict) else {}
 
@@ -294,6 +309,7 @@ def pull(
     verifier = verifier or SnsVerifier(
         topic_arns=config.events.topic_arns, max_age_seconds=SQS_MAX_AGE_SECONDS
     )
+    warn_any_topic = not verifier.topic_arns
     report = PullReport()
     deferred: set[str] = set()
     db = open_db(config.paths.state)
@@ -304,6 +320,14 @@ def pull(
             fresh = [m for m in messages if m.get("MessageId") not in deferred]
             if not fresh:
                 break  # empty, or only what we already left in the queue (visibility timeout 0)
+            if warn_any_topic:
+                # The queue is the editor's own: what reaches it, its policy let in. Still, say so once.
+                log.warning(
+                    "%s: [events] topic_arns is empty: accepting SNS messages from any topic in the queue; "
+                    "set it to the ARN of your SES events topic",
+                    config.path,
+                )
+                warn_any_topic = False
             for queued in fresh:
                 report.received += 1
                 if not _handle_queued(db, sqs, queue_url, verifier, queued, report):

@@ -37,6 +37,13 @@ log = logging.getLogger("pipeline.sns")
 FETCH_TIMEOUT = 10.0
 MAX_FETCH_BYTES = 64 * 1024
 CACHED_CERTIFICATES = 16
+# A certificate URL that failed for good (404, not a certificate) is not asked again for a minute, so a
+# stream of forged messages naming it costs one fetch a minute, not one each. One that failed for now
+# (unreachable, 5xx) only for a few seconds: SNS retries a 503 three times, 20 seconds apart, and
+# each retry must be asked afresh or a short outage would lose the notification.
+FAILED_FETCH_SECONDS = 60.0
+DEFERRED_FETCH_SECONDS = 10.0
+REMEMBERED_FAILURES = 256
 # SNS sends Timestamp in UTC; a little clock skew the other way is not a forgery.
 FUTURE_SKEW_SECONDS = 300.0
 
@@ -73,6 +80,9 @@ _SNS_HOST = re.compile(r"sns\.[a-z]{2}(?:-[a-z]+)+-\d+\.amazonaws\.com(?:\.cn)?"
 # Characters that different URL parsers split differently ("\\", "@", whitespace): a URL holding one
 # is refused, so the host we check is the host httpx connects to.
 _AMBIGUOUS = re.compile(r"[\\@\s\x00-\x1f\x7f]")
+# The path of every signing certificate SNS uses: /SimpleNotificationService-<hex>.pem. Any other file on
+# an SNS host (there are none to speak of, but the rule costs nothing) is not a signing certificate.
+_CERTIFICATE_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]+\.pem")
 
 
 def is_sns_host(url: str) -> bool:
@@ -86,6 +96,21 @@ def is_sns_host(url: str) -> bool:
         return False
     host = parts.hostname or ""
     return parts.scheme == "https" and port in (None, 443) and _SNS_HOST.fullmatch(host) is not None
+
+
+def is_sns_certificate_url(url: str) -> bool:
+    """Whether ``url`` is where SNS keeps a signing certificate: https on an SNS host of AWS (see
+    :func:`is_sns_host`), path ``/SimpleNotificationService-<hex>.pem``, no query or fragment."""
+    if not is_sns_host(url):
+        return False
+    parts = urlsplit(url)
+    return (
+        _CERTIFICATE_PATH.fullmatch(parts.path) is not None
+        and not parts.query
+        and not parts.fragment
+        and "?" not in url
+        and "#" not in url
+    )
 
 
 def http_get(url: str) -> bytes:
@@ -114,17 +139,20 @@ def http_get(url: str) -> bytes:
 class SnsVerifier:
     """Checks SNS messages; keeps the signing certificates it fetched (by URL) in memory. Thread-safe.
 
-    ``cert_host_allowed`` decides which SigningCertURL and SubscribeURL may be fetched; it is the only
-    way to relax the SNS host rule (tests serve certificates from 127.0.0.1). ``fetch`` GETs a URL and
-    returns the body; it may raise NotificationRejected / NotificationDeferred, and an OSError from it
-    counts as deferred. ``max_age_seconds`` refuses older messages (replays).
+    By default a SigningCertURL must pass :func:`is_sns_certificate_url` (an SNS host of AWS, the path
+    of an SNS signing certificate) and a SubscribeURL :func:`is_sns_host`. ``cert_host_allowed``, when
+    given, decides instead for both; it is the only way to relax those rules (tests serve certificates
+    from 127.0.0.1). ``fetch`` GETs a URL and returns the body; it may raise NotificationRejected /
+    NotificationDeferred, and an OSError from it counts as deferred. A certificate that could not be
+    had is not fetched again for ``FAILED_FETCH_SECONDS`` (``DEFERRED_FETCH_SECONDS`` when deferred). ``max_age_seconds`` refuses older messages
+    (replays). ``topic_arns`` empty accepts every topic: the caller decides whether that is acceptable.
     """
 
     def __init__(
         self,
         *,
         topic_arns: tuple[str, ...] = (),
-        cert_host_allowed: Callable[[str], bool] = is_sns_host,
+        cert_host_allowed: Callable[[str], bool] | None = None,
         fetch: Callable[[str], bytes] | None = None,
         max_age_seconds: float = 3600,
         clock: Callable[[], float] = time.time,
@@ -135,6 +163,8 @@ class SnsVerifier:
         self.max_age_seconds = max_age_seconds
         self.clock = clock
         self._keys: dict[str, rsa.RSAPublicKey] = {}
+        # URL -> (until when, the failure): answered again without a fetch until then.
+        self._failures: dict[str, tuple[float, NotificationRejected]] = {}
         self._lock = threading.Lock()
 
     def verify(self, body: bytes) -> dict[str, str]:
@@ -156,10 +186,9 @@ class SnsVerifier:
                 message_id, f"topic {_show(message['TopicArn'])} is not in events.topic_arns"
             )
         cert_url = message["SigningCertURL"]
-        if not self.cert_host_allowed(cert_url):
-            raise self._rejected(
-                message_id, f"SigningCertURL {_show(cert_url)} is not an https SNS host of AWS"
-            )
+        problem = self._certificate_url_problem(cert_url)
+        if problem:
+            raise self._rejected(message_id, f"SigningCertURL {_show(cert_url)} {problem}")
         try:
             signature = base64.b64decode(message["Signature"], validate=True)
         except (binascii.Error, ValueError):
@@ -197,7 +226,8 @@ class SnsVerifier:
         """GET the SubscribeURL of a verified SubscriptionConfirmation (host checked with cert_host_allowed)."""
         message_id = message.get("MessageId", "?")
         url = message.get("SubscribeURL", "")
-        if not self.cert_host_allowed(url):
+        allowed = self.cert_host_allowed or is_sns_host
+        if not allowed(url):
             raise self._rejected(message_id, f"SubscribeURL {_show(url)} is not an https SNS host of AWS")
         if not self.topic_arns:
             # Without a topic list, anyone's topic (signed by SNS all the same) can subscribe us.
@@ -211,7 +241,7 @@ class SnsVerifier:
     def _parse(self, body: bytes) -> dict[str, str]:
         try:
             raw: Any = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError: also an integer too long to convert
             raise self._rejected("?", "body is not JSON") from None
         if not isinstance(raw, dict):
             raise self._rejected("?", "body is not a JSON object")
@@ -239,22 +269,58 @@ class SnsVerifier:
             raise self._rejected(message_id, f"unknown SignatureVersion {_show(message['SignatureVersion'])}")
         return message
 
+    def _certificate_url_problem(self, url: str) -> str | None:
+        if self.cert_host_allowed is not None:
+            return None if self.cert_host_allowed(url) else "is not an https SNS host of AWS"
+        if not is_sns_host(url):
+            return "is not an https SNS host of AWS"
+        if not is_sns_certificate_url(url):
+            return "is not an SNS signing certificate (/SimpleNotificationService-<hex>.pem)"
+        return None
+
     def _public_key(self, message_id: str, url: str) -> rsa.RSAPublicKey:
         with self._lock:
             cached = self._keys.get(url)
+            failed = self._failures.get(url)
+            if failed is not None and failed[0] <= self.clock():
+                del self._failures[url]
+                failed = None
         if cached is not None:
             return cached
-        pem = self._get(message_id, url)
+        if failed is not None:
+            error = failed[1]
+            deferred = isinstance(error, NotificationDeferred)
+            raise self._rejected(message_id, f"{error} (a moment ago; not fetched again yet)", deferred=deferred)
         try:
-            key = x509.load_pem_x509_certificate(pem).public_key()
-        except ValueError:
-            raise self._rejected(message_id, f"{_show(url)} is not a PEM certificate") from None
-        if not isinstance(key, rsa.RSAPublicKey):
-            raise self._rejected(message_id, f"{_show(url)} holds no RSA key")
+            key = self._load_key(url)
+        except NotificationRejected as error:
+            deferred = isinstance(error, NotificationDeferred)
+            remember = DEFERRED_FETCH_SECONDS if deferred else FAILED_FETCH_SECONDS
+            with self._lock:
+                while len(self._failures) >= REMEMBERED_FAILURES:
+                    del self._failures[next(iter(self._failures))]  # oldest first
+                self._failures[url] = (self.clock() + remember, error)
+            raise self._rejected(message_id, str(error), deferred=deferred) from None
         with self._lock:
             while len(self._keys) >= CACHED_CERTIFICATES:
                 del self._keys[next(iter(self._keys))]  # oldest first: SNS rotates rarely
             self._keys[url] = key
+        return key
+
+    def _load_key(self, url: str) -> rsa.RSAPublicKey:
+        """The public key of the certificate at ``url``; NotificationRejected (or Deferred) without message id."""
+        try:
+            pem = self.fetch(url)
+        except NotificationRejected:
+            raise
+        except OSError as error:
+            raise NotificationDeferred(f"cannot fetch {_show(url)}: {error}") from None
+        try:
+            key = x509.load_pem_x509_certificate(pem).public_key()
+        except ValueError:
+            raise NotificationRejected(f"{_show(url)} is not a PEM certificate") from None
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise NotificationRejected(f"{_show(url)} holds no RSA key")
         return key
 
     def _get(self, message_id: str, url: str) -> bytes:

@@ -87,8 +87,10 @@ def add(db: sqlite3.Connection, email: str, name: str = "", status: str = "activ
         return _insert(db, email, name, status, source)
 
 
-def _insert(db: sqlite3.Connection, email: str, name: str, status: str, source: str) -> int:
-    stamp = now()
+def _insert(
+    db: sqlite3.Connection, email: str, name: str, status: str, source: str, stamp: str | None = None
+) -> int:
+    stamp = stamp or now()
     cursor = db.execute(
         "INSERT INTO subscribers (email, email_key, name, status, source, created_at, confirmed_at, status_changed_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -313,7 +315,8 @@ def request_signup(
     with transaction(db):
         row = find(db, email)
         if row is None:
-            subscriber_id = _insert(db, email, name, "pending", source)
+            # Added at the moment its link is sent: the link is then not older than the status.
+            subscriber_id = _insert(db, email, name, "pending", source, stamp=sent_at)
             db.execute("UPDATE subscribers SET confirmation_sent_at = ? WHERE id = ?", (sent_at, subscriber_id))
             return Signup(subscriber_id, email, name, "new", "confirm", None)
         status, previous = row["status"], row["confirmation_sent_at"]
@@ -340,23 +343,42 @@ def by_id(db: sqlite3.Connection, subscriber_id: int) -> sqlite3.Row | None:
     return row
 
 
-def confirm(db: sqlite3.Connection, subscriber_id: int, cause: str = "confirmed by link") -> str:
+def confirm_outcome(row: sqlite3.Row, sent_at: float | None = None) -> str:
+    """What confirming this subscriber would do, changing nothing: "confirm", "already" (active),
+    "refused" (bounced or complained: only the editor may restore them) or "stale".
+
+    ``sent_at`` is when the link being used was sent (signed into it). Only the latest link works
+    (its time is ``confirmation_sent_at``), and only when nothing happened to the subscriber since it
+    was sent: an old link must not undo a later unsubscribe, even after a stranger typed the address in
+    again. Without ``sent_at`` only the second rule is applied, to an unsubscribed subscriber."""
+    status = row["status"]
+    if status == "active":
+        return "already"
+    if status in ("bounced", "complained"):
+        return "refused"
+    asked, changed = _seconds(row["confirmation_sent_at"]), _seconds(row["status_changed_at"])
+    if sent_at is not None:
+        if asked is None or int(sent_at) != int(asked) or changed is None or sent_at < changed:
+            return "stale"
+    elif status == "unsubscribed" and (asked is None or changed is None or asked < changed):
+        return "stale"
+    return "confirm"
+
+
+def confirm(
+    db: sqlite3.Connection, subscriber_id: int, cause: str = "confirmed by link", *, sent_at: float | None = None
+) -> str:
     """Activate a subscriber whose confirmation link checked out. Returns what happened:
-    "confirmed", "already" (active before), "refused" (bounced or complained: only the editor
-    may restore them), "stale" (unsubscribed after this sign-up and not asked again since), "unknown"."""
+    "confirmed", "already" (active before), "refused" (bounced or complained), "stale" (a link
+    superseded by a newer one, or older than the subscriber's last status change: see
+    :func:`confirm_outcome`), "unknown"."""
     with transaction(db):
         row = by_id(db, subscriber_id)
         if row is None:
             return "unknown"
-        status = row["status"]
-        if status == "active":
-            return "already"
-        if status in ("bounced", "complained"):
-            return "refused"
-        if status == "unsubscribed":
-            asked, left = _seconds(row["confirmation_sent_at"]), _seconds(row["status_changed_at"])
-            if asked is None or left is None or asked < left:
-                return "stale"
+        outcome = confirm_outcome(row, sent_at)
+        if outcome != "confirm":
+            return outcome
         set_status(db, subscriber_id, "active", cause)
         return "confirmed"
 

@@ -3,6 +3,8 @@
 A token is ``<subscriber id>.<signature>``; the signature is an HMAC over the
 purpose, the id and the address, so it cannot be forged, moved to another
 subscriber, or reused for another purpose. It does not reveal the address.
+A confirmation link's token also carries, signed with the rest, when it was sent
+and when it expires: ``<id>.<sent>.<expiry>.<signature>`` (Unix seconds).
 """
 
 from __future__ import annotations
@@ -40,42 +42,80 @@ def load_secret(allow_development: bool) -> bytes:
     )
 
 
-def _signature(secret: bytes, purpose: str, subscriber_id: int, email: str, expires: int | None) -> str:
+def _signature(
+    secret: bytes, purpose: str, subscriber_id: int, email: str, expires: int | None, issued: int | None = None
+) -> str:
     message = f"{purpose}\x00{subscriber_id}\x00{email.casefold()}"
     if expires is not None:
         message += f"\x00{expires}"
+    if issued is not None:
+        message += f"\x00issued\x00{issued}"
     digest = hmac.new(secret, message.encode(), hashlib.sha256).digest()[:18]
     return base64.urlsafe_b64encode(digest).decode("ascii")
 
 
-def make_token(secret: bytes, purpose: str, subscriber_id: int, email: str, expires: int | None = None) -> str:
-    """``<id>.<signature>``, or ``<id>.<expiry>.<signature>`` for a link that stops working at ``expires``
-    (Unix seconds, signed with the rest)."""
-    signature = _signature(secret, purpose, subscriber_id, email, expires)
-    return f"{subscriber_id}.{signature}" if expires is None else f"{subscriber_id}.{expires}.{signature}"
+def make_token(
+    secret: bytes,
+    purpose: str,
+    subscriber_id: int,
+    email: str,
+    expires: int | None = None,
+    issued: int | None = None,
+) -> str:
+    """``<id>.<signature>``; ``<id>.<expiry>.<signature>`` for a link that stops working at ``expires``
+    (Unix seconds, signed with the rest); ``<id>.<issued>.<expiry>.<signature>`` when the time the link
+    was sent is signed in too (Unix seconds: the confirmation link, so only the latest one works)."""
+    if issued is not None and expires is None:
+        raise ValueError("a token with an issue time needs an expiry too")
+    signature = _signature(secret, purpose, subscriber_id, email, expires, issued)
+    numbers = [str(n) for n in (subscriber_id, issued, expires) if n is not None]
+    return ".".join([*numbers, signature])
+
+
+def _number(text: str, digits: int) -> int | None:
+    # isascii() too: "²".isdigit() is True, and int("²") fails.
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= digits else None
+
+
+def _parts(token: str) -> tuple[int, int | None, int | None, str] | None:
+    """(id, issued, expires, signature) as the token claims them (unverified); None when malformed."""
+    parts = token.split(".")
+    if not 2 <= len(parts) <= 4:
+        return None
+    subscriber_id = _number(parts[0], 18)
+    numbers = [_number(part, 11) for part in parts[1:-1]]
+    if subscriber_id is None or None in numbers:
+        return None
+    issued = numbers[0] if len(numbers) == 2 else None
+    expires = numbers[-1] if numbers else None
+    return subscriber_id, issued, expires, parts[-1]
 
 
 def token_subscriber_id(token: str) -> int | None:
     """The id a token claims; verify it with :func:`verify_token` before trusting it."""
     head, dot, _ = token.partition(".")
-    return int(head) if dot and head.isdigit() and len(head) < 19 else None
+    return _number(head, 18) if dot else None
 
 
 def token_expiry(token: str) -> int | None:
     """The expiry an expiring token claims (unverified), or None for a token without one."""
-    parts = token.split(".")
-    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() and len(parts[1]) < 12 else None
+    parts = _parts(token)
+    return None if parts is None else parts[2]
+
+
+def token_issued(token: str) -> int | None:
+    """When the link was sent, as a token with an issue time claims it (unverified); else None."""
+    parts = _parts(token)
+    return None if parts is None else parts[1]
 
 
 def verify_token(secret: bytes, purpose: str, token: str, email: str, now: float | None = None) -> bool:
     """Whether ``token`` was made by us for this purpose and address, and has not expired."""
-    subscriber_id = token_subscriber_id(token)
-    if subscriber_id is None:
+    parts = _parts(token)
+    if parts is None:
         return False
-    expires = token_expiry(token)
-    if token.count(".") == 2 and expires is None:
-        return False
-    expected = make_token(secret, purpose, subscriber_id, email, expires)
+    subscriber_id, issued, expires, _ = parts
+    expected = make_token(secret, purpose, subscriber_id, email, expires, issued)
     if not hmac.compare_digest(expected.encode(), token.encode("utf-8", "replace")):
         return False
     return expires is None or (time.time() if now is None else now) < expires

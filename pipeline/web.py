@@ -5,10 +5,13 @@ Routes (every page is plain HTML: no script, nothing fetched, a strict Content-S
 
     GET  /, /subscribe          the sign-up form
     POST /subscribe             always "check your inbox" (400 for a malformed address, 429 over the per-IP limit)
-    GET  /confirm/{token}       activate a pending subscriber (410 expired, 404 forged, 403 bounced/complained)
+    GET  /confirm/{token}       a page with one button; GET never changes anything (mail scanners follow links)
+    POST /confirm/{token}       the button: activate a pending subscriber (410 expired or superseded,
+                                404 forged, 403 bounced/complained)
     GET  /unsubscribe/{token}   a page with one button; GET never changes anything (mail scanners follow links)
     POST /unsubscribe/{token}   the button, or a mail provider's one-click POST (RFC 8058)
-    POST /webhooks/ses          SNS notifications of SES bounces and complaints (pipeline.events)
+    POST /webhooks/ses          SNS notifications of SES bounces and complaints (pipeline.events);
+                                403 for every message while ``[events] topic_arns`` is empty
     GET  /healthz               "ok", for the reverse proxy
 
 Deployment: it listens on ``serve.host`` (127.0.0.1 by default) behind a reverse proxy that
@@ -19,7 +22,9 @@ sign-up limit counts) is believed only from the addresses in ``$FORWARDED_ALLOW_
 
 Sign-up answers the same bytes, status and timing whatever the address's state (new, pending,
 active, unsubscribed, bounced): all the work, database and mail alike, happens after the response,
-in a background task, so the page reveals nothing about who is on the list.
+in a background task, so the page reveals nothing about who is on the list. The confirmation
+email carries nothing the visitor typed but the address: not even the name, so nobody can put
+their own words in a message from our domain.
 """
 
 from __future__ import annotations
@@ -27,15 +32,17 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import ipaddress
 import logging
 import math
 import os
+import re
 import secrets
 import socket
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -72,11 +79,12 @@ from .subscribers import (
     check_address,
     check_name,
     confirm,
+    confirm_outcome,
     request_signup,
     undo_signup_mail,
     unsubscribe,
 )
-from .tokens import load_secret, make_token, token_expiry, token_subscriber_id, verify_token
+from .tokens import load_secret, make_token, token_expiry, token_issued, token_subscriber_id, verify_token
 from .transports import Envelope, Transport, open_transport
 
 if TYPE_CHECKING:
@@ -92,12 +100,17 @@ MAX_TRACKED_KEYS = 100_000
 HOUR, DAY = 3600.0, 86400.0
 PACKAGED_TEMPLATES = Path(__file__).resolve().parents[1] / "email_templates" / "web"
 PAGES = (
-    "signup.html", "check_inbox.html", "confirmed.html", "confirm_expired.html", "confirm_stale.html",
-    "confirm_refused.html", "link_invalid.html", "unsubscribe.html", "unsubscribed.html",
+    "signup.html", "check_inbox.html", "confirm.html", "confirmed.html", "confirm_expired.html",
+    "confirm_stale.html", "confirm_refused.html", "link_invalid.html", "unsubscribe.html", "unsubscribed.html",
     "rate_limited.html", "not_found.html",
     "confirm_email.txt", "confirm_email.html", "already_email.txt", "already_email.html",
 )
 HONEYPOT = "website"
+# In a name: a scheme, "www.", or a domain (two or more letters, a dot, a top-level domain of letters).
+# "J.R.R. Tolkien" and "A.Smith" pass; "St.John" does not, and its owner can add a space.
+_URL_IN_NAME = re.compile(
+    r"[a-z][a-z0-9+.-]*:/|www\.|(?<![\w.-])[^\W_][\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,63}(?![\w-])", re.IGNORECASE
+)
 ONE_CLICK = ("List-Unsubscribe", "One-Click")
 
 
@@ -109,30 +122,57 @@ class BodyTooLarge(Exception):
 
 
 class SlidingWindow:
-    """At most ``limit`` events per ``window`` seconds for each key, in this process's memory."""
+    """At most ``limit`` events per ``window`` seconds for each key, in this process's memory.
+
+    At most ``MAX_TRACKED_KEYS`` keys are kept, least recently seen dropped first; each hit costs O(1)
+    amortised (a key's old events and idle keys are dropped as they are met, each once)."""
 
     def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
         self.limit, self.window, self.clock = limit, window, clock
-        self._events: dict[str, deque[float]] = {}
+        self._events: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def hit(self, key: str) -> float:
         """Count one event; 0 when allowed, else the seconds until the next one would be."""
         now = self.clock()
+        horizon = now - self.window
         with self._lock:
-            events = self._events.setdefault(key, deque())
-            while events and events[0] <= now - self.window:
+            events = self._events.get(key)
+            if events is None:
+                events = self._events[key] = deque()
+            else:
+                self._events.move_to_end(key)
+            while events and events[0] <= horizon:
                 events.popleft()
             if len(events) >= self.limit:
                 return events[0] + self.window - now
             events.append(now)
-            if len(self._events) > MAX_TRACKED_KEYS:  # a flood from many addresses must not grow memory forever
-                self._forget_idle(now)
+            self._forget(horizon)
             return 0.0
 
-    def _forget_idle(self, now: float) -> None:
-        for key in [key for key, events in self._events.items() if not events or events[-1] <= now - self.window]:
-            del self._events[key]
+    def _forget(self, horizon: float) -> None:
+        # The least recently seen first: drop them while idle, and always past the bound (a flood
+        # from many addresses must not grow memory forever).
+        while self._events:
+            oldest_key = next(iter(self._events))
+            oldest = self._events[oldest_key]
+            if len(self._events) <= MAX_TRACKED_KEYS and oldest and oldest[-1] > horizon:
+                return
+            del self._events[oldest_key]
+
+
+def client_key(host: str) -> str:
+    """What the per-IP limit counts: an IPv4 address, or an IPv6 client's /64 (one end network is
+    given a whole /64, and can rotate through it at will)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def short(token: str) -> str:
@@ -179,7 +219,7 @@ class SecurityHeaders:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused (413) past ``limit`` bytes without reading the rest."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge()
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -243,8 +283,9 @@ class Service:
         self._transport = transport
         self._transport_lock = threading.Lock()
         self._verifier = verifier
-        # One connection per purpose, each used by one thread at a time: the sign-up and link
-        # pages are quick; the webhook may wait on the network (SNS certificates) while holding its own.
+        self._verifier_lock = threading.Lock()
+        # One connection per purpose, each used by one thread at a time, under its lock. The webhook
+        # holds its lock only for database work, never while it waits on the network (SNS certificates).
         self.db = open_db(config.paths.state)
         self.db_lock = threading.Lock()
         self._events_db: sqlite3.Connection | None = None
@@ -287,6 +328,7 @@ class Service:
             "email": "",
             "name": "",
             "error": "",
+            "name_error": "",
             **values,
         }
         return self.templates.get_template(template).render(context)
@@ -300,7 +342,7 @@ class Service:
         if request.method != "POST":
             return self.page("signup.html")
         client = request.client.host if request.client else "unknown"
-        wait = self.per_ip.hit(client)
+        wait = self.per_ip.hit(client_key(client))
         if wait:
             log.warning("sign-up refused: more than %d from %s in an hour", self.per_ip.limit, client)
             response = self.page("rate_limited.html", 429)
@@ -316,10 +358,9 @@ class Service:
         except ValueError as error:
             return self.page("signup.html", 400, error=_address_problem(email, error), email=email.strip(), name=name)
         try:
-            name = check_name(name)
-        except ValueError:
-            name = ""  # an optional nicety: a bot's garbage in it is not worth an error page
-        name = name[:MAX_NAME_LENGTH]
+            name = check_signup_name(name)
+        except ValueError as error:
+            return self.page("signup.html", 400, name_error=str(error), email=email, name=name.strip())
         if self.per_address.hit(email.casefold()):
             # The same answer as always: a different one would tell who is on the list.
             log.warning("sign-up dropped: more than %d requests for one address today", self.per_address.limit)
@@ -362,18 +403,22 @@ class Service:
         config = self.config
         if signup.mail == "confirm":
             expires = int(at + config.serve.confirm_hours * HOUR)
-            token = make_token(self.secret, "confirm", signup.subscriber_id, signup.email, expires=expires)
+            # The time it is sent (as stored in confirmation_sent_at), so only the latest link works.
+            token = make_token(
+                self.secret, "confirm", signup.subscriber_id, signup.email, expires=expires, issued=int(at)
+            )
             link, template = f"{config.public_url}/confirm/{token}", "confirm_email"
             subject = f"Confirm your subscription to {config.name}"
         else:
             token = make_token(self.secret, "unsubscribe", signup.subscriber_id, signup.email)
             link, template = f"{config.public_url}/unsubscribe/{token}", "already_email"
             subject = f"You are already subscribed to {config.name}"
-        values = {"email": signup.email, "name": signup.name, "link": link, "subject": subject}
+        # Not the name: whoever filled in the form chose it, and this goes to someone who may not have.
+        values = {"email": signup.email, "name": "", "link": link, "subject": subject}
         recipient, data = service_message(
             config,
             email=signup.email,
-            name=signup.name,
+            name="",
             subject=subject,
             text=self.render(f"{template}.txt", **values),
             html=self.render(f"{template}.html", **values),
@@ -412,20 +457,51 @@ class Service:
         return LinkCheck(row, 200)
 
     async def confirm_link(self, request: Request) -> Response:
-        return await run_in_threadpool(self._confirm, request.path_params["token"])
+        token = request.path_params["token"]
+        if request.method != "POST":
+            return await run_in_threadpool(self._confirm_page, token)
+        await read_body(request, MAX_FORM_BYTES)  # what the button sends does not matter
+        return await run_in_threadpool(self._confirm, token)
 
-    def _confirm(self, token: str) -> Response:
+    def _confirm_link(self, token: str) -> LinkCheck | Response:
+        """The subscriber a confirmation link names, or the page to answer when it is forged or expired."""
         link = self.check_link("confirm", token)
         if link.row is None:
             log.warning("confirm: refused link %s (%d)", short(token), link.status)
             return self.page("link_invalid.html", link.status)
-        subscriber_id, email = link.row["id"], link.row["email"]
         if self.clock() >= (token_expiry(token) or 0):
-            log.info("confirm: s%d: link expired", subscriber_id)
-            return self.page("confirm_expired.html", 410, email=email)
-        with self.db_lock:
-            outcome = confirm(self.db, subscriber_id, "confirmed by link")
+            log.info("confirm: s%d: link expired", link.row["id"])
+            return self.page("confirm_expired.html", 410, email=link.row["email"])
+        return link
+
+    def _confirm_page(self, token: str) -> Response:
+        """GET: what the button would do, and the button; nothing changes (mail scanners open links)."""
+        link = self._confirm_link(token)
+        if not isinstance(link, LinkCheck):
+            return link
+        assert link.row is not None
+        sent_at = token_issued(token)
+        outcome = "stale" if sent_at is None else confirm_outcome(link.row, sent_at)
+        if outcome == "confirm":
+            return self.page("confirm.html", email=link.row["email"], action=f"{self.prefix}/confirm/{token}")
+        return self._confirmed_page(outcome, link.row["email"])
+
+    def _confirm(self, token: str) -> Response:
+        """POST: the button."""
+        link = self._confirm_link(token)
+        if not isinstance(link, LinkCheck):
+            return link
+        assert link.row is not None
+        subscriber_id, sent_at = link.row["id"], token_issued(token)
+        if sent_at is None:  # a link from before links carried the time they were sent
+            outcome = "stale"
+        else:
+            with self.db_lock:
+                outcome = confirm(self.db, subscriber_id, "confirmed by link", sent_at=sent_at)
         log.info("confirm: s%d: %s", subscriber_id, outcome)
+        return self._confirmed_page(outcome, link.row["email"])
+
+    def _confirmed_page(self, outcome: str, email: str) -> Response:
         if outcome in ("confirmed", "already"):
             return self.page("confirmed.html")
         if outcome == "refused":
@@ -479,10 +555,17 @@ class Service:
             return PlainTextResponse("unavailable\n", 503)
         try:
             verifier = self.verifier()
-            with self._events_lock:
-                if self._events_db is None:
-                    self._events_db = open_db(self.config.paths.state)
-                applied = events.handle_sns(self._events_db, verifier, body)
+            if not verifier.topic_arns:
+                # Any AWS account's topic (validly signed by SNS) could otherwise report fake bounces.
+                log.warning(
+                    "webhook: refused an SNS message: [events] topic_arns is empty in %s; set it to the "
+                    "ARN of the SNS topic of your SES events (until then every SNS message is refused)",
+                    self.config.path,
+                )
+                return PlainTextResponse("refused: this endpoint accepts no SNS topic yet\n", 403)
+            # Signature checks (and the certificate fetch) run outside the lock: only database work
+            # holds it, so one slow certificate host does not stall every other notification.
+            applied = events.handle_sns(self.events_db(), verifier, body, db_lock=self._events_lock)
         except NotificationDeferred as error:  # our side cannot check it now: SNS retries a 5xx
             log.warning("webhook: deferred: %s", error)
             return PlainTextResponse("try again later\n", 503)
@@ -498,12 +581,33 @@ class Service:
         )
         return PlainTextResponse("ok\n")
 
-    def verifier(self) -> SnsVerifier:
-        if self._verifier is None:
-            from .sns import SnsVerifier
+    def events_db(self) -> sqlite3.Connection:
+        with self._events_lock:
+            if self._events_db is None:
+                self._events_db = open_db(self.config.paths.state)
+            return self._events_db
 
-            self._verifier = SnsVerifier(topic_arns=self.config.events.topic_arns)
-        return self._verifier
+    def verifier(self) -> SnsVerifier:
+        with self._verifier_lock:
+            if self._verifier is None:
+                from .sns import SnsVerifier
+
+                self._verifier = SnsVerifier(topic_arns=self.config.events.topic_arns)
+            return self._verifier
+
+
+def check_signup_name(name: str) -> str:
+    """The optional name from the sign-up form, tidied; ValueError (a sentence for the form) when it
+    holds a web address or an "@", or is too long: it ends up in the headers of our mails."""
+    try:
+        name = check_name(name)
+    except ValueError:
+        raise ValueError("The name cannot contain control characters.") from None
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"Keep the name to {MAX_NAME_LENGTH} characters or fewer.")
+    if "@" in name or _URL_IN_NAME.search(name):
+        raise ValueError("The name cannot contain a web or email address.")
+    return name
 
 
 def _address_problem(address: str, error: ValueError) -> str:
@@ -566,21 +670,37 @@ def create_app(
         log.warning("%s: request body over the limit, refused", request.url.path.split("/")[1] or "/")
         return PlainTextResponse("Request body too large.\n", 413)
 
-    app = Starlette(
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # Plain words, no traceback (that goes to the log, where uvicorn writes it).
+        return PlainTextResponse("Something went wrong on our side. Please try again later.\n", 500)
+
+    app = _Application(
         routes=[
             Route("/", service.signup, methods=["GET"]),
             Route("/subscribe", service.signup, methods=["GET", "POST"]),
-            Route("/confirm/{token}", service.confirm_link, methods=["GET"]),
+            Route("/confirm/{token}", service.confirm_link, methods=["GET", "POST"]),
             Route("/unsubscribe/{token}", service.unsubscribe_link, methods=["GET", "POST"]),
             Route("/webhooks/ses", service.webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: not_found, BodyTooLarge: too_large},
+        exception_handlers={HTTPException: not_found, BodyTooLarge: too_large, Exception: server_error},
         lifespan=lifespan,
+        style_hash=service.style_hash,
     )
-    app.add_middleware(SecurityHeaders, style_hash=service.style_hash)
     app.state.service = service
     return app
+
+
+class _Application(Starlette):
+    """Starlette with :class:`SecurityHeaders` around everything. Added as user middleware, it would sit
+    inside Starlette's ServerErrorMiddleware, and a 500 would go out without the headers."""
+
+    def __init__(self, *args: Any, style_hash: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.style_hash = style_hash
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack(), self.style_hash)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -629,6 +749,12 @@ def serve(config: Config, host: str, port: int) -> None:
         app = create_app(config)
         _log_to_stderr()
         bound = sock.getsockname()
+        if not config.events.topic_arns:
+            log.warning(
+                "%s: [events] topic_arns is empty: the SES webhook (POST /webhooks/ses) refuses every "
+                "SNS message until it is set to the ARN of your SES events topic",
+                config.path,
+            )
         log.info("listening on http://%s:%d/ for %s (Ctrl-C stops)", bound[0], bound[1], config.public_url)
         make_server(app).run(sockets=[sock])
     except KeyboardInterrupt:

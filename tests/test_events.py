@@ -11,6 +11,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import pytest
 from pipeline.db import DB_NAME, open_db
 from pipeline.errors import EventsError, NotificationDeferred, NotificationRejected
 from pipeline.events import Applied, PullReport, apply_notification, handle_sns, pull
-from pipeline.sns import SnsVerifier
+from pipeline.sns import DEFERRED_FETCH_SECONDS, SnsVerifier, http_get
 from pipeline.subscribers import add, set_status
 
 from .conftest import Newsletter
@@ -367,6 +368,58 @@ def test_a_busy_database_defers(
     assert handle_sns(db, verifier, body).outcome == "bounced 1"
 
 
+class WatchedLock:
+    """A lock that tells whether it is held right now."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.entered = 0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self.entered += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def held(self) -> bool:
+        return self._lock.locked()
+
+
+@pytest.mark.parametrize("kind", ["Notification", "SubscriptionConfirmation"])
+def test_the_database_lock_is_not_held_while_fetching(
+    db: sqlite3.Connection, signer: Signer, server: CertServer, kind: str
+) -> None:
+    lock = WatchedLock()
+    held_while_fetching: list[bool] = []
+
+    def fetch(url: str) -> bytes:
+        held_while_fetching.append(lock.held())
+        return http_get(url)
+
+    verifier = SnsVerifier(cert_host_allowed=server.allows, fetch=fetch)
+    add(db, "reader@example.org")
+    if kind == "Notification":
+        body = signed(signer, server, ses_bounce("reader@example.org"))
+        outcome = "bounced 1"
+    else:
+        subscribe = f"{server.url}/confirm?Action=ConfirmSubscription&Token=2336412f"
+        body = json.dumps(signer.sign(confirmation(f"{server.url}/cert.pem", subscribe))).encode()
+        outcome = "confirmed"
+    assert handle_sns(db, verifier, body, db_lock=lock).outcome == outcome
+    assert held_while_fetching == [False] * len(server.requests) and held_while_fetching
+    assert lock.entered >= 2 and not lock.held()  # the lock was used for the database work
+    assert handle_sns(db, verifier, body, db_lock=lock).duplicate
+
+
+def test_a_message_with_an_integer_json_cannot_read_is_ignored(db: sqlite3.Connection) -> None:
+    add(db, "reader@example.org")
+    event = '{"eventType": "Bounce", "n": ' + "9" * 5000 + "}"  # json.loads: ValueError, not JSONDecodeError
+    applied = apply_notification(db, notification(event, "x"))
+    assert applied.outcome == "ignored"
+    assert subscriber(db, "reader@example.org")["status"] == "active"
+
+
 # --- A bounced subscriber gets no more issues -----------------------------------------------------
 
 
@@ -540,7 +593,8 @@ def test_pull_leaves_a_message_it_cannot_verify_now_in_the_queue(
     configure_events(newsletter, queue.url)
     add_readers(newsletter, "ada@example.org")
     queue.put(signed(signer, down, ses_bounce("ada@example.org")))
-    verifier = SnsVerifier(cert_host_allowed=down.allows)
+    later = [0.0]
+    verifier = SnsVerifier(cert_host_allowed=down.allows, clock=lambda: time.time() + later[0])
     report = pull(
         newsletter.config(), wait_seconds=0, verifier=verifier, most=50
     )  # most: no hang if it loops
@@ -549,6 +603,7 @@ def test_pull_leaves_a_message_it_cannot_verify_now_in_the_queue(
     assert queue.count() == 1
     assert statuses(newsletter)["ada@example.org"] == ("active", 0)
     down.start()  # the certificate host is back
+    later[0] = DEFERRED_FETCH_SECONDS + 1  # and the failure is no longer remembered
     try:
         report = pull(newsletter.config(), wait_seconds=0, verifier=verifier)
     finally:
@@ -556,6 +611,46 @@ def test_pull_leaves_a_message_it_cannot_verify_now_in_the_queue(
     assert (report.received, report.applied, report.left) == (1, 1, 0)
     assert queue.count() == 0
     assert statuses(newsletter)["ada@example.org"] == ("bounced", 0)
+
+
+def test_pull_rejects_and_deletes_a_body_json_cannot_read(
+    newsletter: Newsletter, sqs_env: str, verifier: SnsVerifier
+) -> None:
+    queue = Queue(sqs_env)
+    configure_events(newsletter, queue.url)
+    queue.put('{"Type": ' + "1" * 5000 + "}")  # json.loads raises ValueError: too many digits for int()
+    report = pull(newsletter.config(), wait_seconds=0, verifier=verifier)
+    assert (report.received, report.rejected, report.left) == (1, 1, 0)
+    assert "not JSON" in report.lines()[1]
+    assert queue.count() == 0
+
+
+def test_pull_accepts_any_topic_while_topic_arns_is_empty_but_says_so(
+    newsletter: Newsletter,
+    sqs_env: str,
+    signer: Signer,
+    server: CertServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    queue = Queue(sqs_env)
+    configure_events(newsletter, queue.url)
+    add_readers(newsletter, "ada@example.org", "bob@example.org")
+    queue.put(signed(signer, server, ses_bounce("ada@example.org"), topic="arn:aws:sns:us-east-1:1:any"))
+    queue.put(signed(signer, server, ses_bounce("bob@example.org")))
+    with caplog.at_level(logging.WARNING, logger="pipeline.events"):
+        report = pull(newsletter.config(), wait_seconds=0, verifier=SnsVerifier(cert_host_allowed=server.allows))
+    assert (report.received, report.applied) == (2, 2)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.events"]
+    assert len(warnings) == 1 and "[events] topic_arns is empty" in warnings[0], warnings
+    # With a topic list: no warning, and only those topics.
+    caplog.clear()
+    queue.put(signed(signer, server, ses_bounce("ada@example.org"), topic="arn:aws:sns:us-east-1:1:any"))
+    with caplog.at_level(logging.WARNING, logger="pipeline.events"):
+        report = pull(
+            newsletter.config(), wait_seconds=0, verifier=SnsVerifier(topic_arns=(TOPIC,), cert_host_allowed=server.allows)
+        )
+    assert report.rejected == 1
+    assert not [r for r in caplog.records if r.name == "pipeline.events"]
 
 
 def test_pull_stops_after_most(

@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from pipeline.errors import NotificationDeferred, NotificationRejected
-from pipeline.sns import SnsVerifier, is_sns_host
+from pipeline.sns import (
+    DEFERRED_FETCH_SECONDS,
+    FAILED_FETCH_SECONDS,
+    SnsVerifier,
+    is_sns_certificate_url,
+    is_sns_host,
+)
 
 from .sns_support import (
     OTHER_TOPIC,
@@ -23,6 +29,19 @@ from .sns_support import (
     notification,
     ses_bounce,
 )
+
+
+class Clock:
+    """Real time plus an offset the test moves forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +214,10 @@ def test_an_unknown_signature_version_is_rejected(
         (b'{"Type": "Surprise"}', "not an SNS message type"),
         (b'{"eventType": "Bounce", "bounce": {}}', "turn raw message delivery off"),
         (b'{"Type": "Notification", "Message": {"a": 1}}', "Message is not a string"),
+        # int() refuses more than 4300 digits: json.loads raises a plain ValueError
+        (b'{"Type": ' + b"1" * 5000 + b"}", "not JSON"),
+        (b'{"MessageId": "x", "Type": "Notification", "n": ' + b"9" * 4301 + b"}", "not JSON"),
+        (b"[" * 100_000, "not JSON"),
     ],
 )
 def test_malformed_bodies_are_rejected(
@@ -235,6 +258,66 @@ def test_a_certificate_on_a_foreign_host_is_never_fetched(signer: Signer, url: s
     message = signer.sign(notification(ses_bounce("a@example.org"), url))
     assert "is not an https SNS host of AWS" in rejected(verifier, message)
     assert fetched == []
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        (
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-9c6465fa7f48f5cacd23014631ec1136.pem",
+            True,
+        ),
+        ("https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-0123abcd.pem", True),
+        ("https://sns.us-east-1.amazonaws.com/x.pem", False),
+        ("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-.pem", False),
+        ("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-ABCDEF.pem", False),
+        ("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem.evil", False),
+        ("https://sns.us-east-1.amazonaws.com/bucket/SimpleNotificationService-abc.pem", False),
+        ("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem?x=1", False),
+        ("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem?", False),
+        ("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem#x", False),
+        ("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc%2epem", False),
+        ("http://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem", False),
+        ("https://sns.s3.amazonaws.com/SimpleNotificationService-abc.pem", False),
+        ("https://evil.example/SimpleNotificationService-abc.pem", False),
+    ],
+)
+def test_is_sns_certificate_url(url: str, expected: bool) -> None:
+    assert is_sns_certificate_url(url) is expected
+
+
+def test_the_default_rule_fetches_only_sns_certificate_paths(signer: Signer) -> None:
+    fetched: list[str] = []
+
+    def fetch(url: str) -> bytes:
+        fetched.append(url)
+        return signer.pem
+
+    verifier = SnsVerifier(fetch=fetch)
+    for path in ("/x.pem", "/SimpleNotificationService-xyz.pem", "/a/SimpleNotificationService-ab.pem"):
+        message = signer.sign(notification(ses_bounce("a@example.org"), f"https://sns.us-east-1.amazonaws.com{path}"))
+        assert "is not an SNS signing certificate" in rejected(verifier, message)
+    assert fetched == []
+    good = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
+    assert verifier.verify(body(signer.sign(notification(ses_bounce("a@example.org"), good))))
+    assert fetched == [good]
+
+
+def test_a_failed_certificate_is_not_fetched_again_for_a_minute(server: CertServer, signer: Signer) -> None:
+    clock = Clock()
+    verifier = SnsVerifier(cert_host_allowed=server.allows, clock=clock)
+    for path, reason in (("/missing.pem", "HTTP 404"), ("/not-a-cert.pem", "not a PEM certificate")):
+        message = signer.sign(notification(ses_bounce("a@example.org"), f"{server.url}{path}"))
+        for _ in range(5):  # a stream of forged messages naming it
+            assert reason in rejected(verifier, message)
+    assert server.requests == ["/missing.pem", "/not-a-cert.pem"]
+    clock.advance(FAILED_FETCH_SECONDS - 1)
+    assert "HTTP 404" in rejected(verifier, signer.sign(notification(ses_bounce("a@example.org"), f"{server.url}/missing.pem")))
+    assert len(server.requests) == 2
+    clock.advance(2)
+    server.files["/missing.pem"] = signer.pem  # it is there now
+    assert verifier.verify(body(signer.sign(notification(ses_bounce("a@example.org"), f"{server.url}/missing.pem"))))
+    assert server.requests[2:] == ["/missing.pem"]
 
 
 def test_the_default_rule_refuses_the_local_server_without_asking_it(
@@ -329,15 +412,23 @@ def test_a_message_from_the_future_is_rejected(
 def test_an_unreachable_certificate_host_defers(signer: Signer) -> None:
     down = CertServer().start()
     down.stop()  # a port nobody listens on now
-    verifier = SnsVerifier(cert_host_allowed=down.allows)
+    clock = Clock()
+    verifier = SnsVerifier(cert_host_allowed=down.allows, clock=clock)
     message = signer.sign(notification(ses_bounce("a@example.org"), f"{down.url}/cert.pem"))
     with pytest.raises(NotificationDeferred, match="cannot fetch"):
         verifier.verify(body(message))
-    # Once it is back, the same message verifies: nothing bad was cached.
     down.files["/cert.pem"] = signer.pem
     down.start()
     try:
+        # The failure is remembered a few seconds (not asked again at once) ...
+        with pytest.raises(NotificationDeferred, match="not fetched again yet"):
+            verifier.verify(body(message))
+        assert down.requests == []
+        # ... less than SNS waits between retries; then the same message verifies: nothing bad was kept.
+        assert DEFERRED_FETCH_SECONDS < 20
+        clock.advance(DEFERRED_FETCH_SECONDS + 0.1)
         assert verifier.verify(body(message))["MessageId"] == message["MessageId"]
+        assert down.requests == ["/cert.pem"]
     finally:
         down.stop()
 

@@ -167,6 +167,16 @@ def token_of(url: str) -> str:
     return url.rsplit("/", 1)[1]
 
 
+def press_confirm(site: Site, link: str) -> httpx.Response:
+    """What a reader does with a confirmation link: open it (a page, nothing changes), press its button."""
+    page = site.client.get(link)
+    if page.status_code != 200 or "<form" not in page.text:
+        return page
+    action = re.search(r'<form method="post" action="([^"]+)"', page.text)
+    assert action and f"{site.url}{action.group(1)}" == link
+    return site.client.post(link)
+
+
 # --- Sign-up and confirmation -------------------------------------------------------------------
 
 
@@ -185,20 +195,32 @@ def test_sign_up_mails_a_confirmation_whose_link_activates(site: Site, caplog: p
 
     [message] = site.mails()
     assert message["From"] == site.config.sender
-    assert message["To"] == "Ada Lovelace <ada@example.org>"
+    assert message["To"] == "ada@example.org"  # the name is whatever the visitor typed: not in our mail
+    assert "Lovelace" not in message.as_string()
     assert message["Subject"] == "Confirm your subscription to Crate Notes"
     assert message.get_content_type() == "multipart/alternative"
     assert {part.get_content_charset() for part in message.iter_parts()} == {"utf-8"}
     link = link_in(message, "confirm")
     assert link.startswith(f"{site.url}/confirm/{row['id']}.")
 
-    confirmed = site.client.get(link)
+    # Opening the link (as a mail scanner does, several times) shows one button and changes nothing.
+    for _ in range(3):
+        page = site.client.get(link)
+        assert page.status_code == 200 and "Confirm my subscription" in page.text
+    assert page.text.count("<form") == 1 and page.text.count("<button") == 1
+    action = re.search(r'<form method="post" action="([^"]+)"', page.text)
+    assert action and f"{site.url}{action.group(1)}" == link
+    assert site.status("ada@example.org") == "pending"
+    assert len(site.changes("ada@example.org")) == 1
+
+    confirmed = site.client.post(link)
     assert confirmed.status_code == 200 and "subscribed" in confirmed.text
     assert site.status("ada@example.org") == "active"
     assert site.changes("ada@example.org") == [(None, "pending", "added (web)"), ("pending", "active", "confirmed by link")]
-    # A second click is the same success, and changes nothing.
-    again = site.client.get(link)
+    # A second press is the same success, and changes nothing; the link now says it is done.
+    again = site.client.post(link)
     assert again.status_code == 200 and again.text == confirmed.text
+    assert site.client.get(link).text == confirmed.text
     assert len(site.changes("ada@example.org")) == 2
     # The log tells what happened, never a whole token.
     assert "confirm: s1: confirmed" in caplog.text
@@ -241,7 +263,7 @@ def test_same_answer_whatever_the_address_is(site: Site) -> None:
     assert [site.status(a) for a in addresses] == ["pending", "pending", "active", "unsubscribed", "bounced", "complained"]
     # Coming back after unsubscribing takes the click.
     link = link_in(site.mails_to("gone@example.org")[0], "confirm")
-    assert site.client.get(link).status_code == 200
+    assert press_confirm(site, link).status_code == 200
     assert site.status("gone@example.org") == "active"
     assert site.changes("gone@example.org")[-1] == ("unsubscribed", "active", "confirmed by link")
     # The "already subscribed" note carries a working unsubscribe link, nothing else.
@@ -286,6 +308,40 @@ def test_a_malformed_address_gets_the_form_again_with_the_reason(site: Site, add
     assert site.service.signups_handled == 0 and not find(site.db(), address)
 
 
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("Claim your prize: http://evil.example/x", "cannot contain a web or email address"),
+        ("Prize at www.evil.example", "cannot contain a web or email address"),
+        ("Prize at evil.example", "cannot contain a web or email address"),
+        ("bit.ly/prize", "cannot contain a web or email address"),
+        ("Write to prize@evil.example", "cannot contain a web or email address"),
+        ("@prizes", "cannot contain a web or email address"),
+        ("x" * 101, "100 characters or fewer"),
+    ],
+)
+def test_a_name_with_a_link_or_an_address_gets_the_form_again(site: Site, name: str, problem: str) -> None:
+    answer = site.sign_up("ada@example.org", name)
+    assert answer.status_code == 400 and problem in answer.text
+    assert 'id="name-error"' in answer.text and 'aria-describedby="name-error"' in answer.text
+    assert 'value="ada@example.org"' in answer.text
+    time.sleep(0.2)  # a background task would have run by now
+    assert site.service.signups_handled == 0 and site.status("ada@example.org") == "absent"
+    assert site.mails() == []
+
+
+@pytest.mark.parametrize("name", ["J.R.R. Tolkien", "Dr. Who", "A.Smith", "Zoë  Ünal", "Mary-Ann O'Neil", "x" * 100])
+def test_ordinary_names_are_kept_but_never_mailed(site: Site, name: str) -> None:
+    assert site.sign_up("ada@example.org", name).status_code == 200
+    site.wait_handled(1)
+    row = find(site.db(), "ada@example.org")
+    assert row is not None and row["name"] == " ".join(name.split())
+    [message] = site.mails()
+    assert message["To"] == "ada@example.org"
+    assert " ".join(name.split()) not in message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert message.get_body(("plain",)).get_content().splitlines()[0] == "Hello,"  # type: ignore[union-attr]
+
+
 def test_per_ip_limit_answers_429_with_retry_after(newsletter: Newsletter) -> None:
     with running_site(newsletter, signups_per_ip_per_hour=3) as site:
         for index in range(3):
@@ -303,6 +359,22 @@ def test_per_ip_limit_answers_429_with_retry_after(newsletter: Newsletter) -> No
         assert site.sign_up("reader3@example.org").status_code == 200
         site.wait_handled(5)
         assert site.status("reader3@example.org") == "pending"
+
+
+def test_per_ip_limit_counts_an_ipv6_client_by_its_64(newsletter: Newsletter) -> None:
+    with running_site(newsletter, signups_per_ip_per_hour=2) as site:
+
+        def from_(client: str, address: str) -> int:
+            headers = {"X-Forwarded-For": client}
+            return site.client.post(f"{site.url}/subscribe", data={"email": address}, headers=headers).status_code
+
+        # One end network rotating through its /64 is one client.
+        assert from_("2001:db8:1:2::1", "a@example.org") == 200
+        assert from_("2001:db8:1:2:ffff:ffff:ffff:fffe", "b@example.org") == 200
+        assert from_("2001:db8:1:2:abcd::9", "c@example.org") == 429
+        # The next /64 is someone else.
+        assert from_("2001:db8:1:3::1", "d@example.org") == 200
+        site.wait_handled(3)
 
 
 def test_a_flood_for_one_address_mails_it_once_per_resend_interval(newsletter: Newsletter) -> None:
@@ -328,17 +400,17 @@ def test_an_expired_link_says_so_and_a_new_sign_up_works(site: Site) -> None:
     site.wait_handled(1)
     old = link_in(site.mails()[0], "confirm")
     site.clock.advance(site.config.serve.confirm_hours * 3600 + 1)
-    expired = site.client.get(old)
-    assert expired.status_code == 410
-    assert "expired" in expired.text and 'action="/subscribe"' in expired.text
-    assert 'value="late@example.org"' in expired.text
+    for expired in (site.client.get(old), site.client.post(old)):
+        assert expired.status_code == 410
+        assert "expired" in expired.text and 'action="/subscribe"' in expired.text
+        assert 'value="late@example.org"' in expired.text
     assert site.status("late@example.org") == "pending"
 
     site.sign_up("late@example.org")
     site.wait_handled(2)
     new = link_in(site.mails()[-1], "confirm")
     assert new != old
-    assert site.client.get(new).status_code == 200
+    assert press_confirm(site, new).status_code == 200
     assert site.status("late@example.org") == "active"
 
 
@@ -348,9 +420,54 @@ def test_an_old_confirmation_link_does_not_undo_an_unsubscribe(site: Site) -> No
     site.wait_handled(1)
     link = link_in(site.mails()[0], "confirm")
     make_status(site, "fickle@example.org", "unsubscribed")
-    stale = site.client.get(link)
-    assert stale.status_code == 410 and "no longer valid" in stale.text
+    for stale in (site.client.get(link), site.client.post(link)):
+        assert stale.status_code == 410 and "no longer valid" in stale.text
     assert site.status("fickle@example.org") == "unsubscribed"
+
+
+def test_an_old_link_does_not_resubscribe_after_a_stranger_types_the_address_in_again(site: Site) -> None:
+    site.sign_up("ada@example.org")
+    site.wait_handled(1)
+    first = link_in(site.mails()[0], "confirm")
+    assert press_confirm(site, first).status_code == 200 and site.status("ada@example.org") == "active"
+    row = find(site.db(), "ada@example.org")
+    assert row is not None
+    unsubscribe = make_token(SECRET.encode(), "unsubscribe", row["id"], "ada@example.org")
+    assert site.client.post(f"{site.url}/unsubscribe/{unsubscribe}", data={"confirm": "yes"}).status_code == 200
+    assert site.status("ada@example.org") == "unsubscribed"
+    # Twenty minutes later someone else signs her up: she is mailed a new link, and clicks nothing.
+    site.clock.advance(20 * 60)
+    site.sign_up("ada@example.org")
+    site.wait_handled(2)
+    assert len(site.mails()) == 2
+    # The old link (still within its 48 hours) is no longer valid: only the latest one is.
+    for stale in (site.client.get(first), site.client.post(first)):
+        assert stale.status_code == 410 and "no longer valid" in stale.text
+    assert site.status("ada@example.org") == "unsubscribed"
+
+
+def test_only_the_latest_confirmation_link_works(newsletter: Newsletter) -> None:
+    with running_site(newsletter, resend_minutes=15) as site:
+        site.sign_up("ada@example.org")
+        site.wait_handled(1)
+        first = link_in(site.mails()[0], "confirm")
+        site.clock.advance(16 * 60)
+        site.sign_up("ada@example.org")
+        site.wait_handled(2)
+        second = link_in(site.mails()[1], "confirm")
+        assert first != second
+        for stale in (site.client.get(first), site.client.post(first)):
+            assert stale.status_code == 410 and "no longer valid" in stale.text
+        assert site.status("ada@example.org") == "pending"
+        # A link of the former kind (no sending time signed in) cannot be told to be the latest.
+        row = find(site.db(), "ada@example.org")
+        assert row is not None
+        old_kind = make_token(SECRET.encode(), "confirm", row["id"], "ada@example.org", int(time.time()) + 3600)
+        for stale in (site.client.get(f"{site.url}/confirm/{old_kind}"), site.client.post(f"{site.url}/confirm/{old_kind}")):
+            assert stale.status_code == 410 and "no longer valid" in stale.text
+        assert site.status("ada@example.org") == "pending"
+        assert press_confirm(site, second).status_code == 200
+        assert site.status("ada@example.org") == "active"
 
 
 def test_a_bounced_address_is_not_reactivated_by_its_link(site: Site) -> None:
@@ -358,8 +475,8 @@ def test_a_bounced_address_is_not_reactivated_by_its_link(site: Site) -> None:
     site.wait_handled(1)
     link = link_in(site.mails()[0], "confirm")
     make_status(site, "bouncy@example.org", "bounced")
-    refused = site.client.get(link)
-    assert refused.status_code == 403 and "editor@example.org" in refused.text
+    for refused in (site.client.get(link), site.client.post(link)):
+        assert refused.status_code == 403 and "editor@example.org" in refused.text
     assert site.status("bouncy@example.org") == "bounced"
 
 
@@ -386,10 +503,17 @@ def forgeries(token: str, email_address: str) -> list[str]:
         make_token(b"some-other-secret-entirely", "unsubscribe", int(subscriber_id), email_address),
         "abc", "1", "1..", "-1.abc", "%00", "1.2.3.4",
     ]
-    if rest.count(".") == 1:  # an expiring token: push its expiry out, or drop it
-        expires = rest.split(".")[0]
-        found += [f"{subscriber_id}.{int(expires) + 3600}.{signature}", f"{subscriber_id}.{signature}",
-                  f"{subscriber_id}.{expires}.{flipped}"]
+    if rest.count(".") == 2:  # a confirmation token: move its times, or drop them
+        issued, expires = rest.split(".")[:2]
+        found += [
+            f"{subscriber_id}.{issued}.{int(expires) + 3600}.{signature}",  # expiry pushed out
+            f"{subscriber_id}.{int(issued) + 60}.{expires}.{signature}",  # sent later (after an unsubscribe)
+            f"{subscriber_id}.{expires}.{signature}",  # no sending time
+            f"{subscriber_id}.{issued}.{signature}",
+            f"{subscriber_id}.{signature}",
+            f"{subscriber_id}.{issued}.{expires}.{flipped}",
+            f"{subscriber_id}.\u00b2.{expires}.{signature}",  # a digit to str.isdigit, not to int()
+        ]
     return found
 
 
@@ -400,10 +524,21 @@ def test_forged_confirmation_links_change_nothing(site: Site) -> None:
     token = token_of(link_in(site.mails()[0], "confirm"))
     unsubscribe_token = make_token(SECRET.encode(), "unsubscribe", int(token.split(".")[0]), "careful@example.org")
     for forged in [*forgeries(token, "careful@example.org"), unsubscribe_token]:
-        answer = site.client.get(f"{site.url}/confirm/{forged}")
-        assert 400 <= answer.status_code < 500 and answer.status_code != 410, (forged, answer.status_code)
+        for answer in (site.client.get(f"{site.url}/confirm/{forged}"), site.client.post(f"{site.url}/confirm/{forged}")):
+            assert 400 <= answer.status_code < 500 and answer.status_code != 410, (forged, answer.status_code)
     assert site.status("careful@example.org") == "pending" and site.status("other@example.org") == "pending"
     assert len(site.changes("careful@example.org")) == 1
+
+
+def test_links_with_digits_int_cannot_read_are_refused_not_a_server_error(site: Site) -> None:
+    add(site.db(), "reader@example.org")
+    for path in ("/unsubscribe/%C2%B2.abc", "/unsubscribe/1.%C2%B9%C2%B2", "/confirm/%C2%B2.1.2.x",
+                 "/confirm/1.%C2%B2.abc", "/confirm/1.%C2%B2.2.abc", "/confirm/1.1.%C2%B2.abc"):
+        for method in ("GET", "POST"):
+            answer = site.client.request(method, f"{site.url}{path}")
+            assert 400 <= answer.status_code < 500, (method, path, answer.status_code)
+            assert "default-src 'none'" in answer.headers["Content-Security-Policy"]
+    assert site.status("reader@example.org") == "active"
 
 
 # --- Unsubscribe -----------------------------------------------------------------------------
@@ -517,7 +652,7 @@ def test_webhook_applies_a_signed_bounce_once_and_refuses_forgeries(newsletter: 
     from pipeline.sns import SnsVerifier
 
     signer = sns.Signer()
-    cert_url = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem"
+    cert_url = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
     reachable = {"yes": True}
     fetched: list[str] = []
 
@@ -552,11 +687,110 @@ def test_webhook_applies_a_signed_bounce_once_and_refuses_forgeries(newsletter: 
 
         # The certificate host is unreachable: not the sender's fault, SNS should retry.
         reachable["yes"] = False
-        other_cert = cert_url.replace("test.pem", "rotated.pem")
+        other_cert = cert_url.replace("0123456789abcdef", "fedcba9876543210")
         later = _json(signer.sign(sns.notification(sns.ses_complaint("stays@example.org"), other_cert)))
         assert site.client.post(hook, content=later, headers=plain).status_code == 503
         assert site.status("stays@example.org") == "active"
         assert site.client.get(hook).status_code == 405
+
+
+@pytest.mark.parametrize("verifier_given", [True, False], ids=["given-verifier", "default-verifier"])
+def test_webhook_refuses_every_message_while_topic_arns_is_empty(
+    newsletter: Newsletter, sns: Any, caplog: pytest.LogCaptureFixture, verifier_given: bool
+) -> None:
+    from pipeline.sns import SnsVerifier
+
+    signer = sns.Signer()
+    cert_url = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
+    fetched: list[str] = []
+
+    def fetch(url: str) -> bytes:
+        fetched.append(url)
+        return signer.pem
+
+    subscribe = f"https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn={sns.OTHER_TOPIC}"
+    messages = [
+        signer.sign(sns.confirmation(cert_url, subscribe, topic=sns.OTHER_TOPIC)),  # someone else's topic
+        signer.sign(sns.notification(sns.ses_bounce("victim@example.org"), cert_url, topic=sns.OTHER_TOPIC)),
+        signer.sign(sns.notification(sns.ses_bounce("victim@example.org"), cert_url)),
+    ]
+    # The configuration's topic list is empty (the default); so is the verifier built from it.
+    assert newsletter.config().events.topic_arns == ()
+    verifier = SnsVerifier(topic_arns=(), fetch=fetch) if verifier_given else None
+    with running_site(newsletter, verifier=verifier) as site:
+        add(site.db(), "victim@example.org")
+        for message in [*messages, {"Type": "Notification"}]:
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                answer = site.client.post(f"{site.url}/webhooks/ses", content=_json(message))
+            assert answer.status_code == 403
+            assert "Content-Security-Policy" in answer.headers
+            [record] = caplog.records  # one line per request, saying what to do
+            assert "[events] topic_arns is empty" in record.getMessage() and "set it" in record.getMessage()
+            assert "\n" not in record.getMessage()
+        assert site.status("victim@example.org") == "active"
+        assert site.db().execute("SELECT COUNT(*) FROM sns_messages").fetchone()[0] == 0
+    assert fetched == []  # neither a certificate nor a SubscribeURL was fetched
+
+
+def test_webhook_checks_signatures_outside_the_database_lock(newsletter: Newsletter, sns: Any) -> None:
+    from pipeline.sns import SnsVerifier
+
+    signer = sns.Signer()
+    known = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0a0a.pem"
+    slow = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0b0b.pem"
+    waiting, release = threading.Event(), threading.Event()
+
+    def fetch(url: str) -> bytes:
+        if url == slow:  # a certificate host that takes its time, then fails
+            waiting.set()
+            release.wait(15)
+            raise NotificationDeferred(f"cannot fetch {url}: timed out")
+        return signer.pem
+
+    verifier = SnsVerifier(topic_arns=(sns.TOPIC,), fetch=fetch)
+    with running_site(newsletter, verifier=verifier) as site:
+        for address in ("a@example.org", "b@example.org"):
+            add(site.db(), address)
+        hook = f"{site.url}/webhooks/ses"
+
+        def bounce(address: str, cert: str) -> bytes:
+            return _json(signer.sign(sns.notification(sns.ses_bounce(address), cert)))
+
+        assert site.client.post(hook, content=bounce("a@example.org", known)).status_code == 200
+        held: dict[str, httpx.Response] = {}
+        thread = threading.Thread(
+            target=lambda: held.update(answer=httpx.post(hook, content=bounce("a@example.org", slow), timeout=30))
+        )
+        thread.start()
+        try:
+            assert waiting.wait(10), "the slow certificate was never fetched"
+            started = time.monotonic()
+            for body in (bounce("b@example.org", known), b"not json"):
+                answer = site.client.post(hook, content=body)
+                assert answer.status_code in (200, 400)
+            assert time.monotonic() - started < 5, "the webhook waited for another request's certificate"
+            assert site.status("b@example.org") == "bounced"
+        finally:
+            release.set()
+            thread.join(30)
+        assert held["answer"].status_code == 503
+
+
+def test_webhook_answers_400_to_bodies_json_cannot_read(newsletter: Newsletter, sns: Any) -> None:
+    from pipeline.sns import SnsVerifier
+
+    verifier = SnsVerifier(topic_arns=(sns.TOPIC,), fetch=lambda url: b"")
+    with running_site(newsletter, verifier=verifier) as site:
+        for body in (
+            b'{"Type": ' + b"1" * 5000 + b"}",  # int() refuses more than 4300 digits: a ValueError
+            b'{"MessageId": "x", "Type": "Notification", "n": ' + b"9" * 4301 + b"}",
+            b"\xff\xfe" + "{}".encode("utf-16-le"),
+            b"[" * 100_000,
+        ):
+            answer = site.client.post(f"{site.url}/webhooks/ses", content=body)
+            assert answer.status_code == 400, body[:30]
+            assert answer.text == "rejected\n" and "Content-Security-Policy" in answer.headers
 
 
 def _json(message: dict[str, Any]) -> bytes:
@@ -568,6 +802,24 @@ def _json(message: dict[str, Any]) -> bytes:
 # --- The pages themselves ------------------------------------------------------------------
 
 
+def confirm_page(site: Site) -> str:
+    """A pending subscriber's confirmation link, as the sign-up mails it."""
+    subscriber_id = add(site.db(), "pending@example.org", status="pending")
+    sent = int(site.clock())
+    site.db().execute(
+        "UPDATE subscribers SET confirmation_sent_at = ?, status_changed_at = ? WHERE id = ?",
+        (_stamp(sent), _stamp(sent - 1), subscriber_id),
+    )
+    token = make_token(SECRET.encode(), "confirm", subscriber_id, "pending@example.org", sent + 3600, issued=sent)
+    return f"{site.url}/confirm/{token}"
+
+
+def _stamp(seconds: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
+
+
 def test_every_page_has_strict_security_headers_and_no_script(site: Site) -> None:
     reader = active_reader(site)
     pages = [
@@ -576,6 +828,7 @@ def test_every_page_has_strict_security_headers_and_no_script(site: Site) -> Non
         site.sign_up("x@example.org"),
         site.sign_up("nope"),
         site.client.get(f"{site.url}/confirm/1.2.abc"),
+        site.client.get(confirm_page(site)),
         site.client.get(reader),
         site.client.post(reader, data={"confirm": "yes"}),
         site.client.get(f"{site.url}/no/such/page"),
@@ -601,6 +854,27 @@ def test_every_page_has_strict_security_headers_and_no_script(site: Site) -> Non
         assert ' style="' not in text, f"{where}: inline style attributes are blocked by the policy"
     assert pages[-1].status_code == 404
     assert site.client.get(f"{site.url}/healthz").text == "ok\n"
+
+
+def test_a_server_error_is_a_plain_page_with_the_security_headers(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("internal detail /srv/letter/state")
+
+    monkeypatch.setattr(site.service, "check_link", broken)
+    # Each on a connection of its own: uvicorn closes the connection after an exception.
+    for method, path in (("GET", "/unsubscribe/1.abc"), ("POST", "/confirm/1.2.3.abc")):
+        answer = httpx.request(method, f"{site.url}{path}", timeout=10)
+        assert answer.status_code == 500
+        assert answer.text == "Something went wrong on our side. Please try again later.\n"
+        assert "Traceback" not in answer.text and "internal detail" not in answer.text
+        csp = answer.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert answer.headers["Referrer-Policy"] == "no-referrer"
+        assert answer.headers["Cache-Control"] == "no-store"
+        assert "server" not in answer.headers
 
 
 def test_links_in_mails_come_from_public_url_not_the_host_header(site: Site) -> None:
@@ -669,6 +943,8 @@ def test_cli_serve_answers_and_stops_cleanly_on_ctrl_c(newsletter: Newsletter) -
             lines.append(line)
         url = re.search(r"listening on (http://127\.0\.0\.1:\d+)/", lines[-1])
         assert url, lines
+        # [events] topic_arns is empty in the test newsletter: the editor is told the webhook is off.
+        assert any("topic_arns is empty" in line and "webhook" in line for line in lines), lines
         assert httpx.get(f"{url.group(1)}/healthz", timeout=10).text == "ok\n"
         process.send_signal(signal.SIGINT)
         _, rest = process.communicate(timeout=20)

@@ -1,7 +1,7 @@
 """The subscriber pages in a real headless Chromium, as a reader uses them.
 
-Sign up through the form, confirm from the mailed link, unsubscribe with the button of a real
-issue's link; the sign-up page on a phone (no sideways scrolling, usable by keyboard alone).
+Sign up through the form, confirm with the button on the mailed link's page, unsubscribe with
+the button of a real issue's link; the sign-up page on a phone (no sideways scrolling, usable by keyboard alone).
 The service runs under uvicorn on 127.0.0.1 (see test_web.py); every request to anywhere else
 is aborted and fails the test, and so does any Content-Security-Policy violation: the pages
 must work with no script and nothing fetched.
@@ -119,10 +119,16 @@ def test_sign_up_then_confirm_from_the_mailed_link(newsletter: Newsletter, open_
         assert site.status("ada@example.org") == "pending"
 
         [message] = site.mails()
-        assert message["To"] == "Ada Lovelace <ada@example.org>"
+        assert message["To"] == "ada@example.org"  # the name typed in the form is not mailed
         tab.page.goto(link_in(message, "confirm"))
+        assert tab.heading() == "Confirm your subscription to Crate Notes"
+        assert site.status("ada@example.org") == "pending"  # opening the link changed nothing
+        tab.check_clean()
+        with tab.page.expect_navigation():
+            tab.page.get_by_role("button", name="Confirm my subscription").click()
         assert tab.heading() == "You're subscribed"
         assert site.status("ada@example.org") == "active"
+        assert site.changes("ada@example.org")[-1] == ("pending", "active", "confirmed by link")
         tab.check_clean()
 
 
