@@ -440,7 +440,7 @@ class CampaignRunner:
 
                 claimed: list[sqlite3.Row] = []
                 free = settings.concurrency - len(in_flight)
-                if not self.stopping.is_set() and not exhausted and free > 0:
+                if not self.stopping.is_set() and not self.interrupted and not exhausted and free > 0:
                     wanted = limiter.take(free)
                     if wanted:
                         claimed = self._next_recipients(cursor, wanted)
@@ -463,7 +463,7 @@ class CampaignRunner:
                     not_handed_over.remove(row["subscriber_id"])
                     pool.submit((row["subscriber_id"], row["email"], row["name"], row["attempts"]))
                     in_flight.add(row["subscriber_id"])
-                if not in_flight and (exhausted or self.stopping.is_set()):
+                if not in_flight and (exhausted or self.stopping.is_set() or self.interrupted):
                     break
                 timeout = limiter.delay() if not exhausted and free > 0 else None
                 if in_flight:
@@ -489,6 +489,8 @@ class CampaignRunner:
         finally:
             pool.shutdown()
             self.reporter.finish()
+        if self.interrupted and not pause_reason:  # a stop that landed after the loop's last check
+            pause_reason = "interrupted"
         return pause_reason, time.monotonic() - started, tally
 
     interrupted = False
@@ -504,8 +506,9 @@ class CampaignRunner:
                 # Stop now, as a crash would: committed rows stand, rows in flight are "unknown".
                 os.write(2, b"\nstopped at once; run `newsletter send` again to resume\n")
                 os._exit(130)
+            # Only a flag: taking a lock here (Event.set) deadlocks if the signal lands while the
+            # main thread holds that lock. The loop turns the flag into a stop within one round.
             self.interrupted = True
-            self.stopping.set()
 
         for sig in previous:
             signal.signal(sig, handler)

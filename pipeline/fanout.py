@@ -18,16 +18,18 @@ stay "unknown".
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import math
 import multiprocessing
 import os
-import queue
 import signal
 import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection, wait
 from dataclasses import replace
 from typing import Any
 
@@ -100,50 +102,55 @@ def run_in_processes(
     return close_campaign(db, campaign, reason, time.monotonic() - started, tally)
 
 
-# Held blocked while a sender starts, so the sender inherits them blocked: a Ctrl-C during its
-# start-up cannot kill it half-way (with a traceback), and a stop request waits until it can obey.
-_DEFERRED = {signal.SIGINT, signal.SIGTERM}
 LIVENESS_INTERVAL = 0.5
 
 
 class _Senders:
-    """The sender processes of one campaign, and the queue they report on."""
+    """The sender processes of one campaign, each reporting on a pipe of its own.
+
+    One pipe each, not one shared queue: a sender killed while writing cannot leave a lock
+    held that the others would wait on for ever.
+    """
 
     def __init__(self, config: Config, campaign: Campaign, template: MessageTemplate, secret: bytes,
                  settings: SendSettings, processes: int) -> None:
         context = multiprocessing.get_context("spawn")  # not fork: inherit none of our threads or sockets
-        self.messages: Any = context.Queue()
-        self.processes = [
-            context.Process(
+        self.processes: list[Any] = []
+        self.readers: list[Connection] = []
+        self._writers: list[Connection] = []
+        for share in range(processes):
+            reader, writer = context.Pipe(duplex=False)
+            self.readers.append(reader)
+            self._writers.append(writer)
+            self.processes.append(context.Process(
                 target=_sender_main,
-                args=(config, campaign, template, secret, settings, (share, processes), os.getpid(), self.messages),
+                args=(config, campaign, template, secret, settings, (share, processes), os.getpid(), writer),
                 name=f"sender-{share + 1}",
-            )
-            for share in range(processes)
-        ]
+            ))
         self.started: list[Any] = []
         self.stopping = False
+        self.reasons: dict[int, str] = {}
         self._asked: set[int] = set()
 
     def start(self) -> None:
         for number, process in enumerate(self.processes, start=1):
             if self.stopping:  # Ctrl-C while starting: the rest need not start at all
-                break
-            previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+                self.reasons[number - 1] = "interrupted"
+                continue
             try:
-                process.start()
+                with _sigint_ignored_by_children():
+                    process.start()
             except OSError as error:
                 self.stop()
                 raise CampaignError(f"cannot start sender process {number}: {error.strerror or error}") from None
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            self._writers[number - 1].close()  # ours; the sender has its own copy: EOF when it ends
             self.started.append(process)
 
     def stop(self) -> None:
-        """Ask every sender, once, to finish what it has in flight and stop (a second SIGTERM would stop it at once)."""
+        """Ask every sender still at work, once, to finish what it has in flight and stop."""
         self.stopping = True
-        for process in self.started:
-            if process.pid not in self._asked and process.is_alive():
+        for share, process in enumerate(self.processes):
+            if process in self.started and share not in self.reasons and process.pid not in self._asked:
                 self._asked.add(process.pid)
                 try:
                     os.kill(process.pid, signal.SIGTERM)
@@ -151,67 +158,69 @@ class _Senders:
                     pass
 
     def collect(self, reporter: Reporter) -> tuple[list[str], dict[str, int]]:
-        """Relay progress until every sender has reported its end; stop them all when one stops early."""
-        shares = {process: share for share, process in enumerate(self.processes)}
-        reasons: dict[int, str] = {shares[p]: "interrupted" for p in self.processes if p not in self.started}
+        """Relay progress until every sender has reported its end (or died); stop all when one stops early."""
         tally: dict[str, int] = {}
-        next_check = time.monotonic() + LIVENESS_INTERVAL
-        while len(reasons) < len(self.processes):
-            try:
-                kind, share, payload = self.messages.get(timeout=LIVENESS_INTERVAL)
-            except queue.Empty:
-                kind = ""
-            if kind == "outcome":
-                reporter.advance(payload)
-            elif kind == "done":
+        open_readers = {self.readers[self.processes.index(p)]: self.processes.index(p) for p in self.started}
+        while open_readers:
+            for reader in wait(list(open_readers), timeout=LIVENESS_INTERVAL):
+                share = open_readers[reader]
+                try:
+                    kind, payload = reader.recv()
+                except (EOFError, OSError):  # it ended: with its last words already read, or none
+                    del open_readers[reader]
+                    if share not in self.reasons:
+                        self._died(share)
+                    continue
+                if kind == "outcome":
+                    reporter.advance(payload)
+                    continue
                 reason, counts = payload
-                reasons[share] = reason
+                self.reasons[share] = reason
                 for key, value in counts.items():
                     tally[key] = tally.get(key, 0) + value
                 if reason:
                     self.stop()
-            if time.monotonic() >= next_check:  # also while the others stream outcomes
-                next_check = time.monotonic() + LIVENESS_INTERVAL
-                self._notice_dead(reasons, reporter, tally)
-        return [reasons[share] for share in range(len(self.processes))], tally
+        return [self.reasons.get(share, "interrupted") for share in range(len(self.processes))], tally
 
-    def _notice_dead(self, reasons: dict[int, str], reporter: Reporter, tally: dict[str, int]) -> None:
-        dead = [p for p in self.started if p.exitcode is not None and self.processes.index(p) not in reasons]
-        if not dead:
-            return
-        # A sender that ended normally put its last words before exiting: they may still be in the pipe.
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline and any(self.processes.index(p) not in reasons for p in dead):
-            try:
-                kind, share, payload = self.messages.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if kind == "outcome":
-                reporter.advance(payload)
-            else:
-                reasons[share] = payload[0]
-                for key, value in payload[1].items():
-                    tally[key] = tally.get(key, 0) + value
-        for process in dead:
-            share = self.processes.index(process)
-            if share in reasons:
-                continue
-            if process.pid in self._asked and process.exitcode == -signal.SIGTERM:
-                reasons[share] = "interrupted"
-            else:
-                reasons[share] = f"sender process {share + 1} stopped unexpectedly (exit code {process.exitcode})"
-            self.stop()
+    def _died(self, share: int) -> None:
+        process = self.processes[share]
+        process.join(5)
+        if process.pid in self._asked and process.exitcode == -signal.SIGTERM:
+            self.reasons[share] = "interrupted"
+        else:
+            self.reasons[share] = f"sender process {share + 1} stopped unexpectedly (exit code {process.exitcode})"
+        self.stop()
 
     def close(self) -> None:
-        """Wait for the senders to end, reading what they still report so none blocks on a full pipe."""
-        while any(process.is_alive() for process in self.started):
-            try:
-                self.messages.get(timeout=0.2)
-            except queue.Empty:
-                pass
+        """Wait for the senders to end, reading what they still write so none blocks on a full pipe."""
+        pending = [self.readers[self.processes.index(p)] for p in self.started]
+        while pending:
+            for reader in wait(pending, timeout=LIVENESS_INTERVAL):
+                try:
+                    reader.recv()
+                except (EOFError, OSError):
+                    pending.remove(reader)
         for process in self.started:
             process.join()
-        self.messages.close()
+        for reader in self.readers:
+            reader.close()
+
+
+@contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """A process starts with the SIGINT disposition it inherits when that is "ignore", and keeps it:
+    so the terminal's Ctrl-C never interrupts a sender, not even while it starts up (this process
+    relays it as a SIGTERM). Blocked meanwhile here, so a Ctrl-C in between waits for our handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _forward_signals(senders: _Senders) -> Callable[[], None]:
@@ -239,15 +248,15 @@ def _forward_signals(senders: _Senders) -> Callable[[], None]:
     return restore
 
 
-class _QueueReporter:
-    def __init__(self, share: int, messages: Any) -> None:
-        self.share, self.messages = share, messages
+class _PipeReporter:
+    def __init__(self, pipe: Connection) -> None:
+        self.pipe = pipe
 
     def start(self, total: int, done: int) -> None:
         pass
 
     def advance(self, outcome: Outcome) -> None:
-        self.messages.put(("outcome", self.share, outcome))
+        self.pipe.send(("outcome", outcome))
 
     def finish(self) -> None:
         pass
@@ -275,33 +284,28 @@ def _sender_main(
     settings: SendSettings,
     partition: tuple[int, int],
     parent: int,
-    messages: Any,
+    pipe: Connection,
 ) -> None:
     _die_with(parent)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` shows where a stuck sender is
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; see the module's docstring
-    share = partition[0]
     reason, tally = "", {}
     try:
         db = open_db(config.paths.state)
         transport = open_transport(config)
         try:
             runner = CampaignRunner(
-                db, config, campaign, template, transport, secret, settings, _QueueReporter(share, messages),
+                db, config, campaign, template, transport, secret, settings, _PipeReporter(pipe),
                 partition=partition,
             )
-            restore = runner.stop_on_signals((signal.SIGTERM,))
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)  # a stop asked during start-up lands now
-            try:
-                reason, _, tally = runner.send_all()
-            finally:
-                restore()
+            runner.stop_on_signals((signal.SIGTERM,))
+            reason, _, tally = runner.send_all()
         finally:
             transport.close()
             db.close()
     except NewsletterError as error:
         reason = str(error)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
-    messages.put(("done", share, (reason, tally)))
-    messages.close()
-    messages.join_thread()
+    # Deaf to a late stop request from here on: the report must get out whole.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pipe.send(("done", (reason, tally)))
+    pipe.close()

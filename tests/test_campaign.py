@@ -258,3 +258,34 @@ def test_unsubscribe_token_signs_the_stored_address_not_its_punycode(setup) -> N
     message = email.message_from_bytes(envelope.data, policy=policy.default)
     token = message["List-Unsubscribe"].split(">")[0].strip().lstrip("<").rsplit("/", 1)[1]
     assert verify_token(SECRET, "unsubscribe", token, "anna@bücher.example")
+
+
+STOP_WHILE_THE_LOOP_HOLDS_A_LOCK = """
+import os, signal, sys
+from pipeline.campaign import CampaignRunner
+runner = CampaignRunner.__new__(CampaignRunner)
+runner.interrupted = False
+import threading
+runner.stopping = threading.Event()
+restore = runner.stop_on_signals((signal.SIGTERM,))
+with runner.stopping._cond:  # as if the signal landed while the loop was inside stopping.set()
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):  # give the handler bytecode boundaries to run at
+        pass
+restore()
+sys.exit(0 if runner.interrupted else 3)
+"""
+
+
+def test_a_stop_signal_never_waits_for_a_lock_the_loop_may_hold() -> None:
+    """The handler runs on the main thread, between any two bytecodes: had it called Event.set()
+    while the loop itself was in there, the send would hang for ever (seen with two senders)."""
+    import subprocess
+    import sys
+
+    try:
+        result = subprocess.run([sys.executable, "-c", STOP_WHILE_THE_LOOP_HOLDS_A_LOCK], capture_output=True,
+                                text=True, timeout=20, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the SIGTERM handler deadlocked on a lock the main thread held")
+    assert result.returncode == 0, result.stderr
