@@ -11,7 +11,7 @@ What is measured, always through the library as ``newsletter send`` uses it (not
 changed; the runner's own methods are wrapped only to count and time them):
 
 1. ``build``: ``MessageTemplate.build`` for issue 2 (the large sample), one thread, distinct
-   recipients; and the whole per-recipient step (``CampaignRunner._message``: token, headers, build).
+   recipients; and the whole per-recipient step (``CampaignRunner._deliver``: token, headers, build, DiscardTransport).
 2. ``campaign``: ``prepare_campaign`` + ``CampaignRunner.run`` with ``DiscardTransport``, no rate
    limit, on a fresh state database of N subscribers, with the database as shipped
    (WAL, ``synchronous=FULL``), and again with ``synchronous=NORMAL`` to show what the per-round
@@ -462,7 +462,7 @@ def bench_build(config: Config, rendered: Rendered, messages: int, runs: int) ->
             template.build(recipient, fixed_date)
         return time.perf_counter() - wall, time.process_time() - cpu
 
-    # The whole per-recipient step as the runner does it: checks, token, Recipient, build.
+    # The whole per-recipient step as a sender thread does it: token, Recipient, build, hand to the transport.
     runner = CampaignRunner(None, config, campaign, template, DiscardTransport(), SECRET,  # type: ignore[arg-type]
                             SendSettings(1, None, 1, 1))
     rows = [(index, f"reader{index}@example.org", f"Reader {index}") for index in range(1, messages + 1)]
@@ -471,7 +471,7 @@ def bench_build(config: Config, rendered: Rendered, messages: int, runs: int) ->
         gc.collect()
         wall, cpu = time.perf_counter(), time.process_time()
         for subscriber_id, email, name in rows:
-            runner._message(subscriber_id, email, name)
+            runner._deliver(subscriber_id, email, name, 0)
         return time.perf_counter() - wall, time.process_time() - cpu
 
     build_only(None)  # warm-up
@@ -856,7 +856,7 @@ def table(result: dict[str, Any]) -> str:
         ]
         for key, label in (("build", "MessageTemplate.build"),
                            ("build_fixed_date", "  same, Date passed in (no now() per message)"),
-                           ("per_recipient", "CampaignRunner._message (token+checks+build)")):
+                           ("per_recipient", "CampaignRunner._deliver (token+build+discard)")):
             row = b[key]
             lines.append(f"   {label:44} {row['median_rate']:>9,.0f} {row['min_rate']:>9,.0f} {row['max_rate']:>9,.0f} "
                          f"{row['us_per_msg']:>8.0f} {row['cpu_median_rate'] or 0:>10,.0f}")
@@ -880,8 +880,9 @@ def table(result: dict[str, Any]) -> str:
                 f"{v['median_msg_per_cpu_s']:>9,.0f}"
             )
         first = next(iter(c["variants"].values()))
-        lines.append(f"   target >= {TARGET_BUILD:,.0f} msg/s (as shipped: {next(iter(c['variants']))}): "
-                     f"{mark(first['median_rate'] >= TARGET_BUILD)}")
+        lines.append(f"   target >= {TARGET_BUILD:,.0f} msg/s on one core (as shipped: {next(iter(c['variants']))}, "
+                     f"messages per CPU-second): {mark(first['median_msg_per_cpu_s'] >= TARGET_BUILD)}; "
+                     f"the wall rate waits on the ledger's fsync")
         lines.append("   'in commit': wall time of the main loop inside the per-round ledger transaction, share of the run;")
         lines.append("   'CPU cores': process CPU / wall (the median run); 'msg/CPU-s': messages per second of process CPU")
     if "million" in result:
@@ -955,7 +956,7 @@ def table(result: dict[str, Any]) -> str:
         lines += [
             "   middle = msg/s recorded in the ledger over the middle 80 % of the messages; total = handled / elapsed;",
             "   peak = most requests the stand-in had in flight; build / send CPU = worker-thread CPU per message in",
-            "   CampaignRunner._message / transport.send; send wall = wall time per send (50 ms of it is the answer",
+            "   CampaignRunner._deliver / transport.send; send wall = wall time per send (50 ms of it is the answer",
             "   delay); CPU = sender process CPU / wall, in cores (one GIL: ~1.0 is the ceiling for Python code)",
             f"   target >= {TARGET_SES:,.0f} msg/s sustained through SesTransport: {mark(best >= TARGET_SES)} (best {best:,.0f})",
         ]

@@ -735,7 +735,7 @@ def test_a_session_the_server_dropped_while_idle_is_reopened(smtp_server) -> Non
 
     from pipeline.transports import Envelope, SmtpTransport
 
-    server = smtp_server(server_kwargs={"timeout": 1})
+    server = smtp_server(timeout=1)
     transport = SmtpTransport("127.0.0.1", server.port, "none", "", "", 10)
     try:
         for number in range(3):
