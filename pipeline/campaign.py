@@ -497,27 +497,13 @@ class CampaignRunner:
 
     def stop_on_signals(self, signals: tuple[signal.Signals, ...]) -> Callable[[], None]:
         """First Ctrl-C (or SIGTERM): finish what is in flight, record it, stop. The second one: stop now."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in signals}
 
-        def handler(signum: int, frame: object) -> None:
-            if self.interrupted:
-                # Stop now, as a crash would: committed rows stand, rows in flight are "unknown".
-                os.write(2, b"\nstopped at once; run `newsletter send` again to resume\n")
-                os._exit(130)
+        def first() -> None:
             # Only a flag: taking a lock here (Event.set) deadlocks if the signal lands while the
             # main thread holds that lock. The loop turns the flag into a stop within one round.
             self.interrupted = True
 
-        for sig in previous:
-            signal.signal(sig, handler)
-
-        def restore() -> None:
-            for sig, action in previous.items():
-                signal.signal(sig, action)
-
-        return restore
+        return on_stop_signals(signals, first)
 
     def _next_recipients(self, after: int, limit: int) -> list[sqlite3.Row]:
         share, shares = self.partition or (0, 1)
@@ -580,6 +566,33 @@ class CampaignRunner:
             except TransportError as error:
                 return Outcome(subscriber_id, "fatal", attempts + attempt, error=str(error))
         raise AssertionError("unreachable")
+
+
+def on_stop_signals(signals: tuple[signal.Signals, ...], first: Callable[[], None]) -> Callable[[], None]:
+    """On the first of ``signals``, call ``first`` (on the main thread, between two bytecodes: it
+    must take no lock); on the second, end the process at once, as a crash would: committed rows
+    stand, rows in flight are "unknown". Returns what puts the previous handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    stopping = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if stopping:
+            os.write(2, b"\nstopped at once; run `newsletter send` again to resume\n")
+            os._exit(130)
+        stopping = True
+        first()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, action in previous.items():
+            signal.signal(sig, action)
+
+    return restore
 
 
 def close_campaign(

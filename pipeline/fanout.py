@@ -27,13 +27,23 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 from dataclasses import replace
 from typing import Any
 
-from .campaign import Campaign, CampaignRunner, Outcome, Reporter, SendSettings, SilentReporter, Summary, close_campaign
+from .campaign import (
+    Campaign,
+    CampaignRunner,
+    Outcome,
+    Reporter,
+    SendSettings,
+    SilentReporter,
+    Summary,
+    close_campaign,
+    on_stop_signals,
+)
 from .config import Config
 from .db import open_db
 from .errors import CampaignError, NewsletterError
@@ -79,7 +89,9 @@ def run_in_processes(
     )
     senders = _Senders(config, campaign, template, secret, share_settings, processes)
     started = time.monotonic()
-    restore = _forward_signals(senders)
+    # First Ctrl-C or SIGTERM: ask every sender to finish what is in flight. The second: stop now
+    # (the senders die with us, PR_SET_PDEATHSIG: a crash, which the ledger survives).
+    restore = on_stop_signals((signal.SIGINT, signal.SIGTERM), senders.stop)
     try:
         try:
             senders.start()
@@ -221,31 +233,6 @@ def _sigint_ignored_by_children() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-def _forward_signals(senders: _Senders) -> Callable[[], None]:
-    """First Ctrl-C or SIGTERM: ask every sender to finish what is in flight. The second: stop now."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    asked = False
-
-    def handler(signum: int, frame: object) -> None:
-        nonlocal asked
-        if asked:
-            os.write(2, b"\nstopped at once; run `newsletter send` again to resume\n")
-            os._exit(130)  # the senders die with us: a crash, which the ledger survives
-        asked = True
-        senders.stop()
-
-    for sig in previous:
-        signal.signal(sig, handler)
-
-    def restore() -> None:
-        for sig, action in previous.items():
-            signal.signal(sig, action)
-
-    return restore
 
 
 class _PipeReporter:
