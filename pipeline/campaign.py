@@ -12,13 +12,13 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import queue
 import random
 import signal
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-import queue
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -29,8 +29,8 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from multiprocessing.connection import Connection, wait
 from dataclasses import replace
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from .campaign import (

@@ -368,7 +368,7 @@ class SesTransport:
             )
             if isinstance(parsed.get("Error"), dict):
                 return parsed
-        except Exception:  # noqa: BLE001 - whatever the body, the status code still says what happened
+        except Exception:  # noqa: BLE001, S110 - whatever the body, the status code still says what happened
             pass
         text = " ".join(bytes(response.content[:200]).decode("utf-8", "replace").split())
         return {"Error": {"Code": str(response.status_code), "Message": text},
