@@ -44,17 +44,13 @@ from pipeline.errors import NewsletterError
 from pipeline.render import (
     compile_mjml,
     inline_css,
+    inline_stylesheet,
     markdown_stage,
     render_mjml,
     render_text,
     template_context,
 )
 from pipeline.source import available_numbers, read_issue
-
-try:  # since f2c2403 the inlined stylesheet is read from the templates and passed in
-    from pipeline.render import inline_stylesheet
-except ImportError:  # pragma: no cover - older pipeline
-    inline_stylesheet = None
 
 LARGE_SAMPLE = 2
 TARGET_MS = 100.0
@@ -76,7 +72,8 @@ PACKAGES = ("mjml-python", "premailer", "cssutils", "lxml", "markdown-it-py", "h
 # ---------------------------------------------------------------- the machine
 
 
-def machine() -> dict[str, Any]:
+def machine(packages: tuple[str, ...] = PACKAGES) -> dict[str, Any]:
+    """The CPU, cores, Python and the versions of ``packages``: what a figure needs next to it."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -90,7 +87,7 @@ def machine() -> dict[str, Any]:
     except AttributeError:
         usable = os.cpu_count()
     versions = {}
-    for name in PACKAGES:
+    for name in packages:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -195,10 +192,7 @@ def staged(config: Config, number: int) -> tuple[dict[str, tuple[float, float]],
     watch.lap("template")
     compiled = compile_mjml(source)
     watch.lap("mjml")
-    if inline_stylesheet is not None:
-        inline_css(compiled, inline_stylesheet(config.paths.templates))
-    else:
-        inline_css(compiled)
+    inline_css(compiled, inline_stylesheet(config.paths.templates))
     watch.lap("inline_css")
     render_text(config.paths.templates, context)
     watch.lap("text")

@@ -41,7 +41,6 @@ import gc
 import io
 import json
 import os
-import platform
 import pstats
 import resource
 import shutil
@@ -53,19 +52,20 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a fresh clone without `pip install -e`
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_build import machine as machine_and_packages
 
 from pipeline.campaign import (
     Campaign,
     CampaignRunner,
     Outcome,
     SendSettings,
+    Summary,
     content_hash,
     delivery_key,
     prepare_campaign,
@@ -93,34 +93,7 @@ PACKAGES = ("boto3", "botocore", "urllib3")
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "sqlite": sqlite3.sqlite_version,
-        "packages": versions,
-    }
+    return {**machine_and_packages(PACKAGES), "sqlite": sqlite3.sqlite_version}
 
 
 def commit_cost(folder: Path, commits: int = 300) -> dict[str, float]:
@@ -364,18 +337,9 @@ def run_campaign(
         main_profile.disable()
     main_cpu, cpu = time.thread_time() - main_cpu, time.process_time() - cpu
     result = {
-        "queued": preparation.queued,
+        **outcome_figures(preparation.queued, summary, timeline, cpu),
         "prepare_s": round(prepared, 3),
-        "status": summary.status,
-        "reason": summary.reason,
-        "counts": summary.counts,
-        "handled": summary.handled,
-        "elapsed_s": round(summary.elapsed, 3),
-        "rate": round(summary.rate, 1),
-        "middle_rate": round(timeline.middle_rate() or 0.0, 1),
-        "process_cpu_s": round(cpu, 3),
         "main_thread_cpu_s": round(main_cpu, 3),
-        "cpu_cores_busy": round(cpu / summary.elapsed, 2) if summary.elapsed else 0.0,
         "probe": probe.report(summary.handled),
     }
     if profile:
@@ -403,8 +367,13 @@ def run_campaign_processes(db: sqlite3.Connection, config: Config, rendered: Ren
                                processes, timeline)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = time.process_time() - cpu + (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    return {**outcome_figures(preparation.queued, summary, timeline, cpu), "probe": None}
+
+
+def outcome_figures(queued: int, summary: Summary, timeline: Timeline, cpu: float) -> dict[str, Any]:
+    """What one campaign run gives, however it was run: counts, rates, CPU."""
     return {
-        "queued": preparation.queued,
+        "queued": queued,
         "status": summary.status,
         "reason": summary.reason,
         "counts": summary.counts,
@@ -414,7 +383,6 @@ def run_campaign_processes(db: sqlite3.Connection, config: Config, rendered: Ren
         "middle_rate": round(timeline.middle_rate() or 0.0, 1),
         "process_cpu_s": round(cpu, 3),
         "cpu_cores_busy": round(cpu / summary.elapsed, 2) if summary.elapsed else 0.0,
-        "probe": None,
     }
 
 

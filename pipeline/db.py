@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,7 +117,12 @@ MIGRATIONS: list[str] = [
 
 
 def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return stamp_at(time.time())
+
+
+def stamp_at(seconds: float) -> str:
+    """How every time is stored: UTC, ISO 8601, to the second."""
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
 
 
 def open_db(state_dir: Path) -> sqlite3.Connection:

@@ -29,7 +29,7 @@ from .config import Config
 from .db import now, open_db, transaction
 from .errors import EventsError, NotificationDeferred, NotificationRejected
 from .sns import SnsVerifier
-from .subscribers import ascii_address, set_status
+from .subscribers import ascii_address, find, set_status
 
 log = logging.getLogger("pipeline.events")
 
@@ -171,7 +171,7 @@ def _find_recipient(db: sqlite3.Connection, reported: str) -> sqlite3.Row | None
     if "@" not in address:
         return None
     key = address.casefold()
-    row: sqlite3.Row | None = db.execute("SELECT * FROM subscribers WHERE email_key = ?", (key,)).fetchone()
+    row = find(db, address)
     if row is not None or "xn--" not in key:
         return row
     # SES reports an internationalised domain in punycode; we store it as the subscriber wrote it.

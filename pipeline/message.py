@@ -144,30 +144,30 @@ def recipient_for(
 ) -> Recipient:
     """One subscriber's values. The token signs the address as stored (what the unsubscribe
     endpoint will verify); headers get its ASCII form (an internationalised domain in punycode)."""
-    check_header_value(email, "address")
+    address = header_address(email)
     check_header_value(name, "name")
     token = make_token(secret, "unsubscribe", subscriber_id, email)
+    return Recipient(address, name, f"{config.public_url}/unsubscribe/{token}", message_id)
+
+
+def header_address(email: str) -> str:
+    """The form an address takes in headers and envelopes: checked, its domain in ASCII (punycode)."""
+    check_header_value(email, "address")
     try:
-        header_address = ascii_address(email)
+        return ascii_address(email)
     except ValueError as error:
         raise NewsletterError(str(error)) from None
-    return Recipient(header_address, name, f"{config.public_url}/unsubscribe/{token}", message_id)
 
 
 def service_message(
-    config: Config, *, email: str, name: str, subject: str, text: str, html: str, date: dt.datetime
+    config: Config, *, email: str, subject: str, text: str, html: str, date: dt.datetime
 ) -> tuple[str, bytes]:
-    """A one-off message of the web service (confirm your subscription) to one address:
-    returns the envelope recipient (ASCII) and the message bytes. Refuses header injection."""
-    check_header_value(email, "address")
-    check_header_value(name, "name")
-    try:
-        address = ascii_address(email)
-    except ValueError as error:
-        raise NewsletterError(str(error)) from None
-    to = formataddr((name, address)) if name else address
+    """A one-off message of the web service (confirm your subscription) to one address, without
+    a name (whoever filled in the form chose it): returns the envelope recipient (ASCII) and the
+    message bytes. Refuses header injection."""
+    address = header_address(email)
     message = build_message(
-        config, to=to, subject=subject, html=html, text=text, date=date,
+        config, to=address, subject=subject, html=html, text=text, date=date,
         extra_headers={"Auto-Submitted": "auto-generated"},
     )
     return address, message_bytes(message)

@@ -88,14 +88,7 @@ def is_sns_certificate_url(url: str) -> bool:
     :func:`is_sns_host`), path ``/SimpleNotificationService-<hex>.pem``, no query or fragment."""
     if not is_sns_host(url):
         return False
-    parts = urlsplit(url)
-    return (
-        _CERTIFICATE_PATH.fullmatch(parts.path) is not None
-        and not parts.query
-        and not parts.fragment
-        and "?" not in url
-        and "#" not in url
-    )
+    return _CERTIFICATE_PATH.fullmatch(urlsplit(url).path) is not None and "?" not in url and "#" not in url
 
 
 def http_get(url: str) -> bytes:

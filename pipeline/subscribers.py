@@ -13,7 +13,7 @@ from typing import IO
 
 from email_validator import EmailNotValidError, validate_email
 
-from .db import now, transaction
+from .db import now, stamp_at, transaction
 from .errors import SubscriberError
 
 STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
@@ -285,17 +285,12 @@ class Signup:
 
     subscriber_id: int
     email: str
-    name: str
     status: str
     """The status before: "new" for an address that was not on the list (now pending)."""
     mail: str | None
     """"confirm" (new, pending or coming back after unsubscribing), "already" (active), or None."""
     previous_sent_at: str | None
     """confirmation_sent_at before this request: put back if the mail cannot be sent."""
-
-
-def stamp_at(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
 
 
 def _seconds(stamp: str | None) -> float | None:
@@ -318,7 +313,7 @@ def request_signup(
             # Added at the moment its link is sent: the link is then not older than the status.
             subscriber_id = _insert(db, email, name, "pending", source, stamp=sent_at)
             db.execute("UPDATE subscribers SET confirmation_sent_at = ? WHERE id = ?", (sent_at, subscriber_id))
-            return Signup(subscriber_id, email, name, "new", "confirm", None)
+            return Signup(subscriber_id, email, "new", "confirm", None)
         status, previous = row["status"], row["confirmation_sent_at"]
         mail = {"pending": "confirm", "unsubscribed": "confirm", "active": "already"}.get(status)
         last = _seconds(previous)
@@ -326,7 +321,7 @@ def request_signup(
             mail = None
         if mail:
             db.execute("UPDATE subscribers SET confirmation_sent_at = ? WHERE id = ?", (sent_at, row["id"]))
-        return Signup(row["id"], row["email"], row["name"], status, mail, previous)
+        return Signup(row["id"], row["email"], status, mail, previous)
 
 
 def undo_signup_mail(db: sqlite3.Connection, signup: Signup, at: float) -> None:
@@ -343,30 +338,27 @@ def by_id(db: sqlite3.Connection, subscriber_id: int) -> sqlite3.Row | None:
     return row
 
 
-def confirm_outcome(row: sqlite3.Row, sent_at: float | None = None) -> str:
+def confirm_outcome(row: sqlite3.Row, sent_at: float) -> str:
     """What confirming this subscriber would do, changing nothing: "confirm", "already" (active),
     "refused" (bounced or complained: only the editor may restore them) or "stale".
 
     ``sent_at`` is when the link being used was sent (signed into it). Only the latest link works
     (its time is ``confirmation_sent_at``), and only when nothing happened to the subscriber since it
     was sent: an old link must not undo a later unsubscribe, even after a stranger typed the address in
-    again. Without ``sent_at`` only the second rule is applied, to an unsubscribed subscriber."""
+    again."""
     status = row["status"]
     if status == "active":
         return "already"
     if status in ("bounced", "complained"):
         return "refused"
     asked, changed = _seconds(row["confirmation_sent_at"]), _seconds(row["status_changed_at"])
-    if sent_at is not None:
-        if asked is None or int(sent_at) != int(asked) or changed is None or sent_at < changed:
-            return "stale"
-    elif status == "unsubscribed" and (asked is None or changed is None or asked < changed):
+    if asked is None or int(sent_at) != int(asked) or changed is None or sent_at < changed:
         return "stale"
     return "confirm"
 
 
 def confirm(
-    db: sqlite3.Connection, subscriber_id: int, cause: str = "confirmed by link", *, sent_at: float | None = None
+    db: sqlite3.Connection, subscriber_id: int, cause: str = "confirmed by link", *, sent_at: float
 ) -> str:
     """Activate a subscriber whose confirmation link checked out. Returns what happened:
     "confirmed", "already" (active before), "refused" (bounced or complained), "stale" (a link

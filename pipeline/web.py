@@ -418,7 +418,6 @@ class Service:
         recipient, data = service_message(
             config,
             email=signup.email,
-            name="",
             subject=subject,
             text=self.render(f"{template}.txt", **values),
             html=self.render(f"{template}.html", **values),
