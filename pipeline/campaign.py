@@ -589,6 +589,10 @@ def on_stop_signals(signals: tuple[signal.Signals, ...], first: Callable[[], Non
         signal.signal(sig, handler)
 
     def restore() -> None:
+        if stopping:
+            # Stopping already: the process is on its way out, and a second Ctrl-C that lands while
+            # it prints the summary must still mean "now", not a KeyboardInterrupt.
+            return
         for sig, action in previous.items():
             signal.signal(sig, action)
 

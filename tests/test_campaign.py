@@ -289,3 +289,29 @@ def test_a_stop_signal_never_waits_for_a_lock_the_loop_may_hold() -> None:
     except subprocess.TimeoutExpired:
         pytest.fail("the SIGTERM handler deadlocked on a lock the main thread held")
     assert result.returncode == 0, result.stderr
+
+
+SECOND_STOP_AFTER_THE_RUN = """
+import os, signal, sys, time
+from pipeline.campaign import on_stop_signals
+restore = on_stop_signals((signal.SIGINT,), lambda: None)
+os.kill(os.getpid(), signal.SIGINT)   # the first Ctrl-C: the run stops gracefully and returns
+time.sleep(0.05)
+restore()                             # the run is over; the summary is being printed
+os.kill(os.getpid(), signal.SIGINT)   # the second Ctrl-C lands now
+time.sleep(1)
+sys.exit(0)
+"""
+
+
+def test_a_second_ctrl_c_after_a_graceful_stop_still_stops_at_once() -> None:
+    """Seen in a fresh clone's test run: the pause was recorded within 0.15 s, the handlers were put
+    back, and the second Ctrl-C became a KeyboardInterrupt (exit -2) instead of "stopped at once"."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", SECOND_STOP_AFTER_THE_RUN], capture_output=True, text=True,
+                            timeout=20, check=False)
+    assert result.returncode == 130, result.stderr
+    assert "stopped at once" in result.stderr
+    assert "Traceback" not in result.stderr
