@@ -5,10 +5,10 @@
     .venv/bin/python bench/bench_build.py --json       # machine-readable results on stdout
     .venv/bin/python bench/bench_build.py --profile    # also print a cProfile of the whole build
 
-"Whole build" is ``pipeline.build.build_issue``: read + parse the source, render
+"Whole build" is ``pipeline.issue.build.build_issue``: read + parse the source, render
 (Markdown, Jinja/MJML, MJML compile, CSS inlining, plain text), personalise for
 the sample recipient and build the MIME message. Nothing is written to disk.
-The stage split times the render stages of ``pipeline.render`` one by one on
+The stage split times the render stages of ``pipeline.issue.render`` one by one on
 the same issue, in a separate pass of each run. The project's target is a whole
 build of a 6,000-word issue under 100 ms. See bench/README.md for the figures.
 """
@@ -38,10 +38,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a fresh clone without `pip install -e`
 
-from pipeline.build import build_issue, sample_message
+from pipeline.issue.build import build_issue, sample_message
 from pipeline.config import Config, load_config
 from pipeline.errors import NewsletterError
-from pipeline.render import (
+from pipeline.issue.render import (
     compile_mjml,
     inline_css,
     inline_stylesheet,
@@ -50,7 +50,7 @@ from pipeline.render import (
     render_text,
     template_context,
 )
-from pipeline.source import available_numbers, read_issue
+from pipeline.issue.source import available_numbers, read_issue
 
 LARGE_SAMPLE = 2
 TARGET_MS = 100.0

@@ -60,7 +60,7 @@ sys.path.insert(0, str(REPO))  # run from a fresh clone without `pip install -e`
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_build import machine as machine_and_packages
 
-from pipeline.campaign import (
+from pipeline.send.campaign import (
     Campaign,
     CampaignRunner,
     Outcome,
@@ -72,11 +72,11 @@ from pipeline.campaign import (
 )
 from pipeline.config import Config, load_config
 from pipeline.db import DB_NAME, open_db
-from pipeline.message import MessageTemplate, Recipient, sender_domain
-from pipeline.render import Rendered, render_issue
-from pipeline.source import read_issue
-from pipeline.tokens import make_token
-from pipeline.transports import DiscardTransport, Transport
+from pipeline.send.message import MessageTemplate, Recipient, sender_domain
+from pipeline.issue.render import Rendered, render_issue
+from pipeline.issue.source import read_issue
+from pipeline.audience.tokens import make_token
+from pipeline.send.transports import DiscardTransport, Transport
 
 ISSUE = 2
 SECRET = b"bench-secret-0123456789abcdef"
@@ -355,7 +355,7 @@ def run_campaign_processes(db: sqlite3.Connection, config: Config, rendered: Ren
     their threads are in other processes; CPU is this process's plus the senders' (RUSAGE_CHILDREN)."""
     import resource
 
-    from pipeline.fanout import run_in_processes
+    from pipeline.send.fanout import run_in_processes
 
     preparation = prepare_campaign(db, ISSUE, content_hash(rendered), transport)
     transport.close()  # each sender process opens its own
@@ -680,7 +680,7 @@ def ses_send_cost(config: Config, rendered: Rendered, impl: str, sends: int) -> 
     """CPU per SesTransport.send on one thread (no other threads, stand-in answers at once)."""
     from ses_standin import StandIn
 
-    from pipeline.transports import Envelope, SesTransport
+    from pipeline.send.transports import Envelope, SesTransport
 
     data = MessageTemplate(config, rendered).build(
         Recipient("reader1@example.org", "Reader 1", f"{config.public_url}/unsubscribe/1.x", "<1@example.org>"))
@@ -707,11 +707,11 @@ def bench_ses(config: Config, rendered: Rendered, work: Path, subscribers: int, 
               concurrencies: list[int], impl: str, profile: bool, process_counts: list[int]) -> dict[str, Any]:
     from ses_standin import StandIn
 
-    from pipeline.transports import SesTransport
+    from pipeline.send.transports import SesTransport
 
     try:
-        from pipeline.sending import send_rate
-    except ImportError:  # pipeline.sending pulls in the whole CLI (archive, link checks); the rule is this:
+        from pipeline.publish import send_rate
+    except ImportError:  # pipeline.publish pulls in the whole CLI (archive, link checks); the rule is this:
         def send_rate(config: Config, transport: Any, dry_run: bool) -> float | None:
             account = transport.max_rate()
             return min(config.send.max_rate, account) if account else config.send.max_rate

@@ -9,12 +9,12 @@ from typing import NoReturn, Self
 
 import click
 
-from . import __version__
-from .build import build_issue, write_build
-from .check import Problem
-from .config import Config, load_config
-from .errors import CheckFailed, NewsletterError
-from .files import display_path
+from pipeline import __version__
+from pipeline.issue.build import build_issue, write_build
+from pipeline.check.content import Problem
+from pipeline.config import Config, load_config
+from pipeline.errors import CheckFailed, NewsletterError
+from pipeline.files import display_path
 
 ISSUE = click.argument("number", metavar="N", type=click.IntRange(min=1))
 
@@ -85,7 +85,7 @@ OFFLINE = click.option("--offline", is_flag=True, help="Do not check links over 
 @click.pass_context
 def check(ctx: click.Context, number: int, offline: bool) -> None:
     """Validate issue N and its config, build it, check its links, and fail on what would break it in an inbox."""
-    from .build import check_issue
+    from pipeline.issue.build import check_issue
 
     config = _config(ctx)
     with LinkProgress() as progress:
@@ -137,7 +137,7 @@ def _report_problems(source: Path, problems: list[Problem], links: int) -> str:
 @click.pass_context
 def preview(ctx: click.Context, number: int, port: int, open_browser: bool) -> None:
     """Serve issue N at phone and desktop width, rebuilding when the source or a template changes."""
-    from .preview import serve_preview
+    from pipeline.preview import serve_preview
 
     serve_preview(_config(ctx), number, port=port, open_browser=open_browser)
 
@@ -177,10 +177,10 @@ def send(
     offline: bool,
 ) -> None:
     """Check issue N, then send it to every active subscriber (or resume its campaign); archive it when done."""
-    from .campaign import Plan
-    from .progress import ProgressBar
-    from .sending import SendOptions, checked, send_issue, send_test
-    from .transports import Transport
+    from pipeline.send.campaign import Plan
+    from pipeline.progress import ProgressBar
+    from pipeline.publish import SendOptions, checked, send_issue, send_test
+    from pipeline.send.transports import Transport
 
     config = _config(ctx)
     options = SendOptions(
@@ -229,7 +229,7 @@ def send(
         f"{summary.handled:,} handled in {summary.elapsed:.1f}s ({summary.rate:.1f}/s)"
     )
     if summary.status != "done":
-        from .errors import CampaignPaused
+        from pipeline.errors import CampaignPaused
 
         raise CampaignPaused(f"campaign paused: {summary.reason}; run `newsletter send {number}` to resume")
     if summary.reconciled:
@@ -249,7 +249,7 @@ def send(
 @click.pass_context
 def status(ctx: click.Context, number: int) -> None:
     """Show the progress of issue N's campaign (also while it runs)."""
-    from .sending import campaign_status
+    from pipeline.publish import campaign_status
 
     state = campaign_status(_config(ctx), number)
     if state.campaign is None:
@@ -277,7 +277,7 @@ def subscribers() -> None:
 
 
 def _db(ctx: click.Context):  # type: ignore[no-untyped-def]
-    from .db import open_db
+    from pipeline.db import open_db
 
     return open_db(_config(ctx).paths.state)
 
@@ -288,7 +288,7 @@ def _db(ctx: click.Context):  # type: ignore[no-untyped-def]
 @click.pass_context
 def subscribers_import(ctx: click.Context, csv_file: Path, force: bool) -> None:
     """Import subscribers from a CSV file with an 'email' (or 'Email Address') column."""
-    from .subscribers import describe, import_csv
+    from pipeline.audience.subscribers import describe, import_csv
 
     report = import_csv(_db(ctx), csv_file, force=force, source=f"import:{csv_file.name}")
     for line in describe(report):
@@ -301,7 +301,7 @@ def subscribers_import(ctx: click.Context, csv_file: Path, force: bool) -> None:
 @click.pass_context
 def subscribers_export(ctx: click.Context, status: str | None, output) -> None:  # type: ignore[no-untyped-def]
     """Export subscribers as CSV."""
-    from .subscribers import export_csv
+    from pipeline.audience.subscribers import export_csv
 
     count = export_csv(_db(ctx), output, status)
     if output is not sys.stdout:
@@ -315,7 +315,7 @@ def subscribers_export(ctx: click.Context, status: str | None, output) -> None: 
 @click.pass_context
 def subscribers_add(ctx: click.Context, email: str, name: str, status: str) -> None:
     """Add one subscriber."""
-    from .subscribers import add
+    from pipeline.audience.subscribers import add
 
     add(_db(ctx), email, name, status, source="cli")
     click.echo(f"added {email} ({status})")
@@ -326,7 +326,7 @@ def subscribers_add(ctx: click.Context, email: str, name: str, status: str) -> N
 @click.pass_context
 def subscribers_remove(ctx: click.Context, email: str) -> None:
     """Erase one subscriber and their history (for a deletion request)."""
-    from .subscribers import remove
+    from pipeline.audience.subscribers import remove
 
     remove(_db(ctx), email)
     click.echo(f"removed {email}")
@@ -336,7 +336,7 @@ def subscribers_remove(ctx: click.Context, email: str) -> None:
 @click.pass_context
 def subscribers_count(ctx: click.Context) -> None:
     """Count subscribers by status."""
-    from .subscribers import counts
+    from pipeline.audience.subscribers import counts
 
     found = counts(_db(ctx))
     for status, count in found.items():
@@ -349,7 +349,7 @@ def subscribers_count(ctx: click.Context) -> None:
 @click.pass_context
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
     """List subscribers: email, name, status, since."""
-    from .subscribers import listing
+    from pipeline.audience.subscribers import listing
 
     for row in listing(_db(ctx), status):
         click.echo(f"{row['email']}\t{row['name']}\t{row['status']}\t{row['status_changed_at']}")
@@ -360,7 +360,7 @@ def subscribers_list(ctx: click.Context, status: str | None) -> None:
 @click.pass_context
 def archive(ctx: click.Context, number: int) -> None:
     """Write issue N into the Markdown archive (with index and feed) and push it to archive.remote."""
-    from .sending import publish_archive
+    from pipeline.publish import publish_archive
 
     click.echo(f"archived: {publish_archive(_config(ctx), number)}")
 
@@ -371,7 +371,7 @@ def archive(ctx: click.Context, number: int) -> None:
 @click.pass_context
 def links(ctx: click.Context, number: int | None, whole_archive: bool) -> None:
     """Check the links of issue N over HTTP, or of every archived issue (--archive)."""
-    from .links_report import check_archive_links, check_issue_links
+    from pipeline.check.report import check_archive_links, check_issue_links
 
     config = _config(ctx)
     if whole_archive == (number is not None):
@@ -399,9 +399,9 @@ def errata() -> None:
 @click.pass_context
 def errata_add(ctx: click.Context, number: int, text: str, replace: tuple[str, str] | None) -> None:
     """Record a correction to issue N (which must have been sent)."""
-    from .build import campaign_state
-    from .errata import add_erratum
-    from .source import read_issue
+    from pipeline.issue.build import campaign_state
+    from pipeline.issue.errata import add_erratum
+    from pipeline.issue.source import read_issue
 
     config = _config(ctx)
     issue = read_issue(config.paths.issues, number)
@@ -415,7 +415,7 @@ def errata_add(ctx: click.Context, number: int, text: str, replace: tuple[str, s
 @click.pass_context
 def errata_list(ctx: click.Context) -> None:
     """List recorded errata: pending ones and where each was announced."""
-    from .errata import load_errata
+    from pipeline.issue.errata import load_errata
 
     for e in load_errata(_config(ctx)):
         where = f"announced in issue {e.announced_in}" if e.announced_in else "pending"
@@ -429,7 +429,7 @@ def errata_list(ctx: click.Context) -> None:
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the subscriber web service: sign-up, confirmation, unsubscribe, SES bounce/complaint webhook."""
-    from .web import serve as run_server
+    from pipeline.web.app import serve as run_server
 
     config = _config(ctx)
     run_server(config, host or config.serve.host, config.serve.port if port is None else port)
@@ -447,7 +447,7 @@ def events() -> None:
 @click.pass_context
 def events_pull(ctx: click.Context, wait_seconds: int, most: int | None) -> None:
     """Read SES notifications from the SQS queue (events.queue_url), apply them, then delete them."""
-    from .events import pull
+    from pipeline.events.apply import pull
 
     report = pull(_config(ctx), wait_seconds=wait_seconds, most=most)
     for line in report.lines():

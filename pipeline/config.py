@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from pipeline.errors import ConfigError
 
 CONFIG_ENV = "NEWSLETTER_CONFIG"
 CONFIG_NAME = "newsletter.toml"

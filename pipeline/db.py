@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import NewsletterError
+from pipeline.errors import NewsletterError
 
 DB_NAME = "newsletter.sqlite3"
 

@@ -27,10 +27,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .build import build_issue, check_build
-from .config import Config, load_config
-from .errors import NewsletterError, PreviewError
-from .source import issue_path
+from pipeline.issue.build import build_issue, check_build
+from pipeline.config import Config, load_config
+from pipeline.errors import NewsletterError, PreviewError
+from pipeline.issue.source import issue_path
 
 HOST = "127.0.0.1"  # never another interface: the preview shows unsent mail
 PHONE_WIDTH = 375

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import load_config
-from pipeline.render import render_issue
-from pipeline.source import available_numbers, read_issue
+from pipeline.issue.render import render_issue
+from pipeline.issue.source import available_numbers, read_issue
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"

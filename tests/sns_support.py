@@ -1,7 +1,7 @@
 """Signed SNS messages and a local certificate server, as SNS would send and serve them.
 
 The canonical string is built here from the AWS documentation on its own, not with
-``pipeline.sns.canonical_string``, so a mistake there makes the tests fail.
+``pipeline.events.sns.canonical_string``, so a mistake there makes the tests fail.
 """
 
 from __future__ import annotations

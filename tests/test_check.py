@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.build import build_issue, check_build
-from pipeline.check import Problem
+from pipeline.issue.build import build_issue, check_build
+from pipeline.check.content import Problem
 
 from .conftest import Newsletter
 

@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.check import Problem, check_rendered
+from pipeline.check.content import Problem, check_rendered
 from pipeline.config import Config, load_config
-from pipeline.markdown import Document
-from pipeline.render import Rendered, compile_mjml, render_issue, render_mjml, template_context
-from pipeline.source import read_issue
+from pipeline.issue.markdown import Document
+from pipeline.issue.render import Rendered, compile_mjml, render_issue, render_mjml, template_context
+from pipeline.issue.source import read_issue
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "this-week-in-rust"

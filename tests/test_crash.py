@@ -180,11 +180,11 @@ def ledger(newsletter: Newsletter, issue: int = 1) -> dict[str, set[int]]:
 
 def send_in_process(newsletter: Newsletter, transport: Any = None) -> Any:
     """Run issue 1's campaign with the library, as ``newsletter send 1`` would (``transport``: the maildir)."""
-    from pipeline.build import build_issue
-    from pipeline.campaign import CampaignRunner, SendSettings, content_hash, prepare_campaign
+    from pipeline.issue.build import build_issue
+    from pipeline.send.campaign import CampaignRunner, SendSettings, content_hash, prepare_campaign
     from pipeline.db import open_db
-    from pipeline.message import MessageTemplate
-    from pipeline.transports import MaildirTransport
+    from pipeline.send.message import MessageTemplate
+    from pipeline.send.transports import MaildirTransport
 
     config = newsletter.config()
     transport = transport or MaildirTransport(config.maildir)
@@ -713,7 +713,7 @@ def test_smtp_reply_lost_after_the_message_was_taken_is_not_sent_again(newslette
 
 
 def test_second_ctrl_c_just_after_a_hand_over_does_not_requeue_it(newsletter: Newsletter, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from pipeline.campaign import _Workers
+    from pipeline.send.campaign import _Workers
 
     handed_over = 0
     submit = _Workers.submit

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.archive import issue_markdown
-from pipeline.errata import Erratum, mark_announced
-from pipeline.source import read_issue
+from pipeline.archive.markdown import issue_markdown
+from pipeline.issue.errata import Erratum, mark_announced
+from pipeline.issue.source import read_issue
 
 from .conftest import Newsletter
 from .test_archive import (

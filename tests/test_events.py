@@ -23,9 +23,9 @@ import pytest
 
 from pipeline.db import DB_NAME, open_db
 from pipeline.errors import EventsError, NotificationDeferred, NotificationRejected
-from pipeline.events import Applied, PullReport, apply_notification, handle_sns, pull
-from pipeline.sns import DEFERRED_FETCH_SECONDS, SnsVerifier, http_get
-from pipeline.subscribers import add, set_status
+from pipeline.events.apply import Applied, PullReport, apply_notification, handle_sns, pull
+from pipeline.events.sns import DEFERRED_FETCH_SECONDS, SnsVerifier, http_get
+from pipeline.audience.subscribers import add, set_status
 
 from .conftest import Newsletter
 from .sns_support import (
@@ -345,7 +345,7 @@ def test_an_unsubscribe_confirmation_is_acknowledged_and_logged(
 ) -> None:
     message = confirmation(f"{server.url}/cert.pem", f"{server.url}/confirm", kind="UnsubscribeConfirmation")
     body = json.dumps(signer.sign(message, "2")).encode()
-    with caplog.at_level(logging.WARNING, logger="pipeline.events"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.events.apply"):
         assert handle_sns(db, verifier, body).outcome == "acknowledged"
     assert "unsubscribed this endpoint" in caplog.text
     assert server.requests == ["/cert.pem"]  # no GET of its SubscribeURL
@@ -637,20 +637,20 @@ def test_pull_accepts_any_topic_while_topic_arns_is_empty_but_says_so(
     add_readers(newsletter, "ada@example.org", "bob@example.org")
     queue.put(signed(signer, server, ses_bounce("ada@example.org"), topic="arn:aws:sns:us-east-1:1:any"))
     queue.put(signed(signer, server, ses_bounce("bob@example.org")))
-    with caplog.at_level(logging.WARNING, logger="pipeline.events"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.events.apply"):
         report = pull(newsletter.config(), wait_seconds=0, verifier=SnsVerifier(cert_host_allowed=server.allows))
     assert (report.received, report.applied) == (2, 2)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.events"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.events.apply"]
     assert len(warnings) == 1 and "[events] topic_arns is empty" in warnings[0], warnings
     # With a topic list: no warning, and only those topics.
     caplog.clear()
     queue.put(signed(signer, server, ses_bounce("ada@example.org"), topic="arn:aws:sns:us-east-1:1:any"))
-    with caplog.at_level(logging.WARNING, logger="pipeline.events"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.events.apply"):
         report = pull(
             newsletter.config(), wait_seconds=0, verifier=SnsVerifier(topic_arns=(TOPIC,), cert_host_allowed=server.allows)
         )
     assert report.rejected == 1
-    assert not [r for r in caplog.records if r.name == "pipeline.events"]
+    assert not [r for r in caplog.records if r.name == "pipeline.events.apply"]
 
 
 def test_pull_stops_after_most(

@@ -1,4 +1,4 @@
-"""One campaign sent by several processes (``[send] processes``, :mod:`pipeline.fanout`).
+"""One campaign sent by several processes (``[send] processes``, :mod:`pipeline.send.fanout`).
 
 Like ``test_crash.py``, each campaign test drives the real console script in a subprocess and
 stops it for real: kill -9 of the parent or of one sender, Ctrl-C as a terminal sends it (to
@@ -29,7 +29,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.fanout import MAX_AUTO_PROCESSES, MIN_RECIPIENTS_PER_PROCESS, sender_processes
+from pipeline.send.fanout import MAX_AUTO_PROCESSES, MIN_RECIPIENTS_PER_PROCESS, sender_processes
 
 from . import test_ses
 from .conftest import Newsletter
@@ -686,9 +686,9 @@ def test_sender_processes_rules(
     newsletter: Newsletter, monkeypatch: pytest.MonkeyPatch,
     transport: str, processes: int, cores: int | None, recipients: int, dry_run: bool, expected: int,
 ) -> None:
-    import pipeline.fanout
+    import pipeline.send.fanout
 
-    monkeypatch.setattr(pipeline.fanout.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(pipeline.send.fanout.os, "cpu_count", lambda: cores)
     config = _config(newsletter, transport, processes)
     assert sender_processes(config, recipients, dry_run=dry_run) == expected
 
@@ -775,11 +775,11 @@ class _StopOnThirdOutcome:
 def test_a_stop_that_lands_while_outcomes_are_recorded_is_reported_as_interrupted(newsletter: Newsletter) -> None:
     """What a sender process does (share 0 of 2, SIGTERM handler), with the SIGTERM arriving at a set moment:
     while the runner records outcomes, between rate-limited hand-overs (nothing in flight)."""
-    from pipeline.build import build_issue
-    from pipeline.campaign import CampaignRunner, SendSettings, content_hash, prepare_campaign
+    from pipeline.issue.build import build_issue
+    from pipeline.send.campaign import CampaignRunner, SendSettings, content_hash, prepare_campaign
     from pipeline.db import open_db
-    from pipeline.message import MessageTemplate
-    from pipeline.transports import MaildirTransport
+    from pipeline.send.message import MessageTemplate
+    from pipeline.send.transports import MaildirTransport
 
     from .test_crash import SECRET
 
@@ -810,7 +810,7 @@ def test_a_stop_that_lands_while_outcomes_are_recorded_is_reported_as_interrupte
 
 
 class _Child:
-    """Stands for a sender process in :class:`pipeline.fanout._Senders`: alive until signalled."""
+    """Stands for a sender process in :class:`pipeline.send.fanout._Senders`: alive until signalled."""
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(["sleep", "30"])
@@ -835,8 +835,8 @@ def test_a_sender_that_has_reported_its_end_is_not_signalled() -> None:
     import threading
     from multiprocessing import Pipe
 
-    from pipeline.campaign import SilentReporter
-    from pipeline.fanout import _Senders
+    from pipeline.send.campaign import SilentReporter
+    from pipeline.send.fanout import _Senders
 
     reporting, other = _Child(), _Child()
     senders = _Senders(None, None, None, b"", None, 2)  # type: ignore[arg-type]  # never started

@@ -27,11 +27,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from click.testing import CliRunner
 
-from pipeline import linkcheck
+from pipeline.check import links as linkcheck
 from pipeline.cli import main
 from pipeline.config import LinkSettings
 from pipeline.db import DB_NAME, open_db
-from pipeline.linkcheck import LinkResult, check_urls
+from pipeline.check.links import LinkResult, check_urls
 
 from .conftest import Newsletter
 

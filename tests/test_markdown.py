@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.markdown import Document, make_url_resolver, render_markdown
-from pipeline.source import parse_issue
+from pipeline.issue.markdown import Document, make_url_resolver, render_markdown
+from pipeline.issue.source import parse_issue
 
 BASE = "https://archive.example.org/tree/main"
 resolve = make_url_resolver(BASE, BASE + "/3.md")
@@ -109,7 +109,7 @@ def test_link_text_across_lines_and_line_of_empty_target() -> None:
 def test_fast_url_normalisation_matches_markdown_it() -> None:
     from markdown_it.common.normalize_url import normalizeLink
 
-    from pipeline.markdown import _ALREADY_NORMAL
+    from pipeline.issue.markdown import _ALREADY_NORMAL
 
     samples = [
         "https://example.org/a_b(c)?x=1&y=2#top", "1.md", "#news", "mailto:a@example.org", "HTTPS://Example.ORG/a",

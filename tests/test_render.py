@@ -4,9 +4,9 @@ import email
 import re
 from email import policy
 
-from pipeline.build import build_issue, write_build
-from pipeline.render import render_issue, sample_recipient
-from pipeline.source import read_issue
+from pipeline.issue.build import build_issue, write_build
+from pipeline.issue.render import render_issue, sample_recipient
+from pipeline.issue.source import read_issue
 
 from .conftest import REPO, Newsletter
 

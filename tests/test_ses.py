@@ -37,15 +37,15 @@ from pathlib import Path
 import boto3
 import pytest
 
-from pipeline.build import build_issue
-from pipeline.campaign import Campaign, content_hash, find_campaign
+from pipeline.issue.build import build_issue
+from pipeline.send.campaign import Campaign, content_hash, find_campaign
 from pipeline.db import DB_NAME, open_db
 from pipeline.errors import Rejected, TemporaryFailure, TransportUnavailable
-from pipeline.message import MessageTemplate, Recipient
-from pipeline.sending import send_rate
-from pipeline.subscribers import import_csv
-from pipeline.tokens import make_token, verify_token
-from pipeline.transports import Envelope, SesTransport, open_transport
+from pipeline.send.message import MessageTemplate, Recipient
+from pipeline.publish import send_rate
+from pipeline.audience.subscribers import import_csv
+from pipeline.audience.tokens import make_token, verify_token
+from pipeline.send.transports import Envelope, SesTransport, open_transport
 
 from .conftest import Newsletter
 from .fault_proxy import INTERNAL, THROTTLED, THROTTLING, Call, Fault, FaultProxy, rejected

@@ -31,11 +31,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from pipeline.build import build_issue
+from pipeline.issue.build import build_issue
 from pipeline.db import open_db
-from pipeline.message import MessageTemplate, Recipient
-from pipeline.subscribers import import_csv
-from pipeline.tokens import verify_token
+from pipeline.send.message import MessageTemplate, Recipient
+from pipeline.audience.subscribers import import_csv
+from pipeline.audience.tokens import verify_token
 
 from .conftest import Newsletter
 
@@ -733,7 +733,7 @@ def test_a_session_the_server_dropped_while_idle_is_reopened(smtp_server) -> Non
     come minutes apart on one kept connection. Here aiosmtpd closes sessions idle for 1 s."""
     import time
 
-    from pipeline.transports import Envelope, SmtpTransport
+    from pipeline.send.transports import Envelope, SmtpTransport
 
     server = smtp_server(timeout=1)
     transport = SmtpTransport("127.0.0.1", server.port, "none", "", "", 10)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pipeline.errors import NotificationDeferred, NotificationRejected
-from pipeline.sns import (
+from pipeline.events.sns import (
     DEFERRED_FETCH_SECONDS,
     FAILED_FETCH_SECONDS,
     SnsVerifier,
@@ -505,7 +505,7 @@ def test_rejections_are_logged(
 ) -> None:
     message = signer.sign(bounce(server))
     message["Message"] = "changed"
-    with caplog.at_level(logging.WARNING, logger="pipeline.sns"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.events.sns"):
         rejected(verifier, message)
-    assert [r.name for r in caplog.records] == ["pipeline.sns"]
+    assert [r.name for r in caplog.records] == ["pipeline.events.sns"]
     assert message["MessageId"] in caplog.text and "signature does not match" in caplog.text

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import SourceError
-from pipeline.source import parse_issue, read_issue
+from pipeline.issue.source import parse_issue, read_issue
 
 PATH = Path("issues/5.md")
 

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.db import MIGRATIONS, open_db
 from pipeline.errors import NewsletterError
-from pipeline.subscribers import SubscriberError, add, counts, export_csv, find, import_csv, remove
+from pipeline.audience.subscribers import SubscriberError, add, counts, export_csv, find, import_csv, remove
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from pipeline import web
-from pipeline.ratelimit import RateLimiter
-from pipeline.tokens import (
+from pipeline.web import app as web
+from pipeline.send.ratelimit import RateLimiter
+from pipeline.audience.tokens import (
     MissingSecret,
     load_secret,
     make_token,
@@ -15,7 +15,7 @@ from pipeline.tokens import (
     token_subscriber_id,
     verify_token,
 )
-from pipeline.web import MAX_TRACKED_KEYS, SlidingWindow, client_key
+from pipeline.web.app import MAX_TRACKED_KEYS, SlidingWindow, client_key
 
 SECRET = b"0123456789abcdef0123"
 

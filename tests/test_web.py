@@ -34,9 +34,9 @@ import pytest
 from pipeline.config import Config
 from pipeline.db import open_db, transaction
 from pipeline.errors import NotificationDeferred, ServeError
-from pipeline.subscribers import add, find, set_status
-from pipeline.tokens import make_token
-from pipeline.web import MAX_WEBHOOK_BYTES, bind, create_app, make_server, serve
+from pipeline.audience.subscribers import add, find, set_status
+from pipeline.audience.tokens import make_token
+from pipeline.web.app import MAX_WEBHOOK_BYTES, bind, create_app, make_server, serve
 
 from .conftest import Newsletter
 
@@ -181,7 +181,7 @@ def press_confirm(site: Site, link: str) -> httpx.Response:
 
 
 def test_sign_up_mails_a_confirmation_whose_link_activates(site: Site, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="pipeline.web")
+    caplog.set_level(logging.INFO, logger="pipeline.web.app")
     page = site.client.get(f"{site.url}/")
     assert page.status_code == 200 and 'action="/subscribe"' in page.text
     answer = site.sign_up("ada@example.org", "Ada Lovelace")
@@ -592,8 +592,8 @@ def test_forged_unsubscribe_links_change_nothing(site: Site) -> None:
 
 def send_issue_one(newsletter: Newsletter, monkeypatch: pytest.MonkeyPatch) -> None:
     """``newsletter send 1``, in process: the real campaign, into the maildir."""
-    from pipeline.build import build_issue
-    from pipeline.sending import SendOptions, send_issue
+    from pipeline.issue.build import build_issue
+    from pipeline.publish import SendOptions, send_issue
 
     monkeypatch.setenv("NEWSLETTER_SECRET", SECRET)
     newsletter.write_issue(1, "Hello, readers.\n")
@@ -649,7 +649,7 @@ def sns() -> Any:
 
 
 def test_webhook_applies_a_signed_bounce_once_and_refuses_forgeries(newsletter: Newsletter, sns: Any) -> None:
-    from pipeline.sns import SnsVerifier
+    from pipeline.events.sns import SnsVerifier
 
     signer = sns.Signer()
     cert_url = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
@@ -698,7 +698,7 @@ def test_webhook_applies_a_signed_bounce_once_and_refuses_forgeries(newsletter: 
 def test_webhook_refuses_every_message_while_topic_arns_is_empty(
     newsletter: Newsletter, sns: Any, caplog: pytest.LogCaptureFixture, verifier_given: bool
 ) -> None:
-    from pipeline.sns import SnsVerifier
+    from pipeline.events.sns import SnsVerifier
 
     signer = sns.Signer()
     cert_url = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
@@ -734,7 +734,7 @@ def test_webhook_refuses_every_message_while_topic_arns_is_empty(
 
 
 def test_webhook_checks_signatures_outside_the_database_lock(newsletter: Newsletter, sns: Any) -> None:
-    from pipeline.sns import SnsVerifier
+    from pipeline.events.sns import SnsVerifier
 
     signer = sns.Signer()
     known = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0a0a.pem"
@@ -778,7 +778,7 @@ def test_webhook_checks_signatures_outside_the_database_lock(newsletter: Newslet
 
 
 def test_webhook_answers_400_to_bodies_json_cannot_read(newsletter: Newsletter, sns: Any) -> None:
-    from pipeline.sns import SnsVerifier
+    from pipeline.events.sns import SnsVerifier
 
     verifier = SnsVerifier(topic_arns=(sns.TOPIC,), fetch=lambda url: b"")
     with running_site(newsletter, verifier=verifier) as site:

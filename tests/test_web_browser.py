@@ -30,7 +30,7 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Python Playwright is not installed (pip install -e '.[test]')"
 )
 
-from pipeline.subscribers import add
+from pipeline.audience.subscribers import add
 
 from .conftest import Newsletter
 from .test_web import link_in, list_unsubscribe, running_site, send_issue_one

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import make_msgid
 
-from .archive import archive_issue
-from .build import Build, CheckResult, check_issue
-from .campaign import (
+from pipeline.archive.markdown import archive_issue
+from pipeline.issue.build import Build, CheckResult, check_issue
+from pipeline.send.campaign import (
     Campaign,
     CampaignRunner,
     Plan,
@@ -26,16 +26,16 @@ from .campaign import (
     prepare_campaign,
     recent_rate,
 )
-from .config import Config
-from .db import open_db
-from .errata import mark_announced
-from .errors import CheckFailed, NewsletterError, NothingToSend
-from .fanout import run_in_processes, sender_processes
-from .message import MessageTemplate, recipient_for, sender_address, sender_domain
-from .mirror import sync_archive
-from .subscribers import check_address, find
-from .tokens import load_secret
-from .transports import Envelope, Transport, open_transport
+from pipeline.config import Config
+from pipeline.db import open_db
+from pipeline.issue.errata import mark_announced
+from pipeline.errors import CheckFailed, NewsletterError, NothingToSend
+from pipeline.send.fanout import run_in_processes, sender_processes
+from pipeline.send.message import MessageTemplate, recipient_for, sender_address, sender_domain
+from pipeline.archive.mirror import sync_archive
+from pipeline.audience.subscribers import check_address, find
+from pipeline.audience.tokens import load_secret
+from pipeline.send.transports import Envelope, Transport, open_transport
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .check import Problem, check_rendered, http_problems
-from .config import Config
-from .db import DB_NAME, open_db
-from .errata import errata_for, errata_html, load_errata
-from .files import write_atomically
-from .linkcheck import check_urls
-from .markdown import Link
-from .message import build_message, message_bytes
-from .render import Rendered, render_issue, sample_recipient
-from .source import read_issue
+from pipeline.check.content import Problem, check_rendered, http_problems
+from pipeline.config import Config
+from pipeline.db import DB_NAME, open_db
+from pipeline.issue.errata import errata_for, errata_html, load_errata
+from pipeline.files import write_atomically
+from pipeline.check.links import check_urls
+from pipeline.issue.markdown import Link
+from pipeline.send.message import build_message, message_bytes
+from pipeline.issue.render import Rendered, render_issue, sample_recipient
+from pipeline.issue.source import read_issue
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
 
-from .config import Config
-from .errors import MirrorError
+from pipeline.config import Config
+from pipeline.errors import MirrorError
 
 MIRROR_DIR = "archive-mirror"
 GENERATED = "newsletter-generated"
@@ -172,6 +172,6 @@ def _refresh_index(git: _Git, config: Config) -> None:
 
 
 def _write_index_files(config: Config, folder: Path) -> None:
-    from .archive import write_index
+    from pipeline.archive.markdown import write_index
 
     write_index(config, folder)

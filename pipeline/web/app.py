@@ -63,17 +63,17 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .config import Config
-from .db import open_db
-from .errors import (
+from pipeline.config import Config
+from pipeline.db import open_db
+from pipeline.errors import (
     NewsletterError,
     NotificationDeferred,
     NotificationRejected,
     ServeError,
     TransportUnavailable,
 )
-from .message import sender_address, service_message
-from .subscribers import (
+from pipeline.send.message import sender_address, service_message
+from pipeline.audience.subscribers import (
     Signup,
     by_id,
     check_address,
@@ -84,11 +84,11 @@ from .subscribers import (
     undo_signup_mail,
     unsubscribe,
 )
-from .tokens import load_secret, make_token, token_expiry, token_issued, token_subscriber_id, verify_token
-from .transports import Envelope, Transport, open_transport
+from pipeline.audience.tokens import load_secret, make_token, token_expiry, token_issued, token_subscriber_id, verify_token
+from pipeline.send.transports import Envelope, Transport, open_transport
 
 if TYPE_CHECKING:
-    from .sns import SnsVerifier
+    from pipeline.events.sns import SnsVerifier
 
 log = logging.getLogger(__name__)
 
@@ -548,7 +548,7 @@ class Service:
 
     def _webhook(self, body: bytes) -> Response:
         try:
-            from . import events
+            from pipeline.events import apply as events
         except ImportError as error:
             log.error("webhook: the events module cannot be loaded: %s", error)
             return PlainTextResponse("unavailable\n", 503)
@@ -589,7 +589,7 @@ class Service:
     def verifier(self) -> SnsVerifier:
         with self._verifier_lock:
             if self._verifier is None:
-                from .sns import SnsVerifier
+                from pipeline.events.sns import SnsVerifier
 
                 self._verifier = SnsVerifier(topic_arns=self.config.events.topic_arns)
             return self._verifier

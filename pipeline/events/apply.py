@@ -25,13 +25,13 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from .config import Config
-from .db import now, open_db, transaction
-from .errors import EventsError, NotificationDeferred, NotificationRejected
-from .sns import SnsVerifier
-from .subscribers import ascii_address, find, set_status
+from pipeline.config import Config
+from pipeline.db import now, open_db, transaction
+from pipeline.errors import EventsError, NotificationDeferred, NotificationRejected
+from pipeline.events.sns import SnsVerifier
+from pipeline.audience.subscribers import ascii_address, find, set_status
 
-log = logging.getLogger("pipeline.events")
+log = logging.getLogger(__name__)
 
 # Which current statuses each event may replace: nobody comes back to active, and only a complaint
 # (the stronger signal) overrides a bounce.

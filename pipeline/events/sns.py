@@ -30,9 +30,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .errors import NotificationDeferred, NotificationRejected
+from pipeline.errors import NotificationDeferred, NotificationRejected
 
-log = logging.getLogger("pipeline.sns")
+log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 10.0
 MAX_FETCH_BYTES = 64 * 1024

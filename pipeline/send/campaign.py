@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from .config import Config
-from .db import now, transaction
-from .errors import (
+from pipeline.config import Config
+from pipeline.db import now, transaction
+from pipeline.errors import (
     CampaignError,
     DeliveryUnknown,
     NewsletterError,
@@ -35,10 +35,10 @@ from .errors import (
     TransportError,
     TransportUnavailable,
 )
-from .message import MessageTemplate, recipient_for, sender_address, sender_domain
-from .ratelimit import RateLimiter, Unlimited
-from .render import Rendered
-from .transports import Envelope, Transport
+from pipeline.send.message import MessageTemplate, recipient_for, sender_address, sender_domain
+from pipeline.send.ratelimit import RateLimiter, Unlimited
+from pipeline.issue.render import Rendered
+from pipeline.send.transports import Envelope, Transport
 
 LEDGER_STATUSES = ("queued", "sending", "sent", "failed", "skipped")
 

@@ -15,7 +15,7 @@ from typing import Any
 import frontmatter
 import yaml
 
-from .errors import SourceError
+from pipeline.errors import SourceError
 
 REQUIRED_FIELDS = ("number", "title", "date")
 OPTIONAL_FIELDS = ("subject", "preheader", "author", "allow_html")

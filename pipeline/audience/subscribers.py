@@ -13,8 +13,8 @@ from typing import IO
 
 from email_validator import EmailNotValidError, validate_email
 
-from .db import now, stamp_at, transaction
-from .errors import SubscriberError
+from pipeline.db import now, stamp_at, transaction
+from pipeline.errors import SubscriberError
 
 STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
 # Who said no, or whose address failed: an import must not silently mail them again.

@@ -23,10 +23,10 @@ import mjml
 import premailer
 from markupsafe import Markup
 
-from .config import Config
-from .errors import RenderError
-from .markdown import Document, make_url_resolver, render_markdown
-from .source import Issue
+from pipeline.config import Config
+from pipeline.errors import RenderError
+from pipeline.issue.markdown import Document, make_url_resolver, render_markdown
+from pipeline.issue.source import Issue
 
 RECIPIENT_FIELDS = ("email", "unsubscribe_url")
 PLACEHOLDER = re.compile(r"%%(" + "|".join(RECIPIENT_FIELDS) + r")%%")

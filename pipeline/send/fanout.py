@@ -33,7 +33,7 @@ from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from .campaign import (
+from pipeline.send.campaign import (
     Campaign,
     CampaignRunner,
     Outcome,
@@ -44,11 +44,11 @@ from .campaign import (
     close_campaign,
     on_stop_signals,
 )
-from .config import Config
-from .db import open_db
-from .errors import CampaignError, NewsletterError
-from .message import MessageTemplate
-from .transports import open_transport
+from pipeline.config import Config
+from pipeline.db import open_db
+from pipeline.errors import CampaignError, NewsletterError
+from pipeline.send.message import MessageTemplate
+from pipeline.send.transports import open_transport
 
 # Below this many recipients, starting the processes (about a second) costs more than it saves.
 MIN_RECIPIENTS_PER_PROCESS = 250

@@ -22,9 +22,9 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedSeq
 
-from .config import Config
-from .errors import ErrataError
-from .files import write_atomically
+from pipeline.config import Config
+from pipeline.errors import ErrataError
+from pipeline.files import write_atomically
 
 ERRATA_FILE = "errata.yaml"
 FIELDS = ("id", "issue", "recorded", "text", "replace", "announced_in")

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from .linkcheck import LinkResult
-from .markdown import Link
-from .render import Rendered
+from pipeline.check.links import LinkResult
+from pipeline.issue.markdown import Link
+from pipeline.issue.render import Rendered
 
 Severity = Literal["error", "warning"]
 

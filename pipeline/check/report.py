@@ -6,15 +6,15 @@ import shlex
 from collections.abc import Callable
 from urllib.parse import unquote
 
-from .archive import archived_documents
-from .build import build_issue, checkable_links
-from .check import http_problems
-from .config import Config
-from .db import open_db
-from .errata import Erratum, load_errata
-from .files import display_path
-from .linkcheck import check_urls
-from .markdown import Link
+from pipeline.archive.markdown import archived_documents
+from pipeline.issue.build import build_issue, checkable_links
+from pipeline.check.content import http_problems
+from pipeline.config import Config
+from pipeline.db import open_db
+from pipeline.issue.errata import Erratum, load_errata
+from pipeline.files import display_path
+from pipeline.check.links import check_urls
+from pipeline.issue.markdown import Link
 
 Progress = Callable[[int, int], None]
 

@@ -11,11 +11,11 @@ from email.policy import SMTP
 from email.quoprimime import body_encode
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 
-from .config import Config
-from .errors import NewsletterError
-from .render import PLACEHOLDER, Rendered
-from .subscribers import ascii_address
-from .tokens import make_token
+from pipeline.config import Config
+from pipeline.errors import NewsletterError
+from pipeline.issue.render import PLACEHOLDER, Rendered
+from pipeline.audience.subscribers import ascii_address
+from pipeline.audience.tokens import make_token
 
 
 def sender_address(config: Config) -> str:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config import Config
-from .errors import DeliveryUnknown, Rejected, TemporaryFailure, TransportError, TransportUnavailable
+from pipeline.config import Config
+from pipeline.errors import DeliveryUnknown, Rejected, TemporaryFailure, TransportError, TransportUnavailable
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .config import LinkSettings
-from .db import transaction
+from pipeline.config import LinkSettings
+from pipeline.db import transaction
 
 USER_AGENT = "newsletter-pipeline link checker (+https://github.com/)"
 # Servers that refuse HEAD answer with one of these; GET tells the truth.

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 
-from .errors import MissingSecret
+from pipeline.errors import MissingSecret
 
 SECRET_ENV = "NEWSLETTER_SECRET"
 # Only for the local maildir transport: nothing leaves the machine, so links need not be unforgeable.

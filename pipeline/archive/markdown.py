@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from .config import Config
-from .errata import Erratum, corrections_of, errata_markdown, load_errata
-from .errors import ArchiveError
-from .files import write_atomically
-from .markdown import Document, make_url_resolver, render_markdown
-from .source import Issue, read_issue
+from pipeline.config import Config
+from pipeline.issue.errata import Erratum, corrections_of, errata_markdown, load_errata
+from pipeline.errors import ArchiveError
+from pipeline.files import write_atomically
+from pipeline.issue.markdown import Document, make_url_resolver, render_markdown
+from pipeline.issue.source import Issue, read_issue
 
 META = re.compile(r"^<!-- newsletter-archive: (\{.*\}) -->$", re.MULTILINE)
 ATOM = "http://www.w3.org/2005/Atom"
