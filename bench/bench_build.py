@@ -38,9 +38,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a fresh clone without `pip install -e`
 
-from pipeline.issue.build import build_issue, sample_message
 from pipeline.config import Config, load_config
 from pipeline.errors import NewsletterError
+from pipeline.issue.build import build_issue, sample_message
 from pipeline.issue.render import (
     compile_mjml,
     inline_css,
@@ -228,9 +228,7 @@ def summary(samples: list[tuple[float, float]]) -> dict[str, float]:
     }
 
 
-def measure(
-    config: Config, number: int, runs: int, warmup: int
-) -> tuple[dict[str, dict[str, float]], str]:
+def measure(config: Config, number: int, runs: int, warmup: int) -> tuple[dict[str, dict[str, float]], str]:
     for _ in range(warmup):
         whole(config, number)
         staged(config, number)
@@ -377,15 +375,11 @@ def table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--issue", type=int, help=f"issue number (default: {LARGE_SAMPLE}, the large sample)"
-    )
+    parser.add_argument("--issue", type=int, help=f"issue number (default: {LARGE_SAMPLE}, the large sample)")
     parser.add_argument("--config", type=Path, default=REPO / "newsletter.toml", help="newsletter.toml")
     parser.add_argument("--runs", type=int, default=30, help="timed runs (default 30)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
-    parser.add_argument(
-        "--npx-runs", type=int, default=5, help="runs of npx mjml, if installed (default 5)"
-    )
+    parser.add_argument("--npx-runs", type=int, default=5, help="runs of npx mjml, if installed (default 5)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of the whole build")
     args = parser.parse_args(argv)

@@ -60,6 +60,11 @@ sys.path.insert(0, str(REPO))  # run from a fresh clone without `pip install -e`
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_build import machine as machine_and_packages
 
+from pipeline.audience.tokens import make_token
+from pipeline.config import Config, load_config
+from pipeline.db import DB_NAME, open_db
+from pipeline.issue.render import Rendered, render_issue
+from pipeline.issue.source import read_issue
 from pipeline.send.campaign import (
     Campaign,
     CampaignRunner,
@@ -70,12 +75,7 @@ from pipeline.send.campaign import (
     delivery_key,
     prepare_campaign,
 )
-from pipeline.config import Config, load_config
-from pipeline.db import DB_NAME, open_db
 from pipeline.send.message import MessageTemplate, Recipient, sender_domain
-from pipeline.issue.render import Rendered, render_issue
-from pipeline.issue.source import read_issue
-from pipeline.audience.tokens import make_token
 from pipeline.send.transports import DiscardTransport, Transport
 
 ISSUE = 2
@@ -217,7 +217,13 @@ class Probe:
         def acc() -> dict[str, float]:
             found = getattr(local, "acc", None)
             if found is None:
-                found = local.acc = {"build_cpu": 0.0, "build_n": 0, "send_cpu": 0.0, "send_wall": 0.0, "send_n": 0}
+                found = local.acc = {
+                    "build_cpu": 0.0,
+                    "build_n": 0,
+                    "send_cpu": 0.0,
+                    "send_wall": 0.0,
+                    "send_n": 0,
+                }
                 registry.append(found)
                 if profile:
                     local.profile = cProfile.Profile()
@@ -347,8 +353,16 @@ def run_campaign(
     return result
 
 
-def run_campaign_processes(db: sqlite3.Connection, config: Config, rendered: Rendered, transport: Transport,
-                           settings: SendSettings, processes: int, *, step: int) -> dict[str, Any]:
+def run_campaign_processes(
+    db: sqlite3.Connection,
+    config: Config,
+    rendered: Rendered,
+    transport: Transport,
+    settings: SendSettings,
+    processes: int,
+    *,
+    step: int,
+) -> dict[str, Any]:
     """prepare_campaign + fanout.run_in_processes, as `newsletter send` runs an SES campaign on several cores.
 
     The sender processes open their own transport from ``config`` (the stand-in's endpoint). No probe:
@@ -363,10 +377,23 @@ def run_campaign_processes(db: sqlite3.Connection, config: Config, rendered: Ren
     gc.collect()
     cpu = time.process_time()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    summary = run_in_processes(db, config, preparation.campaign, MessageTemplate(config, rendered), SECRET, settings,
-                               processes, timeline)
+    summary = run_in_processes(
+        db,
+        config,
+        preparation.campaign,
+        MessageTemplate(config, rendered),
+        SECRET,
+        settings,
+        processes,
+        timeline,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = time.process_time() - cpu + (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    cpu = (
+        time.process_time()
+        - cpu
+        + (after.ru_utime + after.ru_stime)
+        - (children.ru_utime + children.ru_stime)
+    )
     return {**outcome_figures(preparation.queued, summary, timeline, cpu), "probe": None}
 
 
@@ -392,7 +419,9 @@ def format_profiles(main: cProfile.Profile | None, workers: list[cProfile.Profil
         out.write("=== main thread (CampaignRunner.run loop), sorted by own time ===\n")
         pstats.Stats(main, stream=out).strip_dirs().sort_stats("tottime").print_stats(limit)
     if workers:
-        out.write(f"=== {len(workers)} worker threads merged (CampaignRunner._deliver), sorted by own time ===\n")
+        out.write(
+            f"=== {len(workers)} worker threads merged (CampaignRunner._deliver), sorted by own time ===\n"
+        )
         stats = pstats.Stats(workers[0], stream=out)
         for other in workers[1:]:
             stats.add(other)
@@ -414,12 +443,14 @@ def bench_build(config: Config, rendered: Rendered, messages: int, runs: int) ->
     for index in range(1, messages + 1):
         email = f"reader{index}@example.org"
         token = make_token(SECRET, "unsubscribe", index, email)
-        recipients.append(Recipient(
-            email=email,
-            name=f"Zoë Ünal {index}" if index % 7 == 0 else f"Reader {index}",
-            unsubscribe_url=f"{config.public_url}/unsubscribe/{token}",
-            message_id=f"<{delivery_key(campaign, index)}.{digest[:10]}@{domain}>",
-        ))
+        recipients.append(
+            Recipient(
+                email=email,
+                name=f"Zoë Ünal {index}" if index % 7 == 0 else f"Reader {index}",
+                unsubscribe_url=f"{config.public_url}/unsubscribe/{token}",
+                message_id=f"<{delivery_key(campaign, index)}.{digest[:10]}@{domain}>",
+            )
+        )
     size = len(template.build(recipients[0]))
     date = dt.datetime.now(dt.UTC)
 
@@ -431,8 +462,15 @@ def bench_build(config: Config, rendered: Rendered, messages: int, runs: int) ->
         return time.perf_counter() - wall, time.process_time() - cpu
 
     # The whole per-recipient step as a sender thread does it: token, Recipient, build, hand to the transport.
-    runner = CampaignRunner(None, config, campaign, template, DiscardTransport(), SECRET,  # type: ignore[arg-type]
-                            SendSettings(1, None, 1, 1))
+    runner = CampaignRunner(
+        None,
+        config,
+        campaign,
+        template,
+        DiscardTransport(),
+        SECRET,  # type: ignore[arg-type]
+        SendSettings(1, None, 1, 1),
+    )
     rows = [(index, f"reader{index}@example.org", f"Reader {index}") for index in range(1, messages + 1)]
 
     def per_recipient() -> tuple[float, float]:
@@ -443,8 +481,11 @@ def bench_build(config: Config, rendered: Rendered, messages: int, runs: int) ->
         return time.perf_counter() - wall, time.process_time() - cpu
 
     build_only(None)  # warm-up
-    variants = {"build": lambda: build_only(None), "build_fixed_date": lambda: build_only(date),
-                "per_recipient": per_recipient}
+    variants = {
+        "build": lambda: build_only(None),
+        "build_fixed_date": lambda: build_only(date),
+        "per_recipient": per_recipient,
+    }
     collected: dict[str, list[tuple[float, float]]] = {label: [] for label in variants}
     for _ in range(runs):  # interleaved, so a change in the machine's load hits every variant alike
         for label, function in variants.items():
@@ -466,8 +507,14 @@ def bench_build(config: Config, rendered: Rendered, messages: int, runs: int) ->
 # ---------------------------------------------------------------- 2. the campaign engine, discarding
 
 
-def bench_campaign(config: Config, rendered: Rendered, work: Path, subscribers: int, runs: int,
-                   variants: list[tuple[str, int, str]]) -> dict[str, Any]:
+def bench_campaign(
+    config: Config,
+    rendered: Rendered,
+    work: Path,
+    subscribers: int,
+    runs: int,
+    variants: list[tuple[str, int, str]],
+) -> dict[str, Any]:
     source = make_state(work / "campaign-source", subscribers)
     collected: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in variants}
     for run in range(runs):  # interleaved, so a change in the machine's load hits every variant alike
@@ -476,10 +523,22 @@ def bench_campaign(config: Config, rendered: Rendered, work: Path, subscribers: 
             db = open_db(state)
             if sync != "FULL":
                 db.execute(f"PRAGMA synchronous = {sync}")
-            settings = SendSettings(concurrency=concurrency, max_rate=None, max_attempts=config.send.max_attempts,
-                                    max_consecutive_failures=config.send.max_consecutive_failures)
-            collected[label].append(run_campaign(db, with_state(config, state), rendered, DiscardTransport(), settings,
-                                                 step=max(subscribers // 100, 1)))
+            settings = SendSettings(
+                concurrency=concurrency,
+                max_rate=None,
+                max_attempts=config.send.max_attempts,
+                max_consecutive_failures=config.send.max_consecutive_failures,
+            )
+            collected[label].append(
+                run_campaign(
+                    db,
+                    with_state(config, state),
+                    rendered,
+                    DiscardTransport(),
+                    settings,
+                    step=max(subscribers // 100, 1),
+                )
+            )
             db.close()
             shutil.rmtree(state)
     results = {}
@@ -492,8 +551,12 @@ def bench_campaign(config: Config, rendered: Rendered, work: Path, subscribers: 
             "synchronous": sync,
             "median_rate": median["rate"],
             "rates": [s["rate"] for s in samples],
-            "median_msg_per_cpu_s": round(statistics.median(s["handled"] / s["process_cpu_s"] for s in samples
-                                                            if s["process_cpu_s"] > 0), 1),
+            "median_msg_per_cpu_s": round(
+                statistics.median(
+                    s["handled"] / s["process_cpu_s"] for s in samples if s["process_cpu_s"] > 0
+                ),
+                1,
+            ),
             "median_run": median,
         }
     shutil.rmtree(source.parent)
@@ -520,8 +583,12 @@ def child_million(state: Path, config_path: Path, concurrency: int, sync: str) -
         db.execute(f"PRAGMA synchronous = {sync}")
     marks["after_render_hwm_kb"] = _status_kb("self", "VmHWM")
     transport = DiscardTransport()
-    settings = SendSettings(concurrency=concurrency, max_rate=None, max_attempts=config.send.max_attempts,
-                            max_consecutive_failures=config.send.max_consecutive_failures)
+    settings = SendSettings(
+        concurrency=concurrency,
+        max_rate=None,
+        max_attempts=config.send.max_attempts,
+        max_consecutive_failures=config.send.max_consecutive_failures,
+    )
     result = run_campaign(db, config, rendered, transport, settings, step=10_000)
     marks["end_hwm_kb"] = _status_kb("self", "VmHWM")
     marks["end_rss_kb"] = _status_kb("self", "VmRSS")
@@ -532,14 +599,26 @@ def child_million(state: Path, config_path: Path, concurrency: int, sync: str) -
     return 0
 
 
-def bench_million(work: Path, config_path: Path, subscribers: int, concurrency: int, sync: str) -> dict[str, Any]:
+def bench_million(
+    work: Path, config_path: Path, subscribers: int, concurrency: int, sync: str
+) -> dict[str, Any]:
     start = time.perf_counter()
     state = work / "million"
     make_state(state, subscribers)
     setup_s = time.perf_counter() - start
     db_bytes = (state / DB_NAME).stat().st_size
-    command = [sys.executable, str(Path(__file__).resolve()), "--child-million", str(state),
-               "--config", str(config_path), "--concurrency", str(concurrency), "--sync", sync]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child-million",
+        str(state),
+        "--config",
+        str(config_path),
+        "--concurrency",
+        str(concurrency),
+        "--sync",
+        sync,
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     samples: list[tuple[float, int]] = []
     started = time.monotonic()
@@ -565,7 +644,11 @@ def bench_million(work: Path, config_path: Path, subscribers: int, concurrency: 
     result = json.loads(output.strip().splitlines()[-1])
     shutil.rmtree(state)
     # RSS over the run, at tenths of the time: flat means the ledger is streamed, not loaded.
-    trajectory = [samples[min(len(samples) - 1, round(i * (len(samples) - 1) / 10))] for i in range(11)] if samples else []
+    trajectory = (
+        [samples[min(len(samples) - 1, round(i * (len(samples) - 1) / 10))] for i in range(11)]
+        if samples
+        else []
+    )
     return {
         "subscribers": subscribers,
         "concurrency": concurrency,
@@ -591,11 +674,18 @@ def request_body(config: Config, rendered: Rendered) -> bytes:
     """A SendEmail body the size boto3 sends for issue 2: JSON with the raw message base64-encoded."""
     import base64
 
-    data = MessageTemplate(config, rendered).build(Recipient("reader1@example.org", "Reader 1",
-                                                             f"{config.public_url}/unsubscribe/1.x", "<1@example.org>"))
-    return json.dumps({"Content": {"Raw": {"Data": base64.b64encode(data).decode()}},
-                       "Destination": {"ToAddresses": ["reader1@example.org"]},
-                       "FromEmailAddress": "editor@example.org"}).encode()
+    data = MessageTemplate(config, rendered).build(
+        Recipient(
+            "reader1@example.org", "Reader 1", f"{config.public_url}/unsubscribe/1.x", "<1@example.org>"
+        )
+    )
+    return json.dumps(
+        {
+            "Content": {"Raw": {"Data": base64.b64encode(data).decode()}},
+            "Destination": {"ToAddresses": ["reader1@example.org"]},
+            "FromEmailAddress": "editor@example.org",
+        }
+    ).encode()
 
 
 def bench_standin(body: bytes, impls: list[str], connections: list[int], requests: int) -> dict[str, Any]:
@@ -615,8 +705,9 @@ def bench_standin(body: bytes, impls: list[str], connections: list[int], request
                     connection = http.client.HTTPConnection("127.0.0.1", standin.port, timeout=30)
                     try:
                         for _ in range(each):
-                            connection.request("POST", SEND_PATH, body=body,
-                                               headers={"Content-Type": "application/json"})
+                            connection.request(
+                                "POST", SEND_PATH, body=body, headers={"Content-Type": "application/json"}
+                            )
                             answer = connection.getresponse()
                             answer.read()
                             if answer.status != 200:
@@ -683,7 +774,10 @@ def ses_send_cost(config: Config, rendered: Rendered, impl: str, sends: int) -> 
     from pipeline.send.transports import Envelope, SesTransport
 
     data = MessageTemplate(config, rendered).build(
-        Recipient("reader1@example.org", "Reader 1", f"{config.public_url}/unsubscribe/1.x", "<1@example.org>"))
+        Recipient(
+            "reader1@example.org", "Reader 1", f"{config.public_url}/unsubscribe/1.x", "<1@example.org>"
+        )
+    )
     result = {}
     with StandIn(delay=0.0, impl=impl) as standin:
         transport = SesTransport("us-east-1", standin.url, "", 4)
@@ -703,8 +797,17 @@ def ses_send_cost(config: Config, rendered: Rendered, impl: str, sends: int) -> 
     return result
 
 
-def bench_ses(config: Config, rendered: Rendered, work: Path, subscribers: int, runs: int,
-              concurrencies: list[int], impl: str, profile: bool, process_counts: list[int]) -> dict[str, Any]:
+def bench_ses(
+    config: Config,
+    rendered: Rendered,
+    work: Path,
+    subscribers: int,
+    runs: int,
+    concurrencies: list[int],
+    impl: str,
+    profile: bool,
+    process_counts: list[int],
+) -> dict[str, Any]:
     from ses_standin import StandIn
 
     from pipeline.send.transports import SesTransport
@@ -712,32 +815,48 @@ def bench_ses(config: Config, rendered: Rendered, work: Path, subscribers: int, 
     try:
         from pipeline.publish import send_rate
     except ImportError:  # pipeline.publish pulls in the whole CLI (archive, link checks); the rule is this:
+
         def send_rate(config: Config, transport: Any, dry_run: bool) -> float | None:
             account = transport.max_rate()
             return min(config.send.max_rate, account) if account else config.send.max_rate
 
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_SESSION_TOKEN", "testing")):
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_SESSION_TOKEN", "testing"),
+    ):
         os.environ[name] = value
     os.environ.pop("AWS_PROFILE", None)
     source = make_state(work / "ses-source", subscribers)
-    results: dict[str, Any] = {"subscribers": subscribers, "runs": runs, "standin_impl": impl,
-                               "delay_ms": SES_DELAY * 1000, "variants": {}}
+    results: dict[str, Any] = {
+        "subscribers": subscribers,
+        "runs": runs,
+        "standin_impl": impl,
+        "delay_ms": SES_DELAY * 1000,
+        "variants": {},
+    }
     results["send_cost"] = ses_send_cost(config, rendered, impl, 300)
     collected: dict[str, list[dict[str, Any]]] = {}
     with StandIn(delay=SES_DELAY, max_send_rate=1000.0, impl=impl) as standin:
         ses_config = dataclasses.replace(
-            config, transport="ses", ses=dataclasses.replace(config.ses, endpoint_url=standin.url),
+            config,
+            transport="ses",
+            ses=dataclasses.replace(config.ses, endpoint_url=standin.url),
             send=dataclasses.replace(config.send, max_rate=SES_RATE),
         )
-        plan = [("boto3", c, p, run) for run in range(runs) for p in process_counts for c in concurrencies]  # interleaved
+        plan = [
+            ("boto3", c, p, run) for run in range(runs) for p in process_counts for c in concurrencies
+        ]  # interleaved
         plan += [("sleep", c, 1, 0) for c in concurrencies]
         for kind, concurrency, processes, run in plan:
             state = copy_state(source, work / "ses-run")
             db = open_db(state)
             # As open_transport builds it: a connection pool of concurrency + 2.
-            transport: Any = (SesTransport("us-east-1", standin.url, "", concurrency + 2) if kind == "boto3"
-                              else SleepTransport(SES_DELAY))
+            transport: Any = (
+                SesTransport("us-east-1", standin.url, "", concurrency + 2)
+                if kind == "boto3"
+                else SleepTransport(SES_DELAY)
+            )
             try:
                 if kind == "boto3":
                     transport.check()
@@ -745,15 +864,32 @@ def bench_ses(config: Config, rendered: Rendered, work: Path, subscribers: int, 
                 else:
                     rate = SES_RATE
                 standin.stats(reset=True)
-                settings = SendSettings(concurrency=concurrency, max_rate=rate,
-                                        max_attempts=config.send.max_attempts,
-                                        max_consecutive_failures=config.send.max_consecutive_failures)
+                settings = SendSettings(
+                    concurrency=concurrency,
+                    max_rate=rate,
+                    max_attempts=config.send.max_attempts,
+                    max_consecutive_failures=config.send.max_consecutive_failures,
+                )
                 if processes > 1:
-                    sample = run_campaign_processes(db, with_state(ses_config, state), rendered, transport, settings,
-                                                    processes, step=max(subscribers // 200, 1))
+                    sample = run_campaign_processes(
+                        db,
+                        with_state(ses_config, state),
+                        rendered,
+                        transport,
+                        settings,
+                        processes,
+                        step=max(subscribers // 200, 1),
+                    )
                 else:
-                    sample = run_campaign(db, with_state(ses_config, state), rendered, transport, settings,
-                                          step=max(subscribers // 200, 1), profile=profile and kind == "boto3" and run == 0)
+                    sample = run_campaign(
+                        db,
+                        with_state(ses_config, state),
+                        rendered,
+                        transport,
+                        settings,
+                        step=max(subscribers // 200, 1),
+                        profile=profile and kind == "boto3" and run == 0,
+                    )
             finally:
                 transport.close()
                 db.close()
@@ -774,8 +910,11 @@ def bench_ses(config: Config, rendered: Rendered, work: Path, subscribers: int, 
         median = ordered[len(ordered) // 2]
         profiled = next((s.pop("profile") for s in samples if "profile" in s), None)
         results["variants"][key] = {
-            "transport": ("SesTransport" + (f" x{processes} proc" if processes != "1" else "")
-                          if kind == "boto3" else "sleep 50 ms (no HTTP)"),
+            "transport": (
+                "SesTransport" + (f" x{processes} proc" if processes != "1" else "")
+                if kind == "boto3"
+                else "sleep 50 ms (no HTTP)"
+            ),
             "kind": kind,
             "concurrency": int(concurrency),
             "processes": int(processes),
@@ -805,12 +944,18 @@ def table(result: dict[str, Any]) -> str:
         f"SQLite {m['sqlite']}, {m['platform']}",
         "packages: " + ", ".join(f"{name} {version}" for name, version in m["packages"].items()),
         f"source: commit {result.get('source', {}).get('commit')}"
-        + (f", uncommitted changes in {', '.join(result['source']['pipeline_changes'])}"
-           if result.get("source", {}).get("pipeline_changes") else ""),
+        + (
+            f", uncommitted changes in {', '.join(result['source']['pipeline_changes'])}"
+            if result.get("source", {}).get("pipeline_changes")
+            else ""
+        ),
         f"command: {result.get('command', '')}",
         f"load average (1 min) before / after: {result['load_before']:.2f} / {result.get('load_after', 0.0):.2f}"
-        + ("  -- busy machine: other processes compete for the cores; expect lower figures"
-           if max(result["load_before"], result.get("load_after", 0.0)) > (m["usable_cores"] or 1) * 0.75 else ""),
+        + (
+            "  -- busy machine: other processes compete for the cores; expect lower figures"
+            if max(result["load_before"], result.get("load_after", 0.0)) > (m["usable_cores"] or 1) * 0.75
+            else ""
+        ),
         f"committed transaction on the temp disk (WAL): synchronous=FULL {result['commit_ms']['FULL']:.2f} ms, "
         f"NORMAL {result['commit_ms']['NORMAL']:.2f} ms",
     ]
@@ -822,13 +967,19 @@ def table(result: dict[str, Any]) -> str:
             f"{b['messages']:,} distinct recipients, median of {b['runs']} runs",
             f"   {'':44} {'msg/s':>9} {'min':>9} {'max':>9} {'µs/msg':>8} {'msg/CPU-s':>10}",
         ]
-        for key, label in (("build", "MessageTemplate.build"),
-                           ("build_fixed_date", "  same, Date passed in (no now() per message)"),
-                           ("per_recipient", "CampaignRunner._deliver (token+build+discard)")):
+        for key, label in (
+            ("build", "MessageTemplate.build"),
+            ("build_fixed_date", "  same, Date passed in (no now() per message)"),
+            ("per_recipient", "CampaignRunner._deliver (token+build+discard)"),
+        ):
             row = b[key]
-            lines.append(f"   {label:44} {row['median_rate']:>9,.0f} {row['min_rate']:>9,.0f} {row['max_rate']:>9,.0f} "
-                         f"{row['us_per_msg']:>8.0f} {row['cpu_median_rate'] or 0:>10,.0f}")
-        lines.append(f"   target >= {TARGET_BUILD:,.0f} msg/s: {mark(b['per_recipient']['median_rate'] >= TARGET_BUILD)}")
+            lines.append(
+                f"   {label:44} {row['median_rate']:>9,.0f} {row['min_rate']:>9,.0f} {row['max_rate']:>9,.0f} "
+                f"{row['us_per_msg']:>8.0f} {row['cpu_median_rate'] or 0:>10,.0f}"
+            )
+        lines.append(
+            f"   target >= {TARGET_BUILD:,.0f} msg/s: {mark(b['per_recipient']['median_rate'] >= TARGET_BUILD)}"
+        )
     if "campaign" in result:
         c = result["campaign"]
         lines += [
@@ -848,11 +999,17 @@ def table(result: dict[str, Any]) -> str:
                 f"{v['median_msg_per_cpu_s']:>9,.0f}"
             )
         first = next(iter(c["variants"].values()))
-        lines.append(f"   target >= {TARGET_BUILD:,.0f} msg/s on one core (as shipped: {next(iter(c['variants']))}, "
-                     f"messages per CPU-second): {mark(first['median_msg_per_cpu_s'] >= TARGET_BUILD)}; "
-                     f"the wall rate waits on the ledger's fsync")
-        lines.append("   'in commit': wall time of the main loop inside the per-round ledger transaction, share of the run;")
-        lines.append("   'CPU cores': process CPU / wall (the median run); 'msg/CPU-s': messages per second of process CPU")
+        lines.append(
+            f"   target >= {TARGET_BUILD:,.0f} msg/s on one core (as shipped: {next(iter(c['variants']))}, "
+            f"messages per CPU-second): {mark(first['median_msg_per_cpu_s'] >= TARGET_BUILD)}; "
+            f"the wall rate waits on the ledger's fsync"
+        )
+        lines.append(
+            "   'in commit': wall time of the main loop inside the per-round ledger transaction, share of the run;"
+        )
+        lines.append(
+            "   'CPU cores': process CPU / wall (the median run); 'msg/CPU-s': messages per second of process CPU"
+        )
     if "million" in result:
         x = result["million"]
         p = x["probe"]
@@ -870,7 +1027,8 @@ def table(result: dict[str, Any]) -> str:
             f"= {share:.0%} of the run, {p['commit_ms_each']:.2f} ms each",
             f"   peak RSS of the child: {peak:.1f} MB (VmHWM; sampled max {x['peak_rss_sampled_mb']} MB; "
             f"after imports + render: {x['rss_after_render_mb']:.1f} MB)",
-            "   RSS over the run (s, MB): " + ", ".join(f"{t:.0f}:{mb:.0f}" for t, mb in x["rss_trajectory_mb"]),
+            "   RSS over the run (s, MB): "
+            + ", ".join(f"{t:.0f}:{mb:.0f}" for t, mb in x["rss_trajectory_mb"]),
             f"   target peak RSS < {TARGET_RSS_MB:.0f} MB: {mark(peak < TARGET_RSS_MB)}",
         ]
     if "standin" in result:
@@ -884,10 +1042,14 @@ def table(result: dict[str, Any]) -> str:
         for key, row in s.items():
             if not isinstance(row, dict):
                 continue
-            lines.append(f"   {row['impl']:12} {row['connections']:>6} {row['rate']:>8,.0f} "
-                         f"{row['middle_rate'] or 0:>8,.0f} {row['ideal_rate']:>8,.0f} {row['peak_in_flight']:>6} "
-                         f"{row['errors']:>6}")
-        lines.append("   need > 500 req/s for the SES benchmark; 'middle' = server-side rate over the middle 80 %")
+            lines.append(
+                f"   {row['impl']:12} {row['connections']:>6} {row['rate']:>8,.0f} "
+                f"{row['middle_rate'] or 0:>8,.0f} {row['ideal_rate']:>8,.0f} {row['peak_in_flight']:>6} "
+                f"{row['errors']:>6}"
+            )
+        lines.append(
+            "   need > 500 req/s for the SES benchmark; 'middle' = server-side rate over the middle 80 %"
+        )
     if "ses" in result:
         s = result["ses"]
         cost = s["send_cost"]
@@ -920,7 +1082,9 @@ def table(result: dict[str, Any]) -> str:
                 f"{probe['build_cpu_ms_per_msg']:>5.2f}ms {probe['send_cpu_ms_per_msg']:>6.2f}ms "
                 f"{probe['send_wall_ms_per_msg']:>7.1f}ms {run['cpu_cores_busy']:>5.2f}"
             )
-        best = max((v["median_middle_rate"] for v in s["variants"].values() if v["kind"] == "boto3"), default=0.0)
+        best = max(
+            (v["median_middle_rate"] for v in s["variants"].values() if v["kind"] == "boto3"), default=0.0
+        )
         lines += [
             "   middle = msg/s recorded in the ledger over the middle 80 % of the messages; total = handled / elapsed;",
             "   peak = most requests the stand-in had in flight; build / send CPU = worker-thread CPU per message in",
@@ -930,8 +1094,12 @@ def table(result: dict[str, Any]) -> str:
         ]
         for key, v in s["variants"].items():
             if v.get("profile"):
-                lines += ["", f"cProfile of the SES sender, {key} (first run; profiling slows it down; "
-                          "wall times of C calls that release the GIL include waiting to get it back):", v["profile"]]
+                lines += [
+                    "",
+                    f"cProfile of the SES sender, {key} (first run; profiling slows it down; "
+                    "wall times of C calls that release the GIL include waiting to get it back):",
+                    v["profile"],
+                ]
     for part, error in result.get("errors", {}).items():
         lines += ["", f"part {part} FAILED: {error}"]
     return "\n".join(lines)
@@ -946,18 +1114,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts: {','.join(PARTS)}")
     parser.add_argument("--config", type=Path, default=REPO / "newsletter.toml")
-    parser.add_argument("--million", type=int, help="subscribers for part 3 (default 1,000,000; --quick 200,000)")
+    parser.add_argument(
+        "--million", type=int, help="subscribers for part 3 (default 1,000,000; --quick 200,000)"
+    )
     parser.add_argument("--concurrency", type=int, help="workers for part 3 (default: [send] concurrency)")
-    parser.add_argument("--sync", default="FULL", choices=("FULL", "NORMAL", "OFF"), help="part 3's synchronous mode")
-    parser.add_argument("--ses-subscribers", type=int, help="recipients for part 5 (default 10,000; --quick 3,000)")
+    parser.add_argument(
+        "--sync", default="FULL", choices=("FULL", "NORMAL", "OFF"), help="part 3's synchronous mode"
+    )
+    parser.add_argument(
+        "--ses-subscribers", type=int, help="recipients for part 5 (default 10,000; --quick 3,000)"
+    )
     parser.add_argument("--ses-workers", default="32,48", help="worker counts for part 5 (default 32,48)")
-    parser.add_argument("--ses-processes", default="1,2", help="sender process counts for part 5 (default 1,2)")
-    parser.add_argument("--standin-impl", default="asyncio", choices=("asyncio", "threading"),
-                        help="stand-in server for part 5 (part 4 measures both)")
-    parser.add_argument("--profile", action="store_true", help="cProfile the first SES run of each worker count")
-    parser.add_argument("--tmp", type=Path, help="where the temporary state databases go (default: system temp)")
+    parser.add_argument(
+        "--ses-processes", default="1,2", help="sender process counts for part 5 (default 1,2)"
+    )
+    parser.add_argument(
+        "--standin-impl",
+        default="asyncio",
+        choices=("asyncio", "threading"),
+        help="stand-in server for part 5 (part 4 measures both)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the first SES run of each worker count"
+    )
+    parser.add_argument(
+        "--tmp", type=Path, help="where the temporary state databases go (default: system temp)"
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON results here, after every part")
-    parser.add_argument("--render", type=Path, metavar="RESULT.json", help="print the table of a saved --json result")
+    parser.add_argument(
+        "--render", type=Path, metavar="RESULT.json", help="print the table of a saved --json result"
+    )
     parser.add_argument("--child-million", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -978,7 +1164,9 @@ def main(argv: list[str] | None = None) -> int:
     process_counts = [int(p) for p in args.ses_processes.split(",") if p.strip()]
     result: dict[str, Any] = {
         "date": dt.date.today().isoformat(),
-        "command": " ".join([".venv/bin/python bench/bench_send.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [".venv/bin/python bench/bench_send.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "quick": quick,
         "machine": machine(),
         "source": source_version(),
@@ -996,19 +1184,52 @@ def main(argv: list[str] | None = None) -> int:
         million = args.million or (200_000 if quick else 1_000_000)
         ses_count = args.ses_subscribers or (3000 if quick else 10_000)
         jobs: dict[str, tuple[str, Any]] = {
-            "build": ("1. building messages", lambda: bench_build(config, rendered, 3000 if quick else 10_000,
-                                                                   3 if quick else 5)),
-            "campaign": ("2. campaign engine with DiscardTransport", lambda: bench_campaign(
-                config, rendered, work, 5000 if quick else 20_000, 3,
-                [(f"c={concurrency} FULL (shipped)", concurrency, "FULL"), (f"c={concurrency} NORMAL", concurrency, "NORMAL"),
-                 ("c=32 FULL", 32, "FULL")])),
-            "million": (f"3. {million:,} subscribers in a child process", lambda: bench_million(
-                work, args.config.resolve(), million, concurrency, args.sync)),
-            "standin": ("4. the SES stand-in alone", lambda: bench_standin(
-                request_body(config, rendered), ["threading", "asyncio"], [32, 48], 2000 if quick else 5000)),
-            "ses": (f"5. SES through the pipeline, {ses_count:,} recipients, workers {workers}", lambda: bench_ses(
-                config, rendered, work, ses_count, 1 if quick else 3, workers, args.standin_impl, args.profile,
-                process_counts)),
+            "build": (
+                "1. building messages",
+                lambda: bench_build(config, rendered, 3000 if quick else 10_000, 3 if quick else 5),
+            ),
+            "campaign": (
+                "2. campaign engine with DiscardTransport",
+                lambda: bench_campaign(
+                    config,
+                    rendered,
+                    work,
+                    5000 if quick else 20_000,
+                    3,
+                    [
+                        (f"c={concurrency} FULL (shipped)", concurrency, "FULL"),
+                        (f"c={concurrency} NORMAL", concurrency, "NORMAL"),
+                        ("c=32 FULL", 32, "FULL"),
+                    ],
+                ),
+            ),
+            "million": (
+                f"3. {million:,} subscribers in a child process",
+                lambda: bench_million(work, args.config.resolve(), million, concurrency, args.sync),
+            ),
+            "standin": (
+                "4. the SES stand-in alone",
+                lambda: bench_standin(
+                    request_body(config, rendered),
+                    ["threading", "asyncio"],
+                    [32, 48],
+                    2000 if quick else 5000,
+                ),
+            ),
+            "ses": (
+                f"5. SES through the pipeline, {ses_count:,} recipients, workers {workers}",
+                lambda: bench_ses(
+                    config,
+                    rendered,
+                    work,
+                    ses_count,
+                    1 if quick else 3,
+                    workers,
+                    args.standin_impl,
+                    args.profile,
+                    process_counts,
+                ),
+            ),
         }
         for part in PARTS:
             if part not in parts:
@@ -1018,7 +1239,7 @@ def main(argv: list[str] | None = None) -> int:
             started, load_before = time.perf_counter(), os.getloadavg()[0]
             try:
                 result[part] = job()
-            except Exception as error:  # noqa: BLE001 - one broken part must not lose the others' figures
+            except Exception as error:
                 result.setdefault("errors", {})[part] = f"{type(error).__name__}: {error}"
                 print(f"   failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
             else:
@@ -1038,10 +1259,16 @@ def main(argv: list[str] | None = None) -> int:
 def source_version() -> dict[str, Any]:
     """The commit measured, and whether pipeline/ had uncommitted changes (others edit it concurrently)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pipeline"], cwd=REPO, capture_output=True,
-                               text=True, check=True).stdout.split("\n")
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "pipeline"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
         return {"commit": head, "pipeline_changes": [line[3:] for line in dirty if line.strip()]}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "pipeline_changes": []}

@@ -90,18 +90,33 @@ class Stats:
             return data
 
 
-def route(method: str, target: str, body: bytes, max_send_rate: float, stats: Stats) -> tuple[str, int, str, bytes, float]:
+def route(
+    method: str, target: str, body: bytes, max_send_rate: float, stats: Stats
+) -> tuple[str, int, str, bytes, float]:
     """(kind, status, content type, body, delay factor) for one request. Kind is 'send', 'other' or 'stats'."""
     url = urlsplit(target)
     path = url.path
     if method == "POST" and path == SEND_PATH:
         return "send", 200, "application/json", b"", 1.0  # the body is filled in with the id afterwards
     if method == "GET" and path in ACCOUNT_PATHS:
-        quota = {"Max24HourSend": 10_000_000.0, "MaxSendRate": max_send_rate, "SentLast24Hours": float(stats.sends)}
-        answer = {"SendQuota": quota, "SendingEnabled": True, "ProductionAccessEnabled": True,
-                  "DedicatedIpAutoWarmupEnabled": False, "EnforcementStatus": "HEALTHY"}
+        quota = {
+            "Max24HourSend": 10_000_000.0,
+            "MaxSendRate": max_send_rate,
+            "SentLast24Hours": float(stats.sends),
+        }
+        answer = {
+            "SendQuota": quota,
+            "SendingEnabled": True,
+            "ProductionAccessEnabled": True,
+            "DedicatedIpAutoWarmupEnabled": False,
+            "EnforcementStatus": "HEALTHY",
+        }
         return "other", 200, "application/json", json.dumps(answer).encode(), 1.0
-    if method == "POST" and path == "/" and parse_qs(body.decode("ascii", "replace")).get("Action") == ["GetSendQuota"]:
+    if (
+        method == "POST"
+        and path == "/"
+        and parse_qs(body.decode("ascii", "replace")).get("Action") == ["GetSendQuota"]
+    ):
         xml = (
             '<GetSendQuotaResponse xmlns="http://ses.amazonaws.com/doc/2010-12-01/"><GetSendQuotaResult>'
             f"<Max24HourSend>10000000.0</Max24HourSend><MaxSendRate>{max_send_rate}</MaxSendRate>"
@@ -119,7 +134,9 @@ def route(method: str, target: str, body: bytes, max_send_rate: float, stats: St
 # ---------------------------------------------------------------- threading implementation
 
 
-def serve_threading(host: str, port: int, delay: float, max_send_rate: float, stats: Stats) -> tuple[int, Any]:
+def serve_threading(
+    host: str, port: int, delay: float, max_send_rate: float, stats: Stats
+) -> tuple[int, Any]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: botocore's urllib3 pool reuses connections
 
@@ -131,7 +148,9 @@ def serve_threading(host: str, port: int, delay: float, max_send_rate: float, st
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            kind, status, content_type, payload, factor = route(self.command, self.path, body, max_send_rate, stats)
+            kind, status, content_type, payload, factor = route(
+                self.command, self.path, body, max_send_rate, stats
+            )
             if kind == "stats":
                 self._answer(status, content_type, payload)
                 return
@@ -184,10 +203,15 @@ def serve_asyncio(host: str, port: int, delay: float, max_send_rate: float, stat
                 head = await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
                 method, target, _ = lines[0].split(" ", 2)
-                headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+                headers = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
+                }
                 length = int(headers.get("content-length") or 0)
                 body = await reader.readexactly(length) if length else b""
-                kind, status, content_type, payload, factor = route(method, target, body, max_send_rate, stats)
+                kind, status, content_type, payload, factor = route(
+                    method, target, body, max_send_rate, stats
+                )
                 if kind != "stats":
                     stats.begin(len(body))
                     try:
@@ -200,7 +224,8 @@ def serve_asyncio(host: str, port: int, delay: float, max_send_rate: float, stat
                 reason = {200: "OK", 404: "Not Found"}.get(status, "")
                 writer.write(
                     f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n"
-                    f"x-amzn-RequestId: standin\r\n\r\n".encode("latin-1") + payload
+                    f"x-amzn-RequestId: standin\r\n\r\n".encode("latin-1")
+                    + payload
                 )
                 await writer.drain()
                 if headers.get("connection", "").lower() == "close":
@@ -282,8 +307,18 @@ class StandIn:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> StandIn:
-        command = [sys.executable, str(Path(__file__).resolve()), "--port", "0", "--delay", str(self.delay),
-                   "--max-send-rate", str(self.max_send_rate), "--impl", self.impl]
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--port",
+            "0",
+            "--delay",
+            str(self.delay),
+            "--max-send-rate",
+            str(self.max_send_rate),
+            "--impl",
+            self.impl,
+        ]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
         line = self.process.stdout.readline().split()
@@ -296,7 +331,9 @@ class StandIn:
     def stats(self, reset: bool = False) -> dict[str, Any]:
         import urllib.request
 
-        with urllib.request.urlopen(f"{self.url}{STATS_PATH}{'?reset=1' if reset else ''}", timeout=10) as answer:
+        with urllib.request.urlopen(
+            f"{self.url}{STATS_PATH}{'?reset=1' if reset else ''}", timeout=10
+        ) as answer:
             return json.load(answer)
 
     def __exit__(self, *exc: object) -> None:

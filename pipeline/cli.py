@@ -10,11 +10,11 @@ from typing import NoReturn, Self
 import click
 
 from pipeline import __version__
-from pipeline.issue.build import build_issue, write_build
 from pipeline.check.content import Problem
 from pipeline.config import Config, load_config
 from pipeline.errors import CheckFailed, NewsletterError
 from pipeline.files import display_path
+from pipeline.issue.build import build_issue, write_build
 
 ISSUE = click.argument("number", metavar="N", type=click.IntRange(min=1))
 
@@ -90,7 +90,9 @@ def check(ctx: click.Context, number: int, offline: bool) -> None:
     config = _config(ctx)
     with LinkProgress() as progress:
         result = check_issue(config, number, online=not offline, progress=progress)
-    summary = _report_problems(result.build.rendered.issue.path, result.problems, len(result.build.rendered.document.links))
+    summary = _report_problems(
+        result.build.rendered.issue.path, result.problems, len(result.build.rendered.document.links)
+    )
     _budget_line(config, result.build.html_size)
     click.echo(result.links_note)
     if any(p.severity == "error" for p in result.problems):
@@ -153,13 +155,21 @@ def _relative(path: Path) -> str:
 
 @main.command()
 @ISSUE
-@click.option("--to", "address", metavar="ADDRESS", help="Send one test copy to ADDRESS; the campaign is not touched.")
-@click.option("--dry-run", is_flag=True, help="Go through the whole campaign with a transport that sends nothing.")
+@click.option(
+    "--to", "address", metavar="ADDRESS", help="Send one test copy to ADDRESS; the campaign is not touched."
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Go through the whole campaign with a transport that sends nothing."
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--resend-unknown", is_flag=True, help="Resend messages whose fate a crash left unknown.")
 @click.option("--retry-failed", is_flag=True, help="Try again the recipients a previous run marked failed.")
-@click.option("--allow-changed", is_flag=True, help="Resume even though the issue changed since the campaign started.")
-@click.option("--include-new", is_flag=True, help="Also send to subscribers who joined after the campaign started.")
+@click.option(
+    "--allow-changed", is_flag=True, help="Resume even though the issue changed since the campaign started."
+)
+@click.option(
+    "--include-new", is_flag=True, help="Also send to subscribers who joined after the campaign started."
+)
 @click.option("--allow-broken-links", is_flag=True, help="Send even if links are broken over HTTP.")
 @OFFLINE
 @click.pass_context
@@ -177,9 +187,9 @@ def send(
     offline: bool,
 ) -> None:
     """Check issue N, then send it to every active subscriber (or resume its campaign); archive it when done."""
-    from pipeline.send.campaign import Plan
     from pipeline.progress import ProgressBar
     from pipeline.publish import SendOptions, checked, send_issue, send_test
+    from pipeline.send.campaign import Plan
     from pipeline.send.transports import Transport
 
     config = _config(ctx)
@@ -199,7 +209,10 @@ def send(
         click.secho(problem.format(_relative(build.rendered.issue.path)), fg="yellow")
     if address:
         provider_id = send_test(config, build, address)
-        click.secho(f"test copy of issue {number} sent to {address} via {config.transport} ({provider_id})", fg="green")
+        click.secho(
+            f"test copy of issue {number} sent to {address} via {config.transport} ({provider_id})",
+            fg="green",
+        )
         return
 
     def confirm(plan: Plan, transport: Transport, rate: float | None) -> bool:
@@ -207,12 +220,17 @@ def send(
         verb = "resume" if plan.resuming else "send"
         what = "DRY RUN: would " + verb if dry_run else verb.capitalize()
         subject = build.rendered.issue.subject
-        click.echo(f"{what} issue {number} ({subject!r}) to {plan.recipients:,} recipient(s) via {transport.name} {pace}.")
+        click.echo(
+            f"{what} issue {number} ({subject!r}) to {plan.recipients:,} recipient(s) via {transport.name} {pace}."
+        )
         if plan.unknown:
             click.secho(
                 f"{plan.unknown} message(s) were being handed over when a previous run stopped; "
-                + ("they will be resent (--resend-unknown)." if resend_unknown else
-                   "unless the transport can tell they arrived, they are not resent (--resend-unknown resends them)."),
+                + (
+                    "they will be resent (--resend-unknown)."
+                    if resend_unknown
+                    else "unless the transport can tell they arrived, they are not resent (--resend-unknown resends them)."
+                ),
                 fg="yellow",
             )
         if dry_run or yes or transport.name == "maildir":
@@ -233,7 +251,9 @@ def send(
 
         raise CampaignPaused(f"campaign paused: {summary.reason}; run `newsletter send {number}` to resume")
     if summary.reconciled:
-        click.echo(f"{summary.reconciled} message(s) left in flight by an interruption were settled with the transport")
+        click.echo(
+            f"{summary.reconciled} message(s) left in flight by an interruption were settled with the transport"
+        )
     click.secho(f"issue {number}: campaign complete", fg="green")
     if summary.archived:
         click.echo(f"archived: {summary.archived}")
@@ -260,7 +280,9 @@ def status(ctx: click.Context, number: int) -> None:
     done = counts["sent"] + counts["failed"] + counts["skipped"]
     running = "sending now" if state.running else state.campaign.status
     unknown = "in flight" if state.running else "unknown"
-    click.echo(f"issue {number}: {running}, {done:,}/{total:,} handled via {state.campaign.transport} (updated {state.updated_at})")
+    click.echo(
+        f"issue {number}: {running}, {done:,}/{total:,} handled via {state.campaign.transport} (updated {state.updated_at})"
+    )
     click.echo(
         f"  sent {counts['sent']:,}  failed {counts['failed']:,}  skipped {counts['skipped']:,}  "
         f"queued {counts['queued']:,}  {unknown} {counts['sending']:,}"
@@ -297,7 +319,13 @@ def subscribers_import(ctx: click.Context, csv_file: Path, force: bool) -> None:
 
 @subscribers.command("export")
 @click.option("--status", type=click.Choice(["pending", "active", "unsubscribed", "bounced", "complained"]))
-@click.option("--output", "-o", type=click.File("w", encoding="utf-8"), default="-", help="File to write (default: stdout).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.File("w", encoding="utf-8"),
+    default="-",
+    help="File to write (default: stdout).",
+)
 @click.pass_context
 def subscribers_export(ctx: click.Context, status: str | None, output) -> None:  # type: ignore[no-untyped-def]
     """Export subscribers as CSV."""
@@ -367,7 +395,9 @@ def archive(ctx: click.Context, number: int) -> None:
 
 @main.command()
 @click.argument("number", metavar="N", type=click.IntRange(min=1), required=False)
-@click.option("--archive", "whole_archive", is_flag=True, help="Re-check every archived issue; suggest errata.")
+@click.option(
+    "--archive", "whole_archive", is_flag=True, help="Re-check every archived issue; suggest errata."
+)
 @click.pass_context
 def links(ctx: click.Context, number: int | None, whole_archive: bool) -> None:
     """Check the links of issue N over HTTP, or of every archived issue (--archive)."""
@@ -441,8 +471,14 @@ def events() -> None:
 
 
 @events.command("pull")
-@click.option("--wait", "wait_seconds", default=5, show_default=True, type=click.IntRange(0, 20),
-              help="Seconds to wait for messages when the queue is empty (SQS long polling).")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    default=5,
+    show_default=True,
+    type=click.IntRange(0, 20),
+    help="Seconds to wait for messages when the queue is empty (SQS long polling).",
+)
 @click.option("--max", "most", type=click.IntRange(min=1), help="Stop after this many messages.")
 @click.pass_context
 def events_pull(ctx: click.Context, wait_seconds: int, most: int | None) -> None:

@@ -21,8 +21,13 @@ CONFIG_ENV = "NEWSLETTER_CONFIG"
 CONFIG_NAME = "newsletter.toml"
 
 REQUIRED = object()
-_KIND_NAMES = {str: "text in quotes", int: "a whole number", float: "a number", bool: "true or false",
-               list: "a list of texts in quotes"}
+_KIND_NAMES = {
+    str: "text in quotes",
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    list: "a list of texts in quotes",
+}
 
 # section -> key -> (type, default). REQUIRED marks keys without a default.
 SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
@@ -247,7 +252,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             **dict(
                 values["transport.smtp"],
                 security=_choice(
-                    config_path, "transport.smtp.security", values["transport.smtp"]["security"], SMTP_SECURITY
+                    config_path,
+                    "transport.smtp.security",
+                    values["transport.smtp"]["security"],
+                    SMTP_SECURITY,
                 ),
                 port=_positive(config_path, "transport.smtp.port", values["transport.smtp"]["port"]),
             )
@@ -255,7 +263,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         ses=SesSettings(**values["transport.ses"]),
         send=SendSettings(
             **{
-                key: value if key == "processes" and value == 0 else _positive(config_path, f"send.{key}", value)
+                key: value
+                if key == "processes" and value == 0
+                else _positive(config_path, f"send.{key}", value)
                 for key, value in values["send"].items()
             }
         ),
@@ -358,5 +368,7 @@ def _filename_pattern(path: Path, pattern: str) -> str:
     except (KeyError, IndexError, ValueError):
         raise ConfigError(path, f"archive.filename may only use {{number}}, got {pattern!r}") from None
     if name == pattern.format(number=2) or "/" in name or not name.endswith(".md"):
-        raise ConfigError(path, f"archive.filename must contain {{number}}, no '/', and end in .md, got {pattern!r}")
+        raise ConfigError(
+            path, f"archive.filename must contain {{number}}, no '/', and end in .md, got {pattern!r}"
+        )
     return pattern

@@ -27,9 +27,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from pipeline.issue.build import build_issue, check_build
 from pipeline.config import Config, load_config
 from pipeline.errors import NewsletterError, PreviewError
+from pipeline.issue.build import build_issue, check_build
 from pipeline.issue.source import issue_path
 
 HOST = "127.0.0.1"  # never another interface: the preview shows unsent mail
@@ -39,7 +39,6 @@ POLL_SECONDS = 0.25
 """How often the watcher looks at the files, in seconds; the page asks ``/version`` half as often."""
 
 Fingerprint = tuple[tuple[str, int, int, int] | tuple[str], ...]
-
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ class PreviewServer:
                 snapshot = self._build(version, config)
         except NewsletterError as error:
             snapshot = Snapshot(version=version, config=config, error=str(error))
-        except Exception as error:  # noqa: BLE001 - a bug, but one bad save must not end the session
+        except Exception as error:
             traceback.print_exc()
             message = f"unexpected {type(error).__name__}: {error} (a bug: traceback on the terminal)"
             snapshot = Snapshot(version=version, config=config, error=message)
@@ -174,7 +173,7 @@ class PreviewServer:
                     self._reload_config()
                 fingerprint = current
                 self.rebuild()
-            except Exception:  # noqa: BLE001 - a dead watcher would silently freeze the preview
+            except Exception:
                 traceback.print_exc()
 
     def _reload_config(self) -> None:

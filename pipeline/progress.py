@@ -29,7 +29,9 @@ class ProgressBar:
 
     def start(self, total: int, done: int) -> None:
         self._progress.start()
-        self._task = self._progress.add_task(self.label, total=total, completed=done, sent=0, failed=0, rate="0")
+        self._task = self._progress.add_task(
+            self.label, total=total, completed=done, sent=0, failed=0, rate="0"
+        )
 
     def advance(self, outcome: Outcome) -> None:
         if outcome.kind == "sent":

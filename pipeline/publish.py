@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from email.utils import make_msgid
 
 from pipeline.archive.markdown import archive_issue
+from pipeline.archive.mirror import sync_archive
+from pipeline.audience.subscribers import check_address, find
+from pipeline.audience.tokens import load_secret
+from pipeline.config import Config
+from pipeline.db import open_db
+from pipeline.errors import CheckFailed, NewsletterError, NothingToSend
 from pipeline.issue.build import Build, CheckResult, check_issue
+from pipeline.issue.errata import mark_announced
 from pipeline.send.campaign import (
     Campaign,
     CampaignRunner,
@@ -26,15 +33,8 @@ from pipeline.send.campaign import (
     prepare_campaign,
     recent_rate,
 )
-from pipeline.config import Config
-from pipeline.db import open_db
-from pipeline.issue.errata import mark_announced
-from pipeline.errors import CheckFailed, NewsletterError, NothingToSend
 from pipeline.send.fanout import run_in_processes, sender_processes
 from pipeline.send.message import MessageTemplate, recipient_for, sender_address, sender_domain
-from pipeline.archive.mirror import sync_archive
-from pipeline.audience.subscribers import check_address, find
-from pipeline.audience.tokens import load_secret
 from pipeline.send.transports import Envelope, Transport, open_transport
 
 
@@ -49,13 +49,19 @@ class SendOptions:
     retry_failed: bool = False
 
 
-def checked(config: Config, number: int, options: SendOptions, progress: Callable[[int, int], None] | None = None) -> CheckResult:
+def checked(
+    config: Config, number: int, options: SendOptions, progress: Callable[[int, int], None] | None = None
+) -> CheckResult:
     """``check``, as ``send`` runs it first: any error refuses the issue (broken links unless allowed)."""
     result = check_issue(config, number, online=not options.offline, progress=progress)
     errors = [p for p in result.offline if p.severity == "error"]
     broken = [p for p in result.http if p.severity == "error"]
     if errors or (broken and not options.allow_broken_links):
-        what = f"{len(errors)} error(s)" if errors else f"{len(broken)} broken link(s) (--allow-broken-links sends anyway)"
+        what = (
+            f"{len(errors)} error(s)"
+            if errors
+            else f"{len(broken)} broken link(s) (--allow-broken-links sends anyway)"
+        )
         raise CheckFailed(f"issue {number} has {what}: nothing was sent")
     return result
 
@@ -181,7 +187,9 @@ def send_test(config: Config, build: Build, address: str) -> str:
         row = find(db, address)
         subscriber_id, name = (row["id"], row["name"]) if row else (0, "")
         try:
-            recipient = recipient_for(config, secret, subscriber_id, address, name, make_msgid(domain=sender_domain(config)))
+            recipient = recipient_for(
+                config, secret, subscriber_id, address, name, make_msgid(domain=sender_domain(config))
+            )
         except NewsletterError as error:
             raise NewsletterError(f"--to {error}") from None
         data = MessageTemplate(config, build.rendered).build(recipient)
@@ -208,7 +216,9 @@ def campaign_status(config: Config, number: int) -> CampaignStatus:
     campaign = find_campaign(db, number)
     if campaign is None:
         return CampaignStatus(None, {}, False, 0.0, "", active, "")
-    row = db.execute("SELECT note, history, updated_at FROM campaigns WHERE id = ?", (campaign.id,)).fetchone()
+    row = db.execute(
+        "SELECT note, history, updated_at FROM campaigns WHERE id = ?", (campaign.id,)
+    ).fetchone()
     return CampaignStatus(
         campaign,
         ledger_counts(db, campaign.id),

@@ -25,8 +25,16 @@ from urllib.parse import urlsplit
 
 SEND_PATH = "/v2/email/outbound-emails"
 ACCOUNT_PATH = "/v2/email/account"
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
-              "content-length"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+}
 
 
 @dataclass(frozen=True)
@@ -150,9 +158,18 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else b""
                 path = urlsplit(self.path).path
                 if self.command == "GET" and path == ACCOUNT_PATH and proxy.account_rate is not None:
-                    quota = {"Max24HourSend": 50000.0, "MaxSendRate": proxy.account_rate, "SentLast24Hours": 0.0}
-                    answer = {"SendQuota": quota, "SendingEnabled": True, "ProductionAccessEnabled": True,
-                              "EnforcementStatus": "HEALTHY", "DedicatedIpAutoWarmupEnabled": False}
+                    quota = {
+                        "Max24HourSend": 50000.0,
+                        "MaxSendRate": proxy.account_rate,
+                        "SentLast24Hours": 0.0,
+                    }
+                    answer = {
+                        "SendQuota": quota,
+                        "SendingEnabled": True,
+                        "ProductionAccessEnabled": True,
+                        "EnforcementStatus": "HEALTHY",
+                        "DedicatedIpAutoWarmupEnabled": False,
+                    }
                     self._answer(200, {"Content-Type": "application/json"}, json.dumps(answer).encode())
                     return
                 if self.command == "POST" and path == SEND_PATH:

@@ -41,7 +41,7 @@ GIT_ENV = {
 }
 
 BODY_1 = """\
-Welcome to *issue one* — with a hard line break  
+Welcome to *issue one* — with a hard line break
 right here, an escaped \\[bracket\\], `code`, and an émoji 🎉.
 
 ## News
@@ -372,10 +372,14 @@ def test_filename_pattern_with_a_space_still_links(newsletter: Newsletter) -> No
 def test_filename_pattern_with_another_extension_is_refused(newsletter: Newsletter) -> None:
     # The archive is Markdown for GitHub: a name GitHub would not render, or the index would miss, is refused.
     text = newsletter.config_path.read_text()
-    newsletter.config_path.write_text(text.replace('filename = "{number}.md"', 'filename = "{number}.markdown"'))
+    newsletter.config_path.write_text(
+        text.replace('filename = "{number}.md"', 'filename = "{number}.markdown"')
+    )
     newsletter.write_issue(1, BODY_1)
     result = run(newsletter, "archive", "1")
-    assert result.returncode == 2 and "archive.filename must" in result.stderr and "end in .md" in result.stderr
+    assert (
+        result.returncode == 2 and "archive.filename must" in result.stderr and "end in .md" in result.stderr
+    )
     assert not archive_dir(newsletter).joinpath("1.markdown").exists()
 
 
@@ -530,7 +534,10 @@ def test_mirror_conflict_is_a_clear_error_and_loses_nothing(
     # on the branch of generated output the message tells them to merge ...
     assert "\n# Issue one, retitled\n" in (archive_dir(newsletter) / "1.md").read_text(encoding="utf-8")
     assert "git merge newsletter-generated" in line
-    assert "\n# Issue one, retitled\n" in git("-C", str(mirror(newsletter)), "show", "newsletter-generated:1.md").stdout
+    assert (
+        "\n# Issue one, retitled\n"
+        in git("-C", str(mirror(newsletter)), "show", "newsletter-generated:1.md").stdout
+    )
     # ... and the mirror is not left in the middle of a merge.
     dot_git = mirror(newsletter) / ".git"
     assert not (dot_git / "MERGE_HEAD").exists() and not (dot_git / "rebase-merge").exists()

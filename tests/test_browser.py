@@ -35,8 +35,8 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Python Playwright is not installed (pip install -e '.[test]')"
 )
 
-from pipeline.issue.build import Build, build_issue
 from pipeline.config import load_config
+from pipeline.issue.build import Build, build_issue
 from pipeline.issue.markdown import Link
 from pipeline.issue.source import available_numbers
 

@@ -11,6 +11,13 @@ from email import policy
 
 import pytest
 
+from pipeline.audience.subscribers import add, set_status
+from pipeline.audience.tokens import verify_token
+from pipeline.config import Config
+from pipeline.db import open_db
+from pipeline.errors import Rejected, TemporaryFailure, TransportUnavailable
+from pipeline.issue.render import Rendered, render_issue
+from pipeline.issue.source import read_issue
 from pipeline.send.campaign import (
     CampaignError,
     CampaignRunner,
@@ -18,17 +25,9 @@ from pipeline.send.campaign import (
     SendSettings,
     SilentReporter,
     content_hash,
-    ledger_counts,
     prepare_campaign,
 )
-from pipeline.config import Config
-from pipeline.db import open_db
-from pipeline.errors import Rejected, TemporaryFailure, TransportUnavailable
 from pipeline.send.message import MessageTemplate
-from pipeline.issue.render import Rendered, render_issue
-from pipeline.issue.source import read_issue
-from pipeline.audience.subscribers import add, set_status
-from pipeline.audience.tokens import verify_token
 from pipeline.send.transports import Envelope
 
 from .conftest import Newsletter
@@ -37,7 +36,9 @@ SECRET = b"test-secret-0123456789"
 
 
 class FakeTransport:
-    def __init__(self, send: Callable[[Envelope], str], name: str = "fake", delivered: bool | None = None) -> None:
+    def __init__(
+        self, send: Callable[[Envelope], str], name: str = "fake", delivered: bool | None = None
+    ) -> None:
         self._send = send
         self.name = name
         self.delivered = delivered
@@ -80,8 +81,19 @@ def run(setup, transport, *, attempts: int = 3, failures: int = 5, reporter=None
     config, rendered, db = setup
     preparation = prepare_campaign(db, 1, content_hash(rendered), transport, **prepare)
     runner = CampaignRunner(
-        db, config, preparation.campaign, MessageTemplate(config, rendered), transport, SECRET,
-        SendSettings(concurrency=4, max_rate=None, max_attempts=attempts, max_consecutive_failures=failures, backoff_base=0.001),
+        db,
+        config,
+        preparation.campaign,
+        MessageTemplate(config, rendered),
+        transport,
+        SECRET,
+        SendSettings(
+            concurrency=4,
+            max_rate=None,
+            max_attempts=attempts,
+            max_consecutive_failures=failures,
+            backoff_base=0.001,
+        ),
         reporter,
     )
     return preparation, runner.run()
@@ -124,7 +136,7 @@ def test_rerun_sends_nothing_and_latecomers_only_when_asked(setup) -> None:  # t
 
 
 def test_unsubscribed_after_campaign_started_is_skipped(setup) -> None:  # type: ignore[no-untyped-def]
-    config, rendered, db = setup
+    _config, rendered, db = setup
     prepare_campaign(db, 1, content_hash(rendered), FakeTransport(accept))
     set_status(db, 10, "unsubscribed", "clicked")
     transport = FakeTransport(accept)
@@ -159,7 +171,13 @@ def test_permanent_rejection_fails_one_and_goes_on(setup) -> None:  # type: igno
 
     transport = FakeTransport(picky)
     _, summary = run(setup, transport)
-    assert summary.status == "done" and summary.counts == {"queued": 0, "sending": 0, "sent": 38, "failed": 1, "skipped": 0}
+    assert summary.status == "done" and summary.counts == {
+        "queued": 0,
+        "sending": 0,
+        "sent": 38,
+        "failed": 1,
+        "skipped": 0,
+    }
     error = setup[2].execute("SELECT last_error FROM deliveries WHERE subscriber_id = 4").fetchone()[0]
     assert "Address blacklisted" in error
 
@@ -175,20 +193,29 @@ def test_consecutive_failures_pause_and_resume_finishes(setup) -> None:  # type:
 
 
 def test_unavailable_transport_stops_at_once(setup) -> None:  # type: ignore[no-untyped-def]
-    dead = FakeTransport(lambda e: (_ for _ in ()).throw(TransportUnavailable("SES AccountSuspendedException")))
+    dead = FakeTransport(
+        lambda e: (_ for _ in ()).throw(TransportUnavailable("SES AccountSuspendedException"))
+    )
     _, summary = run(setup, dead)
     assert summary.status == "paused" and "AccountSuspended" in summary.reason
     assert summary.counts["sent"] == 0 and summary.counts["queued"] >= 35
 
 
-@pytest.mark.parametrize(("delivered", "resend", "expected_sent_again"), [(True, False, 0), (False, False, 3), (None, False, 0), (None, True, 3)])
+@pytest.mark.parametrize(
+    ("delivered", "resend", "expected_sent_again"),
+    [(True, False, 0), (False, False, 3), (None, False, 0), (None, True, 3)],
+)
 def test_unknown_after_a_crash(setup, delivered, resend, expected_sent_again) -> None:  # type: ignore[no-untyped-def]
-    config, rendered, db = setup
-    preparation = prepare_campaign(db, 1, content_hash(rendered), FakeTransport(accept))
-    db.execute("UPDATE deliveries SET status = 'sending' WHERE subscriber_id IN (1, 2, 3)")  # a crash mid-send
+    _config, rendered, db = setup
+    prepare_campaign(db, 1, content_hash(rendered), FakeTransport(accept))
+    db.execute(
+        "UPDATE deliveries SET status = 'sending' WHERE subscriber_id IN (1, 2, 3)"
+    )  # a crash mid-send
     transport = FakeTransport(accept, delivered=delivered)
     again, summary = run(setup, transport, resend_unknown=resend)
-    sent_again = {"reader0@example.org", "reader1@example.org", "reader2@example.org"} & set(recipients(transport))
+    sent_again = {"reader0@example.org", "reader1@example.org", "reader2@example.org"} & set(
+        recipients(transport)
+    )
     assert len(sent_again) == expected_sent_again
     assert again.unknown == (3 if delivered is None and not resend else 0)
     if delivered is None and not resend:
@@ -198,7 +225,7 @@ def test_unknown_after_a_crash(setup, delivered, resend, expected_sent_again) ->
 
 
 def test_changed_content_is_refused_unless_allowed(setup) -> None:  # type: ignore[no-untyped-def]
-    config, rendered, db = setup
+    _config, _rendered, db = setup
     prepare_campaign(db, 1, "an-older-hash", FakeTransport(accept))
     with pytest.raises(CampaignError, match="changed since its campaign started.*--allow-changed"):
         run(setup, FakeTransport(accept))
@@ -224,7 +251,9 @@ def test_ctrl_c_records_what_was_handed_over_and_resumes(setup) -> None:  # type
     assert summary.counts["sending"] == 0 and summary.counts["sent"] == len(first.received) >= 10
     second = FakeTransport(accept)
     run(setup, second)
-    assert recipients(first) + recipients(second) == Counter({f"reader{i}@example.org": 1 for i in range(40) if i != 4})
+    assert recipients(first) + recipients(second) == Counter(
+        {f"reader{i}@example.org": 1 for i in range(40) if i != 4}
+    )
 
 
 def test_retry_failed_requeues_only_failed_rows(setup) -> None:  # type: ignore[no-untyped-def]
@@ -237,7 +266,10 @@ def test_retry_failed_requeues_only_failed_rows(setup) -> None:  # type: ignore[
     assert summary.counts["failed"] == 2
     again = FakeTransport(accept)
     preparation, summary = run(setup, again, retry_failed=True)
-    assert preparation.queued == 2 and sorted(recipients(again)) == ["reader3@example.org", "reader9@example.org"]
+    assert preparation.queued == 2 and sorted(recipients(again)) == [
+        "reader3@example.org",
+        "reader9@example.org",
+    ]
     assert summary.counts["failed"] == 0 and summary.counts["sent"] == 39
 
 
@@ -284,8 +316,13 @@ def test_a_stop_signal_never_waits_for_a_lock_the_loop_may_hold() -> None:
     import sys
 
     try:
-        result = subprocess.run([sys.executable, "-c", STOP_WHILE_THE_LOOP_HOLDS_A_LOCK], capture_output=True,
-                                text=True, timeout=20, check=False)
+        result = subprocess.run(
+            [sys.executable, "-c", STOP_WHILE_THE_LOOP_HOLDS_A_LOCK],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("the SIGTERM handler deadlocked on a lock the main thread held")
     assert result.returncode == 0, result.stderr
@@ -310,8 +347,13 @@ def test_a_second_ctrl_c_after_a_graceful_stop_still_stops_at_once() -> None:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", SECOND_STOP_AFTER_THE_RUN], capture_output=True, text=True,
-                            timeout=20, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", SECOND_STOP_AFTER_THE_RUN],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
     assert result.returncode == 130, result.stderr
     assert "stopped at once" in result.stderr
     assert "Traceback" not in result.stderr

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.issue.build import build_issue, check_build
 from pipeline.check.content import Problem
+from pipeline.issue.build import build_issue, check_build
 
 from .conftest import Newsletter
 
@@ -52,7 +52,11 @@ def test_good_links_pass(newsletter: Newsletter, body: str) -> None:
 
 
 def test_problem_line_points_into_the_body(newsletter: Newsletter) -> None:
-    problems = [p for p in problems_for(newsletter, "fine\n\nfine [x](http://https://a.example)\n") if p.severity == "error"]
+    problems = [
+        p
+        for p in problems_for(newsletter, "fine\n\nfine [x](http://https://a.example)\n")
+        if p.severity == "error"
+    ]
     assert [p.line for p in problems] == [9]
     assert problems[0].format("issues/4.md").startswith("issues/4.md:9: error: link 'x': doubled scheme")
 

@@ -39,13 +39,19 @@ def test_check_passes_a_good_issue(newsletter: Newsletter) -> None:
 
 
 def test_check_fails_listing_each_problem_with_its_line(newsletter: Newsletter) -> None:
-    newsletter.write_issue(3, "Fine.\n\n[a](http://https://example.org/)\n\n[b](https://example.org/x y)\n\n[c](http://example.org/)\n")
+    newsletter.write_issue(
+        3,
+        "Fine.\n\n[a](http://https://example.org/)\n\n[b](https://example.org/x y)\n\n[c](http://example.org/)\n",
+    )
     result = run(newsletter, "check", "3")
     assert result.returncode == 1
     assert "issues/3.md:9: error: link 'a': doubled scheme" in result.stderr
     assert "issues/3.md:11: error: [b](https://example.org/x y) is not a link" in result.stderr
     assert "issues/3.md:13: warning: link 'c': plain http://" in result.stdout
-    assert "error: issues/3.md: 3 links, 2 error(s), 2 warning(s): fix the errors before sending" in result.stderr
+    assert (
+        "error: issues/3.md: 3 links, 2 error(s), 2 warning(s): fix the errors before sending"
+        in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -53,11 +59,27 @@ def test_check_fails_listing_each_problem_with_its_line(newsletter: Newsletter) 
     ("setup", "args", "expected"),
     [
         (lambda n: None, ("build", "9"), "error: issues/9.md: no such issue"),
-        (lambda n: n.write_issue(3, "x", titel="T"), ("build", "3"), "error: issues/3.md:5: titel: unknown field"),
-        (lambda n: n.write_issue(3, "x", date="2026-02-30"), ("check", "3"), "error: issues/3.md:4: date: not a valid date"),
+        (
+            lambda n: n.write_issue(3, "x", titel="T"),
+            ("build", "3"),
+            "error: issues/3.md:5: titel: unknown field",
+        ),
+        (
+            lambda n: n.write_issue(3, "x", date="2026-02-30"),
+            ("check", "3"),
+            "error: issues/3.md:4: date: not a valid date",
+        ),
         (lambda n: n.write_issue(3, "   "), ("build", "3"), "error: issues/3.md:6: the body is empty"),
-        (lambda n: n.config_path.write_text("[newsletter]\nname = 'x'\n"), ("build", "1"), "newsletter.toml: missing key newsletter.from"),
-        (lambda n: (n.root / "issues" / "3.md").write_bytes(b"---\nnumber: 3\n\xff"), ("build", "3"), "error: issues/3.md:3: not valid UTF-8"),
+        (
+            lambda n: n.config_path.write_text("[newsletter]\nname = 'x'\n"),
+            ("build", "1"),
+            "newsletter.toml: missing key newsletter.from",
+        ),
+        (
+            lambda n: (n.root / "issues" / "3.md").write_bytes(b"---\nnumber: 3\n\xff"),
+            ("build", "3"),
+            "error: issues/3.md:3: not valid UTF-8",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(newsletter: Newsletter, setup, args, expected) -> None:  # type: ignore[no-untyped-def]
@@ -72,7 +94,9 @@ def test_bad_input_is_one_line_and_nonzero(newsletter: Newsletter, setup, args, 
 def test_config_from_environment(newsletter: Newsletter, tmp_path: Path) -> None:
     newsletter.write_issue(3)
     env = dict(os.environ, NEWSLETTER_CONFIG=str(newsletter.config_path))
-    result = subprocess.run([str(NEWSLETTER), "build", "3"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(NEWSLETTER), "build", "3"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert (newsletter.root / "build" / "3" / "email.html").exists()
 

@@ -56,11 +56,20 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
         (GOOD + "\n[paths]\nissuse = 'x'\n", "unknown key paths.issuse"),
         (GOOD + "\n[sned]\nx = 1\n", "unknown section [sned]"),
         (GOOD.replace('name = "N"\n', ""), "missing key newsletter.name"),
-        (GOOD + "\n[check]\nmax_html_bytes = '100'\n", "check.max_html_bytes must be a whole number, got '100'"),
+        (
+            GOOD + "\n[check]\nmax_html_bytes = '100'\n",
+            "check.max_html_bytes must be a whole number, got '100'",
+        ),
         (GOOD + "\n[check]\nmax_html_bytes = 0\n", "check.max_html_bytes must be positive"),
         (GOOD.replace("N <n@example.org>", "not an address"), "newsletter.from is not an email address"),
-        (GOOD.replace("N <n@example.org>", "n@example.org"), "newsletter.from must look like 'Name <address>'"),
-        (GOOD.replace("https://example.org/archive/", "example.org"), "archive_base_url must be an http(s) URL"),
+        (
+            GOOD.replace("N <n@example.org>", "n@example.org"),
+            "newsletter.from must look like 'Name <address>'",
+        ),
+        (
+            GOOD.replace("https://example.org/archive/", "example.org"),
+            "archive_base_url must be an http(s) URL",
+        ),
         (GOOD + "\n[archive]\nfilename = 'NL.md'\n", "archive.filename must contain {number}"),
         (GOOD + "\nstray = [", "invalid TOML"),
     ],

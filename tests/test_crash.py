@@ -38,7 +38,9 @@ from .conftest import Newsletter
 
 NEWSLETTER = Path(sys.executable).with_name("newsletter")
 SECRET = "crash-test-secret-0123456789abcdef"
-MESSAGE_FILE = re.compile(r"^nl(?P<issue>\d+)-c(?P<campaign>\d+)-s(?P<subscriber>\d+)\.(?P<host>[^:]+)(?::2,[A-Za-z]*)?$")
+MESSAGE_FILE = re.compile(
+    r"^nl(?P<issue>\d+)-c(?P<campaign>\d+)-s(?P<subscriber>\d+)\.(?P<host>[^:]+)(?::2,[A-Za-z]*)?$"
+)
 DEADLINE = 60.0  # the longest any one wait may take before the test fails instead of hanging
 STATUSES = ("queued", "sending", "sent", "failed", "skipped")
 
@@ -54,7 +56,13 @@ def _env() -> dict[str, str]:
 
 def run(newsletter: Newsletter, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(NEWSLETTER), *args], check=False, cwd=newsletter.root, env=_env(), capture_output=True, text=True, timeout=120
+        [str(NEWSLETTER), *args],
+        check=False,
+        cwd=newsletter.root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -65,13 +73,20 @@ def cli(newsletter: Newsletter, *args: str) -> subprocess.CompletedProcess[str]:
     from pipeline.cli import main
 
     env = {"NEWSLETTER_CONFIG": None, "NEWSLETTER_SECRET": SECRET}
-    result = CliRunner().invoke(main, ["--config", str(newsletter.config_path), *args], env=env, catch_exceptions=False)
+    result = CliRunner().invoke(
+        main, ["--config", str(newsletter.config_path), *args], env=env, catch_exceptions=False
+    )
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def start(newsletter: Newsletter, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [str(NEWSLETTER), *args], cwd=newsletter.root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [str(NEWSLETTER), *args],
+        cwd=newsletter.root,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -180,9 +195,9 @@ def ledger(newsletter: Newsletter, issue: int = 1) -> dict[str, set[int]]:
 
 def send_in_process(newsletter: Newsletter, transport: Any = None) -> Any:
     """Run issue 1's campaign with the library, as ``newsletter send 1`` would (``transport``: the maildir)."""
+    from pipeline.db import open_db
     from pipeline.issue.build import build_issue
     from pipeline.send.campaign import CampaignRunner, SendSettings, content_hash, prepare_campaign
-    from pipeline.db import open_db
     from pipeline.send.message import MessageTemplate
     from pipeline.send.transports import MaildirTransport
 
@@ -193,7 +208,12 @@ def send_in_process(newsletter: Newsletter, transport: Any = None) -> Any:
     try:
         preparation = prepare_campaign(db, 1, content_hash(rendered), transport)
         runner = CampaignRunner(
-            db, config, preparation.campaign, MessageTemplate(config, rendered), transport, SECRET.encode(),
+            db,
+            config,
+            preparation.campaign,
+            MessageTemplate(config, rendered),
+            transport,
+            SECRET.encode(),
             SendSettings(concurrency=4, max_rate=None, max_attempts=1, max_consecutive_failures=10),
         )
         return runner.run()
@@ -312,7 +332,9 @@ BIG_LIST = 2000
     "kill_at",
     [pytest.param((0.03,), id="early"), pytest.param((0.5, 0.8), id="middle-then-late")],
 )
-def test_kill_9_part_way_then_resume_sends_each_exactly_once(newsletter: Newsletter, kill_at: tuple[float, ...]) -> None:
+def test_kill_9_part_way_then_resume_sends_each_exactly_once(
+    newsletter: Newsletter, kill_at: tuple[float, ...]
+) -> None:
     new_issue(newsletter)
     people = subscribe(newsletter, BIG_LIST)
     total = len(people.active)
@@ -339,7 +361,9 @@ def test_kill_9_part_way_then_resume_sends_each_exactly_once(newsletter: Newslet
         seen = inodes(newsletter)
 
         status = cli(newsletter, "status", "1")
-        assert re.search(rf"issue 1: \w+, {len(statuses['sent']):,}/{total:,} handled via maildir", status.stdout), status.stdout
+        assert re.search(
+            rf"issue 1: \w+, {len(statuses['sent']):,}/{total:,} handled via maildir", status.stdout
+        ), status.stdout
         assert f"unknown {len(in_flight):,}" in status.stdout, status.stdout
 
     resumed = run(newsletter, "send", "1")
@@ -355,12 +379,19 @@ def test_kill_9_part_way_then_resume_sends_each_exactly_once(newsletter: Newslet
     assert_done(newsletter, people)
     db = state_db(newsletter)
     try:
-        noted = {s for (s,) in db.execute("SELECT subscriber_id FROM deliveries WHERE last_error LIKE 'found delivered%'")}
+        noted = {
+            s
+            for (s,) in db.execute(
+                "SELECT subscriber_id FROM deliveries WHERE last_error LIKE 'found delivered%'"
+            )
+        }
     finally:
         db.close()
     assert noted == found_delivered
     # Last, as it is only the report: the editor is told how many the maildir settled.
-    settled = count_in(r"([\d,]+) message\(s\) left in flight by an interruption were settled", resumed.stdout)
+    settled = count_in(
+        r"([\d,]+) message\(s\) left in flight by an interruption were settled", resumed.stdout
+    )
     assert settled == len(in_flight), resumed.stdout
 
 
@@ -488,7 +519,9 @@ def use_smtp(newsletter: Newsletter, sink: SmtpSink) -> None:
     set_table(newsletter, "transport.smtp", host="127.0.0.1", port=sink.port, security="none")  # type: ignore[attr-defined]
 
 
-def test_smtp_kill_9_unknown_fates_are_not_resent_unless_asked(newsletter: Newsletter, smtp_sink: SmtpSink) -> None:
+def test_smtp_kill_9_unknown_fates_are_not_resent_unless_asked(
+    newsletter: Newsletter, smtp_sink: SmtpSink
+) -> None:
     new_issue(newsletter)
     use_smtp(newsletter, smtp_sink)
     people = subscribe(newsletter, 400)
@@ -504,7 +537,9 @@ def test_smtp_kill_9_unknown_fates_are_not_resent_unless_asked(newsletter: Newsl
     received = {by_address[address] for address in taken}
     assert max(taken.values()) == 1
     assert statuses["sent"] <= received, "recorded sent, but the server never got it"
-    assert received <= statuses["sent"] | statuses["sending"], "the server got a message whose row was not yet sending"
+    assert received <= statuses["sent"] | statuses["sending"], (
+        "the server got a message whose row was not yet sending"
+    )
     unknown = statuses["sending"]
     assert unknown and statuses["queued"], "the kill should leave messages in flight and others queued"
 
@@ -521,7 +556,9 @@ def test_smtp_kill_9_unknown_fates_are_not_resent_unless_asked(newsletter: Newsl
         assert after[address] == expected, (subscriber, address, after[address], expected)
     assert not set(after) & set(people.inactive.values())
     status = cli(newsletter, "status", "1")
-    assert f"issue 1: paused, {total - len(unknown):,}/{total:,} handled via smtp" in status.stdout, status.stdout
+    assert f"issue 1: paused, {total - len(unknown):,}/{total:,} handled via smtp" in status.stdout, (
+        status.stdout
+    )
     assert f"unknown {len(unknown):,}" in status.stdout
 
     # The editor decides: resend them, each exactly once more.
@@ -589,7 +626,10 @@ def test_unknown_left_by_another_transport_is_not_settled_by_the_maildir(newslet
     resumed = run(newsletter, "send", "1")
     assert resumed.returncode == 1, resumed.stdout + resumed.stderr
     assert count_in(r"([\d,]+) message\(s\) were being handed over", resumed.stdout) == 5
-    assert one_line(resumed.stderr) == "error: campaign paused: 5 message(s) in an unknown state; run `newsletter send 1` to resume"
+    assert (
+        one_line(resumed.stderr)
+        == "error: campaign paused: 5 message(s) in an unknown state; run `newsletter send 1` to resume"
+    )
     assert set(messages(newsletter)) == set(people.active) - taken - set(unsent)
     assert ledger(newsletter)["sending"] == unknown
     read_some(newsletter)
@@ -631,7 +671,9 @@ def test_latecomers_get_a_finished_issue_only_with_include_new(newsletter: Newsl
     assert_exactly_once(newsletter, everyone)
     assert_untouched(newsletter, before)
     assert_done(newsletter, everyone)
-    assert "left in flight by an interruption" not in latecomers.stdout, "nothing was interrupted: " + latecomers.stdout
+    assert "left in flight by an interruption" not in latecomers.stdout, (
+        "nothing was interrupted: " + latecomers.stdout
+    )
 
 
 # --- 5. The issue changed between the interruption and the resume ----------------------------------
@@ -654,7 +696,9 @@ def test_changed_content_refuses_the_resume_until_allowed(newsletter: Newsletter
     refused = run(newsletter, "send", "1")
     assert refused.returncode != 0, refused.stdout + refused.stderr
     line = one_line(refused.stderr)
-    assert line.startswith("error: issue 1 changed since its campaign started") and "--allow-changed" in line, line
+    assert (
+        line.startswith("error: issue 1 changed since its campaign started") and "--allow-changed" in line
+    ), line
     assert ledger(newsletter) == statuses, "a refused resume must not touch the ledger"
     assert inodes(newsletter) == before, "a refused resume must not send"
 
@@ -664,9 +708,7 @@ def test_changed_content_refuses_the_resume_until_allowed(newsletter: Newsletter
     assert_exactly_once(newsletter, people)
     assert_untouched(newsletter, before)
     assert_done(newsletter, people)
-    subjects = Counter(
-        header(paths[0], "Subject") for paths in messages(newsletter).values()
-    )
+    subjects = Counter(header(paths[0], "Subject") for paths in messages(newsletter).values())
     assert subjects == {"Issue 1": len(before), "Issue 1, corrected": total - len(before)}
 
 
@@ -699,7 +741,10 @@ def test_second_sender_is_refused_while_the_first_runs(newsletter: Newsletter) -
 
 # --- Known bugs: each test shows one way to break exactly-once (see the reason) ---------------------
 
-def test_smtp_reply_lost_after_the_message_was_taken_is_not_sent_again(newsletter: Newsletter, smtp_sink: SmtpSink) -> None:
+
+def test_smtp_reply_lost_after_the_message_was_taken_is_not_sent_again(
+    newsletter: Newsletter, smtp_sink: SmtpSink
+) -> None:
     new_issue(newsletter)
     use_smtp(newsletter, smtp_sink)
     people = subscribe(newsletter, 8, inactive=False)
@@ -712,7 +757,9 @@ def test_smtp_reply_lost_after_the_message_was_taken_is_not_sent_again(newslette
     assert not twice, f"sent again after the server had taken it: {twice}; the run said: {result.stdout}"
 
 
-def test_second_ctrl_c_just_after_a_hand_over_does_not_requeue_it(newsletter: Newsletter, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_second_ctrl_c_just_after_a_hand_over_does_not_requeue_it(
+    newsletter: Newsletter, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     from pipeline.send.campaign import _Workers
 
     handed_over = 0
@@ -753,12 +800,20 @@ def test_resume_on_a_host_with_another_name_does_not_resend(newsletter: Newslett
     unrecorded = sorted(people.active)[-4:]
     db = state_db(newsletter)
     with db:
-        db.execute(f"UPDATE deliveries SET status = 'sending' WHERE subscriber_id IN ({','.join('?' * 4)})", unrecorded)
+        db.execute(
+            f"UPDATE deliveries SET status = 'sending' WHERE subscriber_id IN ({','.join('?' * 4)})",
+            unrecorded,
+        )
         db.execute("UPDATE campaigns SET status = 'sending'")
     db.close()
     resumed = subprocess.run(
         [sys.executable, "-c", HOST_SWITCH, "send", "1"],
-        check=False, cwd=newsletter.root, env=_env(), capture_output=True, text=True, timeout=120,
+        check=False,
+        cwd=newsletter.root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert_exactly_once(newsletter, people)
@@ -786,7 +841,9 @@ def test_newcomer_who_inherits_a_deleted_subscribers_id_still_gets_the_issue(new
     resumed = run(newsletter, "send", "1")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     to = [parseaddr(header(path, "To"))[1] for path in messages(newsletter).get(newcomer, [])]
-    assert "newcomer@example.org" in to, f"the newcomer never got issue 1; the file under their key is for {to}"
+    assert "newcomer@example.org" in to, (
+        f"the newcomer never got issue 1; the file under their key is for {to}"
+    )
 
 
 def test_second_ctrl_c_while_another_writer_holds_the_database_stops_cleanly(newsletter: Newsletter) -> None:
@@ -795,7 +852,9 @@ def test_second_ctrl_c_while_another_writer_holds_the_database_stops_cleanly(new
     sender = start(newsletter, "send", "1")
     wait_for(lambda: delivered_count(newsletter) >= 40, "some messages", sender)
     # Another writer (a big `subscribers import`, the subscription web service) holds the database.
-    other = sqlite3.connect(newsletter.root / "state" / "newsletter.sqlite3", isolation_level=None, timeout=30)
+    other = sqlite3.connect(
+        newsletter.root / "state" / "newsletter.sqlite3", isolation_level=None, timeout=30
+    )
     try:
         other.execute("BEGIN IMMEDIATE")
         time.sleep(0.3)
@@ -803,7 +862,9 @@ def test_second_ctrl_c_while_another_writer_holds_the_database_stops_cleanly(new
         time.sleep(0.1)
         other.execute("COMMIT")
         version = other.execute("PRAGMA data_version").fetchone()[0]
-        wait_for(lambda: other.execute("PRAGMA data_version").fetchone()[0] != version, "the sender's next commit")
+        wait_for(
+            lambda: other.execute("PRAGMA data_version").fetchone()[0] != version, "the sender's next commit"
+        )
         other.execute("BEGIN IMMEDIATE")  # the other writer again
         time.sleep(0.3)
         sender.send_signal(signal.SIGINT)  # nothing seems to happen, so the editor presses Ctrl-C again

@@ -21,11 +21,11 @@ from typing import Any
 import boto3
 import pytest
 
+from pipeline.audience.subscribers import add, set_status
 from pipeline.db import DB_NAME, open_db
 from pipeline.errors import EventsError, NotificationDeferred, NotificationRejected
 from pipeline.events.apply import Applied, PullReport, apply_notification, handle_sns, pull
 from pipeline.events.sns import DEFERRED_FETCH_SECONDS, SnsVerifier, http_get
-from pipeline.audience.subscribers import add, set_status
 
 from .conftest import Newsletter
 from .sns_support import (
@@ -638,7 +638,9 @@ def test_pull_accepts_any_topic_while_topic_arns_is_empty_but_says_so(
     queue.put(signed(signer, server, ses_bounce("ada@example.org"), topic="arn:aws:sns:us-east-1:1:any"))
     queue.put(signed(signer, server, ses_bounce("bob@example.org")))
     with caplog.at_level(logging.WARNING, logger="pipeline.events.apply"):
-        report = pull(newsletter.config(), wait_seconds=0, verifier=SnsVerifier(cert_host_allowed=server.allows))
+        report = pull(
+            newsletter.config(), wait_seconds=0, verifier=SnsVerifier(cert_host_allowed=server.allows)
+        )
     assert (report.received, report.applied) == (2, 2)
     warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.events.apply"]
     assert len(warnings) == 1 and "[events] topic_arns is empty" in warnings[0], warnings
@@ -647,7 +649,9 @@ def test_pull_accepts_any_topic_while_topic_arns_is_empty_but_says_so(
     queue.put(signed(signer, server, ses_bounce("ada@example.org"), topic="arn:aws:sns:us-east-1:1:any"))
     with caplog.at_level(logging.WARNING, logger="pipeline.events.apply"):
         report = pull(
-            newsletter.config(), wait_seconds=0, verifier=SnsVerifier(topic_arns=(TOPIC,), cert_host_allowed=server.allows)
+            newsletter.config(),
+            wait_seconds=0,
+            verifier=SnsVerifier(topic_arns=(TOPIC,), cert_host_allowed=server.allows),
         )
     assert report.rejected == 1
     assert not [r for r in caplog.records if r.name == "pipeline.events.apply"]

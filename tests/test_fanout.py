@@ -108,7 +108,12 @@ def senders_of(parent: int) -> list[int]:
     found = []
     for pid in _pids():
         fields = _stat(pid)
-        if fields and int(fields[1]) == parent and fields[0] != "Z" and "multiprocessing.spawn" in _cmdline(pid):
+        if (
+            fields
+            and int(fields[1]) == parent
+            and fields[0] != "Z"
+            and "multiprocessing.spawn" in _cmdline(pid)
+        ):
             found.append((int(fields[19]), pid))  # field 22: start time
     return [pid for _, pid in sorted(found)]
 
@@ -127,7 +132,9 @@ def describe(pids: list[int]) -> str:
             except OSError:
                 wchan = "?"
             threads.append(f"{tid}:{wchan}")
-        lines.append(f"{pid} ppid {fields[1]} state {fields[0]} {_cmdline(pid)[:90]} threads {' '.join(threads)}")
+        lines.append(
+            f"{pid} ppid {fields[1]} state {fields[0]} {_cmdline(pid)[:90]} threads {' '.join(threads)}"
+        )
     return "\n".join(lines)
 
 
@@ -204,7 +211,9 @@ def run_watched(
     return subprocess.CompletedProcess(args, process.returncode, out, err), watch
 
 
-def wait_until(condition: Callable[[], bool], what: str, process: subprocess.Popen[str] | None = None) -> None:
+def wait_until(
+    condition: Callable[[], bool], what: str, process: subprocess.Popen[str] | None = None
+) -> None:
     deadline = time.monotonic() + DEADLINE
     while not condition():
         if process is not None and process.poll() is not None:
@@ -242,7 +251,9 @@ def resume_exactly_once(newsletter: Newsletter, people: Roster, *, settled: int 
     assert f"{total:,} sent, 0 failed, 0 skipped, 0 still queued, 0 unknown" in resumed.stdout, resumed.stdout
     assert "issue 1: campaign complete" in resumed.stdout
     if settled is not None:
-        found = count_in(r"([\d,]+) message\(s\) left in flight by an interruption were settled", resumed.stdout)
+        found = count_in(
+            r"([\d,]+) message\(s\) left in flight by an interruption were settled", resumed.stdout
+        )
         assert found == settled, resumed.stdout
     assert watch.most == 2, f"the resume ran {watch.most} sender process(es), not 2"
     assert_exactly_once(newsletter, people)
@@ -263,9 +274,14 @@ def test_two_processes_send_a_whole_campaign_exactly_once(newsletter: Newsletter
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr and not result.stderr.strip(), result.stderr
-    assert f"Send issue 1 ('Issue 1') to {total:,} recipient(s) via maildir at up to {FAST:g}/s." in result.stdout
+    assert (
+        f"Send issue 1 ('Issue 1') to {total:,} recipient(s) via maildir at up to {FAST:g}/s."
+        in result.stdout
+    )
     line = summary_line(result.stdout)
-    assert line.startswith(f"{total:,} sent, 0 failed, 0 skipped, 0 still queued, 0 unknown; {total:,} handled in "), line
+    assert line.startswith(
+        f"{total:,} sent, 0 failed, 0 skipped, 0 still queued, 0 unknown; {total:,} handled in "
+    ), line
     assert "issue 1: campaign complete" in result.stdout
     assert "archived: " in result.stdout
     # Two senders, and nobody else sent: the parent only relays progress.
@@ -295,7 +311,9 @@ def test_two_processes_send_a_whole_campaign_exactly_once(newsletter: Newsletter
 # --- 2. kill -9 of the parent ----------------------------------------------------------------------
 
 
-def test_kill_9_of_the_parent_takes_the_senders_with_it_and_resume_sends_each_once(newsletter: Newsletter) -> None:
+def test_kill_9_of_the_parent_takes_the_senders_with_it_and_resume_sends_each_once(
+    newsletter: Newsletter,
+) -> None:
     with_processes(newsletter, SLOW)
     people = subscribe(newsletter, BIG_LIST)
     total = len(people.active)
@@ -317,7 +335,7 @@ def test_kill_9_of_the_parent_takes_the_senders_with_it_and_resume_sends_each_on
     delivered = set(messages(newsletter))
     assert 0 < len(delivered) < total
     # Both senders were at work, and both stopped: each share has sent and queued rows.
-    for k, (sent, queued) in enumerate(zip(shares(statuses["sent"]), shares(statuses["queued"]))):
+    for k, (sent, queued) in enumerate(zip(shares(statuses["sent"]), shares(statuses["queued"]), strict=False)):
         assert sent and queued, f"share {k}: {len(sent)} sent, {len(queued)} queued"
     time.sleep(0.3)
     assert ledger(newsletter) == statuses, "something still wrote to the ledger after the senders were gone"
@@ -342,6 +360,7 @@ def _interrupt(process: subprocess.Popen[str], how: str) -> None:
 
 
 INTERRUPTED = "error: campaign paused: interrupted; run `newsletter send 1` to resume"
+
 
 def assert_paused_by_interrupt(err: str) -> None:
     line = one_line(err)
@@ -370,9 +389,13 @@ def test_one_interrupt_pauses_cleanly_and_resume_sends_each_once(newsletter: New
     sent, queued, unknown = len(statuses["sent"]), len(statuses["queued"]), len(statuses["sending"])
     assert not unknown, "what was handed over before the stop must be recorded, not left unknown"
     assert 0 < sent < total and queued
-    for k, (done, left) in enumerate(zip(shares(statuses["sent"]), shares(statuses["queued"]))):
-        assert done and left, f"share {k} did not take part, or did not stop: {len(done)} sent, {len(left)} queued"
-    assert summary_line(out).startswith(f"{sent:,} sent, 0 failed, 0 skipped, {queued:,} still queued, 0 unknown; "), out
+    for k, (done, left) in enumerate(zip(shares(statuses["sent"]), shares(statuses["queued"]), strict=False)):
+        assert done and left, (
+            f"share {k} did not take part, or did not stop: {len(done)} sent, {len(left)} queued"
+        )
+    assert summary_line(out).startswith(
+        f"{sent:,} sent, 0 failed, 0 skipped, {queued:,} still queued, 0 unknown; "
+    ), out
     status = cli(newsletter, "status", "1")
     assert f"issue 1: paused, {sent:,}/{total:,} handled via maildir" in status.stdout, status.stdout
     if one_line(err) == INTERRUPTED:
@@ -482,7 +505,9 @@ def test_kill_9_of_one_sender_pauses_the_campaign_naming_it(newsletter: Newslett
     assert 0 < sent < total
     status = cli(newsletter, "status", "1")
     assert f"issue 1: paused, {sent:,}/{total:,} handled via maildir" in status.stdout, status.stdout
-    assert f"note: sender process {named + 1} stopped unexpectedly (exit code -9)" in status.stdout, status.stdout
+    assert f"note: sender process {named + 1} stopped unexpectedly (exit code -9)" in status.stdout, (
+        status.stdout
+    )
 
     resume_exactly_once(newsletter, people, settled=unknown)
 
@@ -538,7 +563,10 @@ def assert_ses_got_each_once(ses: Ses, active: list[str]) -> None:
     counts = Counter(message.destinations[0] for message in ses.messages())
     twice = {address: n for address, n in counts.items() if n > 1}
     assert not twice, f"{len(twice)} address(es) got more than one copy: {list(twice.items())[:3]}"
-    assert set(counts) == set(active), (sorted(set(active) - set(counts))[:5], sorted(set(counts) - set(active))[:5])
+    assert set(counts) == set(active), (
+        sorted(set(active) - set(counts))[:5],
+        sorted(set(counts) - set(active))[:5],
+    )
 
 
 def planned_throttles(address: str) -> list[Fault]:
@@ -581,7 +609,11 @@ def test_ses_two_processes_ride_out_throttling_and_send_each_once(
         attempts = len(planned_throttles(address)) + 1
         assert proxy.attempts[address] == attempts, address
         row = rows[address]
-        assert (row["status"], row["attempts"], row["provider_id"]) == ("sent", attempts, provider[address]), address
+        assert (row["status"], row["attempts"], row["provider_id"]) == (
+            "sent",
+            attempts,
+            provider[address],
+        ), address
     status = cli(newsletter, "status", "1")
     assert f"issue 1: done, {len(active):,}/{len(active):,} handled via ses" in status.stdout, status.stdout
 
@@ -634,13 +666,17 @@ def test_ses_fatal_error_pauses_the_whole_campaign_with_its_reason(
     left = [{a for a in active if ids[a] % 2 == k} - delivered for k in (0, 1)]
     assert all(left), "both senders must have stopped before the end of their share"
     status = cli(newsletter, "status", "1")
-    assert f"issue 1: paused, {len(delivered):,}/{len(active):,} handled via ses" in status.stdout, status.stdout
+    assert f"issue 1: paused, {len(delivered):,}/{len(active):,} handled via ses" in status.stdout, (
+        status.stdout
+    )
     assert "note: SES SendingPausedException: Email sending is disabled for this account." in status.stdout
 
     proxy.reset(None)  # the account is back
     resumed, watch = run_watched(newsletter, "send", "1", "--yes", env=cli_env())
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"{len(active):,} sent, 0 failed, 0 skipped, 0 still queued, 0 unknown" in resumed.stdout, resumed.stdout
+    assert f"{len(active):,} sent, 0 failed, 0 skipped, 0 still queued, 0 unknown" in resumed.stdout, (
+        resumed.stdout
+    )
     assert watch.most == 2
     assert_ses_got_each_once(ses, active)
     assert proxy.send_calls == len(active) - len(delivered)
@@ -683,8 +719,14 @@ def _config(newsletter: Newsletter, transport: str = "maildir", processes: int =
     ],
 )
 def test_sender_processes_rules(
-    newsletter: Newsletter, monkeypatch: pytest.MonkeyPatch,
-    transport: str, processes: int, cores: int | None, recipients: int, dry_run: bool, expected: int,
+    newsletter: Newsletter,
+    monkeypatch: pytest.MonkeyPatch,
+    transport: str,
+    processes: int,
+    cores: int | None,
+    recipients: int,
+    dry_run: bool,
+    expected: int,
 ) -> None:
     import pipeline.send.fanout
 
@@ -772,12 +814,14 @@ class _StopOnThirdOutcome:
         pass
 
 
-def test_a_stop_that_lands_while_outcomes_are_recorded_is_reported_as_interrupted(newsletter: Newsletter) -> None:
+def test_a_stop_that_lands_while_outcomes_are_recorded_is_reported_as_interrupted(
+    newsletter: Newsletter,
+) -> None:
     """What a sender process does (share 0 of 2, SIGTERM handler), with the SIGTERM arriving at a set moment:
     while the runner records outcomes, between rate-limited hand-overs (nothing in flight)."""
+    from pipeline.db import open_db
     from pipeline.issue.build import build_issue
     from pipeline.send.campaign import CampaignRunner, SendSettings, content_hash, prepare_campaign
-    from pipeline.db import open_db
     from pipeline.send.message import MessageTemplate
     from pipeline.send.transports import MaildirTransport
 
@@ -793,9 +837,15 @@ def test_a_stop_that_lands_while_outcomes_are_recorded_is_reported_as_interrupte
         campaign = prepare_campaign(db, 1, content_hash(rendered), transport).campaign
         reporter = _StopOnThirdOutcome()
         runner = CampaignRunner(
-            db, config, campaign, MessageTemplate(config, rendered), transport, SECRET.encode(),
+            db,
+            config,
+            campaign,
+            MessageTemplate(config, rendered),
+            transport,
+            SECRET.encode(),
             SendSettings(concurrency=4, max_rate=20, max_attempts=1, max_consecutive_failures=10),
-            reporter, partition=(0, 2),
+            reporter,
+            partition=(0, 2),
         )
         before = signal.getsignal(signal.SIGTERM)
         runner.stop_on_signals((signal.SIGTERM,))  # it stays once a stop came: put pytest's back ourselves
@@ -859,7 +909,9 @@ def test_a_sender_that_has_reported_its_end_is_not_signalled() -> None:
         assert tally == {"fatal": 1, "sent": 3}
         assert other.exitcode == -signal.SIGTERM, "the sender still at work must be asked to stop"
         time.sleep(0.1)
-        assert reporting.is_alive(), f"the sender that had reported its end was signalled (exit {reporting.exitcode})"
+        assert reporting.is_alive(), (
+            f"the sender that had reported its end was signalled (exit {reporting.exitcode})"
+        )
     finally:
         obeying.join(15)
         for child in (reporting, other):

@@ -17,7 +17,10 @@ def test_rendering_matches_golden_files(number: int) -> None:
             diff = difflib.unified_diff(
                 expected.splitlines(), actual.splitlines(), f"golden/{name}", "rendered", lineterm="", n=1
             )
-            pytest.fail(f"{name} differs from its golden file (run `make golden` if intended):\n" + "\n".join(list(diff)[:40]))
+            pytest.fail(
+                f"{name} differs from its golden file (run `make golden` if intended):\n"
+                + "\n".join(list(diff)[:40])
+            )
 
 
 def test_every_golden_file_has_a_sample_issue() -> None:

@@ -28,10 +28,10 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.check import links as linkcheck
+from pipeline.check.links import LinkResult, check_urls
 from pipeline.cli import main
 from pipeline.config import LinkSettings
 from pipeline.db import DB_NAME, open_db
-from pipeline.check.links import LinkResult, check_urls
 
 from .conftest import Newsletter
 

@@ -19,7 +19,9 @@ def html_of(document: Document) -> str:
 
 
 def test_relative_urls_resolve_against_the_archive() -> None:
-    document = render("[a](2.md) [b](../x/y.html) [c](#news) [d](https://x.org/) [e](mailto:e@x.org) ![i](img/p.png)\n")
+    document = render(
+        "[a](2.md) [b](../x/y.html) [c](#news) [d](https://x.org/) [e](mailto:e@x.org) ![i](img/p.png)\n"
+    )
     assert [link.href for link in document.links] == [
         f"{BASE}/2.md",
         "https://archive.example.org/tree/x/y.html",
@@ -37,11 +39,13 @@ def test_raw_html_is_escaped_unless_allowed() -> None:
     assert "&lt;kbd&gt;K&lt;/kbd&gt;" in html_of(render(body))
     assert "&lt;div class=x&gt;" in html_of(render(body))
     allowed = html_of(render(body, allow_html=True))
-    assert "<kbd>K</kbd>" in allowed and '<div class=x>block</div>' in allowed
+    assert "<kbd>K</kbd>" in allowed and "<div class=x>block</div>" in allowed
 
 
 def test_gfm_tables_strikethrough_and_autolinks() -> None:
-    document = render("| a | b |\n|---|---|\n| 1 | 2 |\n\n~~old~~ https://x.org/p_(q) and www.example.org/w and <https://a.example/b> and http://plain.example\n")
+    document = render(
+        "| a | b |\n|---|---|\n| 1 | 2 |\n\n~~old~~ https://x.org/p_(q) and www.example.org/w and <https://a.example/b> and http://plain.example\n"
+    )
     html = html_of(document)
     assert '<div class="table-wrap"><table>' in html and "</table>\n</div>" in html
     assert "<s>old</s>" in html
@@ -73,12 +77,16 @@ def test_body_without_intro_or_headings() -> None:
 
 def test_links_carry_their_file_line() -> None:
     # Front matter is lines 1-6, the body starts on line 7.
-    document = render("Para [one](https://1.example)\nand [two](https://2.example)\n\n- [three](https://3.example)\n")
+    document = render(
+        "Para [one](https://1.example)\nand [two](https://2.example)\n\n- [three](https://3.example)\n"
+    )
     assert [(link.text, link.line) for link in document.links] == [("one", 7), ("two", 8), ("three", 10)]
 
 
 def test_unparsed_links_are_found_but_escaped_brackets_are_not() -> None:
-    document = render("A [broken](http://a b) link.\n\nEscaped \\[ed: fine\\](really) and [undefined][ref].\n\n`[code](x y)`\n")
+    document = render(
+        "A [broken](http://a b) link.\n\nEscaped \\[ed: fine\\](really) and [undefined][ref].\n\n`[code](x y)`\n"
+    )
     assert [(u.markdown, u.line) for u in document.unparsed_links] == [
         ("[broken](http://a b)", 7),
         ("[undefined][ref]", 9),
@@ -92,11 +100,17 @@ def test_only_scheme_and_www_autolinks_like_github() -> None:
 
 
 def test_html_comments_are_dropped_other_raw_html_escaped_and_recorded() -> None:
-    document = render("Intro <!-- note to self --> and <b>bold</b>.\n\n<!--\nCFPs go here: [x]()\n-->\n\n<div>block</div>\n")
+    document = render(
+        "Intro <!-- note to self --> and <b>bold</b>.\n\n<!--\nCFPs go here: [x]()\n-->\n\n<div>block</div>\n"
+    )
     html = html_of(document)
     assert "note to self" not in html and "CFPs go here" not in html
     assert "&lt;b&gt;bold&lt;/b&gt;" in html and "&lt;div&gt;block&lt;/div&gt;" in html
-    assert [(raw.markdown, raw.line) for raw in document.escaped_html] == [("<b>", 7), ("</b>", 7), ("<div>block</div>", 13)]
+    assert [(raw.markdown, raw.line) for raw in document.escaped_html] == [
+        ("<b>", 7),
+        ("</b>", 7),
+        ("<div>block</div>", 13),
+    ]
     assert document.unparsed_links == [] and document.links == []
 
 
@@ -112,9 +126,18 @@ def test_fast_url_normalisation_matches_markdown_it() -> None:
     from pipeline.issue.markdown import _ALREADY_NORMAL
 
     samples = [
-        "https://example.org/a_b(c)?x=1&y=2#top", "1.md", "#news", "mailto:a@example.org", "HTTPS://Example.ORG/a",
-        "https://example.org/%E2%82%AC", "https://docs.example.com/wiki/Ownership_(computer_science)",
-        "https://exa mple.org", "https://例え.jp/x", "https://a.org/ü", "https://a.org/%zz", "https://a.org/[x]",
+        "https://example.org/a_b(c)?x=1&y=2#top",
+        "1.md",
+        "#news",
+        "mailto:a@example.org",
+        "HTTPS://Example.ORG/a",
+        "https://example.org/%E2%82%AC",
+        "https://docs.example.com/wiki/Ownership_(computer_science)",
+        "https://exa mple.org",
+        "https://例え.jp/x",
+        "https://a.org/ü",
+        "https://a.org/%zz",
+        "https://a.org/[x]",
     ]
     fast = [url for url in samples if _ALREADY_NORMAL.match(url)]
     assert len(fast) == 7  # the fast path is taken for plain URLs, not for those needing escapes

@@ -37,7 +37,9 @@ def test_sections_are_compact_mjml_blocks(newsletter: Newsletter) -> None:
 def test_after_intro_blocks_go_after_the_opening_text(newsletter: Newsletter) -> None:
     newsletter.write_issue(1, "Opening words.\n\n## News\n\nnews\n")
     config = newsletter.config()
-    rendered = render_issue(config, read_issue(config.paths.issues, 1), after_intro=["<h2>Errata</h2><p>fix</p>"])
+    rendered = render_issue(
+        config, read_issue(config.paths.issues, 1), after_intro=["<h2>Errata</h2><p>fix</p>"]
+    )
     for output in (rendered.html, rendered.text):
         assert output.index("Opening words") < output.index("Errata") < output.index("News")
 
@@ -47,7 +49,9 @@ def test_recipient_values_are_filled_and_escaped(newsletter: Newsletter) -> None
     config = newsletter.config()
     rendered = render_issue(config, read_issue(config.paths.issues, 1))
     assert "%%unsubscribe_url%%" in rendered.html and "%%email%%" in rendered.text
-    html, text = rendered.personalise({"email": "o'neil&co@example.org", "unsubscribe_url": "https://u.example/t?a=1&b=2"})
+    html, text = rendered.personalise(
+        {"email": "o'neil&co@example.org", "unsubscribe_url": "https://u.example/t?a=1&b=2"}
+    )
     assert 'href="https://u.example/t?a=1&amp;b=2"' in html
     assert "o&#x27;neil&amp;co@example.org" in html
     assert "Unsubscribe: https://u.example/t?a=1&b=2" in text
@@ -57,7 +61,10 @@ def test_recipient_values_are_filled_and_escaped(newsletter: Newsletter) -> None
 
 def test_text_part_is_wrapped_and_keeps_every_link(newsletter: Newsletter) -> None:
     long_url = "https://example.org/" + "segment/" * 20
-    newsletter.write_issue(1, f"{'word ' * 80}\n\n[first](https://example.org/1) and [long]({long_url}) and https://example.org/bare\n")
+    newsletter.write_issue(
+        1,
+        f"{'word ' * 80}\n\n[first](https://example.org/1) and [long]({long_url}) and https://example.org/bare\n",
+    )
     text = build_issue(newsletter.config(), 1).text
     for url in ("https://example.org/1", long_url, "https://example.org/bare"):
         assert url in text
@@ -81,7 +88,9 @@ def test_message_eml_is_complete_multipart_utf8(newsletter: Newsletter) -> None:
     assert text_part.get_content_type() == "text/plain" and html_part.get_content_type() == "text/html"
     assert text_part.get_content_charset() == html_part.get_content_charset() == "utf-8"
     assert "Caf\u00e9 \u2014 \u30ab\u30cb" in text_part.get_content()
-    assert html_part.get_content().replace("\r\n", "\n").rstrip("\n") == written["email.html"].read_text(encoding="utf-8")
+    assert html_part.get_content().replace("\r\n", "\n").rstrip("\n") == written["email.html"].read_text(
+        encoding="utf-8"
+    )
 
 
 def test_template_error_names_the_template(newsletter: Newsletter) -> None:

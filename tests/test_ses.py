@@ -37,14 +37,14 @@ from pathlib import Path
 import boto3
 import pytest
 
-from pipeline.issue.build import build_issue
-from pipeline.send.campaign import Campaign, content_hash, find_campaign
-from pipeline.db import DB_NAME, open_db
-from pipeline.errors import Rejected, TemporaryFailure, TransportUnavailable
-from pipeline.send.message import MessageTemplate, Recipient
-from pipeline.publish import send_rate
 from pipeline.audience.subscribers import import_csv
 from pipeline.audience.tokens import make_token, verify_token
+from pipeline.db import DB_NAME, open_db
+from pipeline.errors import Rejected, TemporaryFailure, TransportUnavailable
+from pipeline.issue.build import build_issue
+from pipeline.publish import send_rate
+from pipeline.send.campaign import Campaign, content_hash, find_campaign
+from pipeline.send.message import MessageTemplate, Recipient
 from pipeline.send.transports import Envelope, SesTransport, open_transport
 
 from .conftest import Newsletter
@@ -115,7 +115,9 @@ class Ses:
             self.verify(SENDER)
 
     def verify(self, address: str) -> None:
-        boto3.client("ses", endpoint_url=self.endpoint, region_name=REGION).verify_email_identity(EmailAddress=address)
+        boto3.client("ses", endpoint_url=self.endpoint, region_name=REGION).verify_email_identity(
+            EmailAddress=address
+        )
 
     def messages(self) -> list:  # list[moto.ses.models.RawMessage]
         return list(ses_backends[DEFAULT_ACCOUNT_ID][REGION].sent_messages)
@@ -158,7 +160,16 @@ def closed_port() -> int:
 
 def configure_ses(newsletter: Newsletter, endpoint: str, **send: object) -> None:
     settings = {"max_rate": 200, "concurrency": 8, **send}
-    lines = ["", "[transport]", 'kind = "ses"', "", "[transport.ses]", f'endpoint_url = "{endpoint}"', "", "[send]"]
+    lines = [
+        "",
+        "[transport]",
+        'kind = "ses"',
+        "",
+        "[transport.ses]",
+        f'endpoint_url = "{endpoint}"',
+        "",
+        "[send]",
+    ]
     lines += [f"{key} = {value}" for key, value in settings.items()]
     text = newsletter.config_path.read_text(encoding="utf-8")
     newsletter.config_path.write_text(text + "\n".join(lines) + "\n", encoding="utf-8")
@@ -214,8 +225,11 @@ def import_subscribers(newsletter: Newsletter, rows: list[tuple[str, str, str]])
 
 
 FIFTY = [
-    (f"user{i:02d}@example.com", "Zoë Ñuñez" if i == 12 else f"Reader {i:02d}",
-     {5: "unsubscribed", 17: "unsubscribed", 33: "bounced"}.get(i, "active"))
+    (
+        f"user{i:02d}@example.com",
+        "Zoë Ñuñez" if i == 12 else f"Reader {i:02d}",
+        {5: "unsubscribed", 17: "unsubscribed", 33: "bounced"}.get(i, "active"),
+    )
     for i in range(1, 51)
 ]
 ACTIVE = [address for address, _, status in FIFTY if status == "active"]
@@ -329,11 +343,23 @@ def test_campaign_straight_to_moto_hands_ses_exactly_our_bytes(newsletter: Newsl
         assert message["Message-ID"] == message_id
         assert message["List-Id"] == "Crate Notes <crate-notes.example.org>"
         # Folded right after the colon (the URL does not fit on the first line): unfold and trim.
-        assert message["List-Unsubscribe"].strip() == f"<{url}>, <mailto:editor@example.org?subject=unsubscribe>"
+        assert (
+            message["List-Unsubscribe"].strip() == f"<{url}>, <mailto:editor@example.org?subject=unsubscribe>"
+        )
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         assert message["MIME-Version"] == "1.0"
-        for header in ("From", "To", "Subject", "Date", "Message-ID", "List-Id", "List-Unsubscribe",
-                       "List-Unsubscribe-Post", "MIME-Version", "Content-Type"):
+        for header in (
+            "From",
+            "To",
+            "Subject",
+            "Date",
+            "Message-ID",
+            "List-Id",
+            "List-Unsubscribe",
+            "List-Unsubscribe-Post",
+            "MIME-Version",
+            "Content-Type",
+        ):
             assert len(message.get_all(header) or []) == 1, header
 
         match = UNSUBSCRIBE_URL.fullmatch(url)
@@ -385,7 +411,9 @@ def test_test_copy_through_ses_does_not_touch_the_campaign(newsletter: Newslette
 # --- 3. A whole campaign through the real CLI ----------------------------------------------------
 
 
-def test_full_campaign_sends_each_active_subscriber_exactly_once(newsletter: Newsletter, ses: Ses, proxy: FaultProxy) -> None:
+def test_full_campaign_sends_each_active_subscriber_exactly_once(
+    newsletter: Newsletter, ses: Ses, proxy: FaultProxy
+) -> None:
     letter = newsletter
     letter.write_issue(1, ISSUE_BODY)
     imported = run(letter, "subscribers", "import", str(write_csv(letter, FIFTY)))
@@ -446,7 +474,9 @@ def planned_failures(address: str) -> list[Fault]:
     return [fault] * (2 if n % 9 == 0 else 1 if n % 3 == 0 else 0)
 
 
-def test_campaign_rides_out_throttling_and_server_errors(letter: Newsletter, ses: Ses, proxy: FaultProxy) -> None:
+def test_campaign_rides_out_throttling_and_server_errors(
+    letter: Newsletter, ses: Ses, proxy: FaultProxy
+) -> None:
     # Decided per recipient and attempt: the same calls fail whatever the interleaving of the workers.
     def policy(call: Call) -> Fault | None:
         planned = planned_failures(call.recipient)
@@ -473,7 +503,9 @@ def test_campaign_rides_out_throttling_and_server_errors(letter: Newsletter, ses
     assert campaign_state(letter) == "done"
 
 
-def test_permanent_rejection_fails_one_recipient_and_the_rest_go_out(letter: Newsletter, ses: Ses, proxy: FaultProxy) -> None:
+def test_permanent_rejection_fails_one_recipient_and_the_rest_go_out(
+    letter: Newsletter, ses: Ses, proxy: FaultProxy
+) -> None:
     refused = "user07@example.com"
     proxy.reset(lambda call: rejected(call.recipient) if call.recipient == refused else None)
     configure_ses(letter, proxy.url)
@@ -493,11 +525,15 @@ def test_permanent_rejection_fails_one_recipient_and_the_rest_go_out(letter: New
     assert campaign_state(letter) == "done"
 
 
-def test_failures_pause_the_campaign_and_send_resumes_it(letter: Newsletter, ses: Ses, proxy: FaultProxy) -> None:
+def test_failures_pause_the_campaign_and_send_resumes_it(
+    letter: Newsletter, ses: Ses, proxy: FaultProxy
+) -> None:
     configure_ses(letter, proxy.url, max_attempts=2, max_consecutive_failures=3)
 
     # An account-wide refusal stops the campaign at once and costs no recipient anything.
-    proxy.reset(lambda call: Fault(400, "SendingPausedException", "Email sending is disabled for this account."))
+    proxy.reset(
+        lambda call: Fault(400, "SendingPausedException", "Email sending is disabled for this account.")
+    )
     stopped = run(letter, "send", "1", "--yes")
 
     assert stopped.returncode == 1, stopped.stderr
@@ -555,11 +591,16 @@ def test_failures_pause_the_campaign_and_send_resumes_it(letter: Newsletter, ses
         (Fault(400, "BadRequestException", "Illegal address"), Rejected),
         (Fault(400, "SendingPausedException", "Sending is paused for this account."), TransportUnavailable),
         (Fault(400, "AccountSuspendedException", "Account suspended."), TransportUnavailable),
-        (Fault(403, "AccessDeniedException", "User is not authorized to perform: ses:SendEmail"), TransportUnavailable),
+        (
+            Fault(403, "AccessDeniedException", "User is not authorized to perform: ses:SendEmail"),
+            TransportUnavailable,
+        ),
     ],
     ids=lambda v: v.code if isinstance(v, Fault) else v.__name__,
 )
-def test_ses_errors_are_translated(ses: Ses, proxy: FaultProxy, fault: Fault, expected: type[Exception]) -> None:
+def test_ses_errors_are_translated(
+    ses: Ses, proxy: FaultProxy, fault: Fault, expected: type[Exception]
+) -> None:
     proxy.reset(lambda call: fault)
     transport = SesTransport(REGION, proxy.url, "", 2)
     try:
@@ -653,7 +694,9 @@ def test_rate_is_the_lower_of_config_and_account(newsletter: Newsletter, ses: Se
         transport = SesTransport(REGION, proxy.url, "", 2)
         try:
             assert transport.max_rate() == account  # from v2 GetAccount
-            local = dataclasses.replace(config, send=dataclasses.replace(config.send, max_rate=float(configured)))
+            local = dataclasses.replace(
+                config, send=dataclasses.replace(config.send, max_rate=float(configured))
+            )
             assert send_rate(local, transport, dry_run=False) == expected
         finally:
             transport.close()
@@ -662,7 +705,9 @@ def test_rate_is_the_lower_of_config_and_account(newsletter: Newsletter, ses: Se
 # --- Regressions: bugs these tests found ---------------------------------------------------------
 
 
-def test_unverified_sender_stops_the_campaign_without_failing_recipients(letter: Newsletter, ses: Ses, proxy: FaultProxy) -> None:
+def test_unverified_sender_stops_the_campaign_without_failing_recipients(
+    letter: Newsletter, ses: Ses, proxy: FaultProxy
+) -> None:
     ses.reset(verify=False)  # moto, like SES, refuses to send from an unverified identity
     configure_ses(letter, proxy.url)
 
@@ -680,9 +725,15 @@ def test_unverified_sender_stops_the_campaign_without_failing_recipients(letter:
     assert_each_active_got_exactly_one(ses)
 
 
-def test_a_non_ascii_address_does_not_crash_the_campaign(newsletter: Newsletter, ses: Ses, proxy: FaultProxy) -> None:
+def test_a_non_ascii_address_does_not_crash_the_campaign(
+    newsletter: Newsletter, ses: Ses, proxy: FaultProxy
+) -> None:
     newsletter.write_issue(1, ISSUE_BODY)
-    rows = [("ada@example.org", "Ada", "active"), ("zoë@example.org", "Zoë", "active"), ("plain@example.net", "", "active")]
+    rows = [
+        ("ada@example.org", "Ada", "active"),
+        ("zoë@example.org", "Zoë", "active"),
+        ("plain@example.net", "", "active"),
+    ]
     db = open_db(newsletter.config().paths.state)
     try:
         import_csv(db, write_csv(newsletter, rows))  # either refused here, or failed alone at send time
@@ -711,10 +762,14 @@ def test_request_body_is_what_botocore_would_serialise() -> None:
 
     transport = SesTransport(REGION, "http://127.0.0.1:9", "weekly-events", 2)
     try:
-        data = "Subject: caf\u00e9\r\n\r\n\u00e9\"\\\x00".encode() + bytes(range(256)) * 40
+        data = 'Subject: caf\u00e9\r\n\r\n\u00e9"\\\x00'.encode() + bytes(range(256)) * 40
         envelope = Envelope(SENDER, 'odd"quote\\@example.org', data, "k")
-        params = {"FromEmailAddress": envelope.sender, "Destination": {"ToAddresses": [envelope.recipient]},
-                  "Content": {"Raw": {"Data": data}}, "ConfigurationSetName": "weekly-events"}
+        params = {
+            "FromEmailAddress": envelope.sender,
+            "Destination": {"ToAddresses": [envelope.recipient]},
+            "Content": {"Raw": {"Data": data}},
+            "ConfigurationSetName": "weekly-events",
+        }
         operation = transport._client.meta.service_model.operation_model("SendEmail")
         expected = create_serializer("rest-json").serialize_to_request(params, operation)["body"]
 
@@ -778,8 +833,12 @@ def test_requests_are_signed_with_the_credential_chains_keys(monkeypatch: pytest
 
     _scrub_aws_env(monkeypatch)
     answer = b'{"MessageId":"0100-abc"}'
-    server = OneShotServer(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                           + str(len(answer)).encode() + b"\r\n\r\n" + answer)
+    server = OneShotServer(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(answer)).encode()
+        + b"\r\n\r\n"
+        + answer
+    )
     transport = SesTransport(REGION, server.url, "", 2)
     try:
         provider_id = transport.send(Envelope(SENDER, "reader@example.org", b"Subject: x\r\n\r\nx\r\n", "k1"))
@@ -796,16 +855,24 @@ def test_requests_are_signed_with_the_credential_chains_keys(monkeypatch: pytest
     lines = head.split("\r\n")[1:]
     received = dict(line.split(": ", 1) for line in lines)
     signed = re.search(r"SignedHeaders=([^,]+)", authorization).group(1).split(";")  # type: ignore[union-attr]
-    request = AWSRequest("POST", server.url + "/v2/email/outbound-emails", data=server.bodies[0],
-                         headers={k: v for k, v in received.items() if k.lower() in signed})
+    request = AWSRequest(
+        "POST",
+        server.url + "/v2/email/outbound-emails",
+        data=server.bodies[0],
+        headers={k: v for k, v in received.items() if k.lower() in signed},
+    )
     request.context["timestamp"] = received["X-Amz-Date"]
-    auth = SigV4Auth(Credentials(DUMMY_AWS["AWS_ACCESS_KEY_ID"], DUMMY_AWS["AWS_SECRET_ACCESS_KEY"]), "ses", REGION)
+    auth = SigV4Auth(
+        Credentials(DUMMY_AWS["AWS_ACCESS_KEY_ID"], DUMMY_AWS["AWS_SECRET_ACCESS_KEY"]), "ses", REGION
+    )
     signature = auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request)
     assert authorization.endswith(f"Signature={signature}")
     assert "host" in signed and "x-amz-date" in signed
 
 
-def test_a_lost_answer_after_the_request_went_out_is_unknown_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lost_answer_after_the_request_went_out_is_unknown_not_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The server reads the whole request, then hangs up: SES may have sent it. Never a retry."""
     from pipeline.errors import DeliveryUnknown
 
@@ -837,17 +904,28 @@ def test_no_credentials_anywhere_stops_the_send(monkeypatch: pytest.MonkeyPatch,
 
 
 def _answer(status: str, content_type: str, body: bytes) -> bytes:
-    return (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
 
 
 @pytest.mark.parametrize(
     ("answer", "expected", "text"),
     [
-        (_answer("403 Forbidden", "text/html; charset=latin-1", "<h1>Acc\xe8s refus\xe9</h1>".encode("latin-1")),
-         TransportUnavailable, "SES 403"),
+        (
+            _answer(
+                "403 Forbidden", "text/html; charset=latin-1", "<h1>Acc\xe8s refus\xe9</h1>".encode("latin-1")
+            ),
+            TransportUnavailable,
+            "SES 403",
+        ),
         (_answer("400 Bad Request", "application/json", b"[1, 2]"), Rejected, "SES 400"),
-        (_answer("400 Bad Request", "application/json", b'{"__type": 12, "message": ["x"]}'), Rejected, "SES"),
+        (
+            _answer("400 Bad Request", "application/json", b'{"__type": 12, "message": ["x"]}'),
+            Rejected,
+            "SES",
+        ),
         (_answer("502 Bad Gateway", "text/html", b"<html>proxy error</html>"), TemporaryFailure, "SES 502"),
         (_answer("413 Payload Too Large", "text/plain", b"too big"), Rejected, "SES 413"),
     ],
@@ -883,10 +961,11 @@ def test_a_200_without_a_message_id_is_unknown_not_sent(monkeypatch: pytest.Monk
         server.close()
 
 
-def test_sending_trusts_the_ca_bundle_the_boto3_chain_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_sending_trusts_the_ca_bundle_the_boto3_chain_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Behind a TLS-inspecting proxy the editor sets AWS_CA_BUNDLE; sending must trust it as boto3 does."""
     import http.server
-    import ssl
     import threading
 
     from .test_smtp import _certificate_with_cryptography
@@ -894,7 +973,7 @@ def test_sending_trusts_the_ca_bundle_the_boto3_chain_names(monkeypatch: pytest.
     certificate = _certificate_with_cryptography(tmp_path)
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+        def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             body = b'{"MessageId":"0100-tls"}'
             self.send_response(200)

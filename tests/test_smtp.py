@@ -31,11 +31,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from pipeline.issue.build import build_issue
-from pipeline.db import open_db
-from pipeline.send.message import MessageTemplate, Recipient
 from pipeline.audience.subscribers import import_csv
 from pipeline.audience.tokens import verify_token
+from pipeline.db import open_db
+from pipeline.issue.build import build_issue
+from pipeline.send.message import MessageTemplate, Recipient
 
 from .conftest import Newsletter
 
@@ -90,15 +90,25 @@ class Recorder:
         user = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
         with self.lock:
             self.messages.append(
-                Received(envelope.mail_from, tuple(envelope.rcpt_tos), bytes(envelope.original_content),
-                         self.connection(session), self._tls(server), user)
+                Received(
+                    envelope.mail_from,
+                    tuple(envelope.rcpt_tos),
+                    bytes(envelope.original_content),
+                    self.connection(session),
+                    self._tls(server),
+                    user,
+                )
             )
             number = len(self.messages)
         return f"250 2.0.0 Ok: queued as Q{number}"
 
-    def authenticator(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+    def authenticator(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
-            USERNAME.encode(), PASSWORD.encode())
+            USERNAME.encode(),
+            PASSWORD.encode(),
+        )
         login = auth_data.login.decode() if isinstance(auth_data, LoginPassword) else "?"
         with self.lock:
             self.logins.append((login, ok, self._tls(server)))
@@ -149,7 +159,7 @@ def smtp_server():  # type: ignore[no-untyped-def]
     for controller in started:
         try:
             controller.stop()
-        except Exception as error:  # noqa: BLE001 - stop the others anyway
+        except Exception as error:
             errors.append(error)
     assert not errors, errors
 
@@ -192,41 +202,77 @@ def _certificate_with_cryptography(folder: Path) -> Certificate:
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "newsletter test CA")])
     ca_cert = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2))
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])).issuer_name(ca_name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     paths = Certificate(folder / "ca.pem", folder / "server.pem", folder / "server.key")
     paths.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths.key.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    paths.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return paths
 
 
 def _certificate_with_openssl(folder: Path) -> Certificate:
     paths = Certificate(folder / "server.pem", folder / "server.pem", folder / "server.key")
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(paths.key), "-out", str(paths.cert), "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(paths.key),
+            "-out",
+            str(paths.cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
     )
     return paths
 
@@ -251,7 +297,9 @@ def _toml(table: dict[str, Any], prefix: str = "") -> list[str]:
     return lines
 
 
-def use_smtp(newsletter: Newsletter, port: int, security: str = "none", *, username: str = "", **send: object) -> None:
+def use_smtp(
+    newsletter: Newsletter, port: int, security: str = "none", *, username: str = "", **send: object
+) -> None:
     """Point the newsletter's config at our server; whatever else the config says stays."""
     raw = tomllib.loads(newsletter.config_path.read_text(encoding="utf-8"))
     smtp: dict[str, Any] = {"host": "127.0.0.1", "port": port, "security": security, "timeout": 10.0}
@@ -262,16 +310,29 @@ def use_smtp(newsletter: Newsletter, port: int, security: str = "none", *, usern
     newsletter.config_path.write_text("\n".join(_toml(raw)) + "\n", encoding="utf-8")
 
 
-def run(newsletter: Newsletter, *args: str, cert: Certificate | None = None, password: str | None = None,
-        ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NEWSLETTER_CONFIG", "SSL_CERT_FILE", "SSL_CERT_DIR", PASSWORD_ENV)}
+def run(
+    newsletter: Newsletter,
+    *args: str,
+    cert: Certificate | None = None,
+    password: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NEWSLETTER_CONFIG", "SSL_CERT_FILE", "SSL_CERT_DIR", PASSWORD_ENV)
+    }
     env["NEWSLETTER_SECRET"] = SECRET
     if cert is not None:
         env["SSL_CERT_FILE"] = str(cert.ca)
     if password is not None:
         env[PASSWORD_ENV] = password
     return subprocess.run(
-        [str(NEWSLETTER), *args], cwd=newsletter.root, env=env, capture_output=True, text=True, timeout=120,
+        [str(NEWSLETTER), *args],
+        cwd=newsletter.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
         check=False,
     )
 
@@ -283,8 +344,14 @@ class People:
     inactive: list[str] = field(default_factory=list)
 
 
-def import_subscribers(newsletter: Newsletter, count: int, *, unsubscribed: int = 0, extra: tuple[str, ...] = (),
-                       cli: bool = False) -> People:
+def import_subscribers(
+    newsletter: Newsletter,
+    count: int,
+    *,
+    unsubscribed: int = 0,
+    extra: tuple[str, ...] = (),
+    cli: bool = False,
+) -> People:
     """Write a CSV and import it (with the real CLI when ``cli``); ``extra`` addresses are active too."""
     people = People()
     rows = ["email,name,status"]
@@ -305,7 +372,9 @@ def import_subscribers(newsletter: Newsletter, count: int, *, unsubscribed: int 
     if cli:
         result = run(newsletter, "subscribers", "import", "subscribers.csv")
         assert result.returncode == 0, result.stderr
-        assert result.stdout.startswith(f"{count + len(extra)} added, 0 updated, 0 unchanged, 0 skipped, 0 rejected")
+        assert result.stdout.startswith(
+            f"{count + len(extra)} added, 0 updated, 0 unchanged, 0 skipped, 0 rejected"
+        )
     else:  # the same import, without the cost of starting another process
         db = open_db(newsletter.config().paths.state)
         try:
@@ -355,7 +424,8 @@ def assert_each_once(server: Server, addresses: set[str] | dict[str, str]) -> No
     duplicates = {address: n for address, n in received.items() if n > 1}
     assert not duplicates, f"delivered more than once: {duplicates}"
     assert set(received) == set(addresses), (
-        f"missing: {sorted(set(addresses) - set(received))}, unexpected: {sorted(set(received) - set(addresses))}")
+        f"missing: {sorted(set(addresses) - set(received))}, unexpected: {sorted(set(received) - set(addresses))}"
+    )
     assert all(len(message.rcpt_tos) == 1 for message in server.handler.messages)
 
 
@@ -410,11 +480,15 @@ def test_campaign_delivers_one_complete_message_per_active_subscriber(issue: New
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         match = re.fullmatch(
             r"<(https://news\.example\.org/unsubscribe/([^>]+))>, <mailto:editor@example\.org\?subject=unsubscribe>",
-            message["List-Unsubscribe"].strip(),  # folded onto its own line: the parser keeps the fold's space
+            message[
+                "List-Unsubscribe"
+            ].strip(),  # folded onto its own line: the parser keeps the fold's space
         )
         assert match, message["List-Unsubscribe"]
         url, token = match.groups()
-        assert verify_token(SECRET.encode(), "unsubscribe", token, address), "token not signed for this subscriber"
+        assert verify_token(SECRET.encode(), "unsubscribe", token, address), (
+            "token not signed for this subscriber"
+        )
         tokens.add(token)
 
         assert message.get_content_type() == "multipart/alternative"
@@ -451,15 +525,26 @@ def test_campaign_delivers_one_complete_message_per_active_subscriber(issue: New
 def tls_server(smtp_server, certificate: Certificate, security: str) -> Server:  # type: ignore[no-untyped-def]
     if security == "starttls":
         # AUTH is only offered, and mail only taken, after STARTTLS: a delivery proves TLS was used.
-        return smtp_server(tls_context=certificate.server_context(), require_starttls=True,
-                           authenticator=True, auth_required=True, auth_require_tls=True)
+        return smtp_server(
+            tls_context=certificate.server_context(),
+            require_starttls=True,
+            authenticator=True,
+            auth_required=True,
+            auth_require_tls=True,
+        )
     # Implicit TLS: the whole connection is TLS (aiosmtpd's auth_require_tls only knows STARTTLS).
-    return smtp_server(ssl_context=certificate.server_context(), authenticator=True, auth_required=True,
-                       auth_require_tls=False)
+    return smtp_server(
+        ssl_context=certificate.server_context(),
+        authenticator=True,
+        auth_required=True,
+        auth_require_tls=False,
+    )
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])
-def test_tls_with_login_delivers(issue: Newsletter, smtp_server, certificate: Certificate, security: str) -> None:  # type: ignore[no-untyped-def]
+def test_tls_with_login_delivers(
+    issue: Newsletter, smtp_server, certificate: Certificate, security: str
+) -> None:  # type: ignore[no-untyped-def]
     server = tls_server(smtp_server, certificate, security)
     use_smtp(issue, server.port, security, username=USERNAME)
     people = import_subscribers(issue, 5)
@@ -474,7 +559,9 @@ def test_tls_with_login_delivers(issue: Newsletter, smtp_server, certificate: Ce
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])
-def test_wrong_password_stops_before_sending(issue: Newsletter, smtp_server, certificate: Certificate, security: str) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_password_stops_before_sending(
+    issue: Newsletter, smtp_server, certificate: Certificate, security: str
+) -> None:  # type: ignore[no-untyped-def]
     server = tls_server(smtp_server, certificate, security)
     use_smtp(issue, server.port, security, username=USERNAME)
     import_subscribers(issue, 3)
@@ -482,14 +569,18 @@ def test_wrong_password_stops_before_sending(issue: Newsletter, smtp_server, cer
     result = run(issue, "send", "1", "--yes", cert=certificate, password="wrong password")
 
     assert result.returncode == 2
-    assert_one_line_error(result, f"SMTP server 127.0.0.1:{server.port} refused the login for 'newsletter'", "535")
+    assert_one_line_error(
+        result, f"SMTP server 127.0.0.1:{server.port} refused the login for 'newsletter'", "535"
+    )
     # smtplib tries each mechanism offered (PLAIN, then LOGIN); all refused, all over TLS.
     assert server.handler.logins and set(server.handler.logins) == {(USERNAME, False, True)}
     assert not server.handler.messages
     assert_not_sent(issue)
 
 
-def test_username_without_password_names_the_variable(issue: Newsletter, smtp_server, certificate: Certificate) -> None:  # type: ignore[no-untyped-def]
+def test_username_without_password_names_the_variable(
+    issue: Newsletter, smtp_server, certificate: Certificate
+) -> None:  # type: ignore[no-untyped-def]
     server = tls_server(smtp_server, certificate, "starttls")
     use_smtp(issue, server.port, "starttls", username=USERNAME)
     import_subscribers(issue, 3)
@@ -503,7 +594,9 @@ def test_username_without_password_names_the_variable(issue: Newsletter, smtp_se
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])
-def test_untrusted_certificate_is_refused(issue: Newsletter, smtp_server, certificate: Certificate, security: str) -> None:  # type: ignore[no-untyped-def]
+def test_untrusted_certificate_is_refused(
+    issue: Newsletter, smtp_server, certificate: Certificate, security: str
+) -> None:  # type: ignore[no-untyped-def]
     """Without SSL_CERT_FILE the client does not trust our test CA: it must refuse, not fall back."""
     server = tls_server(smtp_server, certificate, security)
     use_smtp(issue, server.port, security, username=USERNAME)
@@ -530,7 +623,9 @@ def test_starttls_required_but_not_offered(issue: Newsletter, smtp_server) -> No
     assert_not_sent(issue)
 
 
-def test_login_configured_but_auth_not_offered(issue: Newsletter, smtp_server, certificate: Certificate) -> None:  # type: ignore[no-untyped-def]
+def test_login_configured_but_auth_not_offered(
+    issue: Newsletter, smtp_server, certificate: Certificate
+) -> None:  # type: ignore[no-untyped-def]
     """security = "none" with a username, against a server offering AUTH only after STARTTLS."""
     server = smtp_server(tls_context=certificate.server_context(), authenticator=True, auth_require_tls=True)
     use_smtp(issue, server.port, "none", username=USERNAME)
@@ -558,7 +653,9 @@ class PickyServer(Recorder):
         super().__init__()
         self.rcpt_attempts: Counter[str] = Counter()
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
         with self.lock:
             self.rcpt_attempts[address] += 1
             attempt = self.rcpt_attempts[address]
@@ -590,14 +687,19 @@ def test_recipient_refusals_are_recorded_and_temporary_ones_retried(issue: Newsl
     assert rows[UNKNOWN_USER]["last_error"] == f"{UNKNOWN_USER}: 550 5.1.1 no such user"
     assert rows[GREYLISTED]["status"] == "sent" and rows[GREYLISTED]["attempts"] == 2
     assert rows[GREYLISTED]["provider_id"].startswith("2.0.0 Ok: queued as Q")
-    assert all(row["status"] == "sent" and row["attempts"] == 1
-               for address, row in rows.items() if address not in (UNKNOWN_USER, GREYLISTED))
+    assert all(
+        row["status"] == "sent" and row["attempts"] == 1
+        for address, row in rows.items()
+        if address not in (UNKNOWN_USER, GREYLISTED)
+    )
     status = run(issue, "status", "1")
     assert "sent 11  failed 1  skipped 0  queued 0" in status.stdout
 
 
 class SenderRefusingServer(Recorder):
-    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
         return "553 5.7.1 sender not allowed"
 
 
@@ -610,8 +712,11 @@ def test_refused_sender_pauses_the_campaign_with_nobody_marked(issue: Newsletter
 
     assert result.returncode == 1
     assert "0 sent, 0 failed, 0 skipped, 12 still queued, 0 unknown" in result.stdout
-    assert_one_line_error(result, "campaign paused: sender editor@example.org refused: 553 5.7.1 sender not allowed",
-                          "run `newsletter send 1` to resume")
+    assert_one_line_error(
+        result,
+        "campaign paused: sender editor@example.org refused: 553 5.7.1 sender not allowed",
+        "run `newsletter send 1` to resume",
+    )
     assert not server.handler.messages
     assert {row["status"] for row in ledger(issue).values()} == {"queued"}
     status = run(issue, "status", "1")
@@ -641,7 +746,9 @@ def test_test_send_arrives_and_leaves_the_ledger_alone(issue: Newsletter, smtp_s
     result = run(issue, "send", "1", "--to", "someone@example.org")
 
     assert result.returncode == 0, result.stderr
-    assert "test copy of issue 1 sent to someone@example.org via smtp (2.0.0 Ok: queued as Q1)" in result.stdout
+    assert (
+        "test copy of issue 1 sent to someone@example.org via smtp (2.0.0 Ok: queued as Q1)" in result.stdout
+    )
     (received,) = server.handler.messages
     assert received.rcpt_tos == ("someone@example.org",) and received.mail_from == SENDER
     message = parse(received.data)
@@ -666,7 +773,9 @@ class DroppingServer(Recorder):
         self.taken: Counter[int] = Counter()
         self.drops = 0
 
-    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
         if self.taken[self.connection(session)] >= self.per_connection:
             with self.lock:
                 self.drops += 1
@@ -683,7 +792,9 @@ class DroppingServer(Recorder):
 
 
 @pytest.mark.parametrize("reply", [True, False], ids=["421-then-close", "silent-close"])
-def test_dropped_connections_are_reopened_without_duplicates(issue: Newsletter, smtp_server, reply: bool) -> None:  # type: ignore[no-untyped-def]
+def test_dropped_connections_are_reopened_without_duplicates(
+    issue: Newsletter, smtp_server, reply: bool
+) -> None:  # type: ignore[no-untyped-def]
     handler = DroppingServer(per_connection=3, reply=reply)
     server = smtp_server(handler)
     use_smtp(issue, server.port, "none", concurrency=4)
@@ -703,7 +814,9 @@ def test_dropped_connections_are_reopened_without_duplicates(issue: Newsletter, 
     assert max(attempts) <= 2
 
 
-def test_dropped_connections_with_two_attempts_resume_without_duplicates(issue: Newsletter, smtp_server) -> None:  # type: ignore[no-untyped-def]
+def test_dropped_connections_with_two_attempts_resume_without_duplicates(
+    issue: Newsletter, smtp_server
+) -> None:  # type: ignore[no-untyped-def]
     """With few attempts a drop may leave messages queued: the campaign pauses, and the next run sends
     exactly those. (Today a 421 costs two attempts, so this one does pause.)"""
     handler = DroppingServer(per_connection=3, reply=True)

@@ -295,7 +295,9 @@ def test_the_default_rule_fetches_only_sns_certificate_paths(signer: Signer) -> 
 
     verifier = SnsVerifier(fetch=fetch)
     for path in ("/x.pem", "/SimpleNotificationService-xyz.pem", "/a/SimpleNotificationService-ab.pem"):
-        message = signer.sign(notification(ses_bounce("a@example.org"), f"https://sns.us-east-1.amazonaws.com{path}"))
+        message = signer.sign(
+            notification(ses_bounce("a@example.org"), f"https://sns.us-east-1.amazonaws.com{path}")
+        )
         assert "is not an SNS signing certificate" in rejected(verifier, message)
     assert fetched == []
     good = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
@@ -312,11 +314,15 @@ def test_a_failed_certificate_is_not_fetched_again_for_a_minute(server: CertServ
             assert reason in rejected(verifier, message)
     assert server.requests == ["/missing.pem", "/not-a-cert.pem"]
     clock.advance(FAILED_FETCH_SECONDS - 1)
-    assert "HTTP 404" in rejected(verifier, signer.sign(notification(ses_bounce("a@example.org"), f"{server.url}/missing.pem")))
+    assert "HTTP 404" in rejected(
+        verifier, signer.sign(notification(ses_bounce("a@example.org"), f"{server.url}/missing.pem"))
+    )
     assert len(server.requests) == 2
     clock.advance(2)
     server.files["/missing.pem"] = signer.pem  # it is there now
-    assert verifier.verify(body(signer.sign(notification(ses_bounce("a@example.org"), f"{server.url}/missing.pem"))))
+    assert verifier.verify(
+        body(signer.sign(notification(ses_bounce("a@example.org"), f"{server.url}/missing.pem")))
+    )
     assert server.requests[2:] == ["/missing.pem"]
 
 

@@ -51,7 +51,11 @@ BASE = "---\nnumber: 5\ntitle: T\ndate: 2026-11-23\n---\nBody\n"
         (BASE.replace("title: T", "title: Weekly #5"), "title: text after ' #' is read as a YAML comment", 3),
         (BASE.replace("title: T", "title: 42"), "title: must be text", 3),
         (BASE.replace("title: T", 'title: "two\\nlines"'), "title: must be a single line", 3),
-        (BASE.replace("date: 2026-11-23", "date: 2026-11-23\nallow_html: yes please"), "allow_html: must be true or false", 5),
+        (
+            BASE.replace("date: 2026-11-23", "date: 2026-11-23\nallow_html: yes please"),
+            "allow_html: must be true or false",
+            5,
+        ),
         (BASE.replace("Body\n", "\n   \n"), "the body is empty", 6),
         ("number: 5\n\nBody\n", "must start with YAML front matter", 1),
         ("---\nnumber: 5\ntitle: T\n", "front matter is not closed", 1),

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.audience.subscribers import SubscriberError, add, counts, export_csv, find, import_csv, remove
 from pipeline.db import MIGRATIONS, open_db
 from pipeline.errors import NewsletterError
-from pipeline.audience.subscribers import SubscriberError, add, counts, export_csv, find, import_csv, remove
 
 
 @pytest.fixture
@@ -30,7 +30,9 @@ def test_schema_is_versioned_and_wal(db: sqlite3.Connection, tmp_path: Path) -> 
         open_db(tmp_path / "state")
 
 
-def test_import_reports_added_updated_skipped_and_rejected_by_line(db: sqlite3.Connection, tmp_path: Path) -> None:
+def test_import_reports_added_updated_skipped_and_rejected_by_line(
+    db: sqlite3.Connection, tmp_path: Path
+) -> None:
     add(db, "gone@example.org", status="active")
     db.execute("UPDATE subscribers SET status = 'unsubscribed'")
     path = write(
@@ -65,7 +67,9 @@ def test_force_reactivates_and_history_is_kept(db: sqlite3.Connection, tmp_path:
 
 
 def test_mailchimp_and_tinyletter_exports(db: sqlite3.Connection, tmp_path: Path) -> None:
-    mailchimp = write(tmp_path, "Email Address,First Name,Last Name,MEMBER_RATING\nz@example.org,Zoë,Ñuñez,2\n", "mc.csv")
+    mailchimp = write(
+        tmp_path, "Email Address,First Name,Last Name,MEMBER_RATING\nz@example.org,Zoë,Ñuñez,2\n", "mc.csv"
+    )
     assert import_csv(db, mailchimp).added == 1
     assert find(db, "z@example.org")["name"] == "Zoë Ñuñez"  # type: ignore[index]
     tinyletter = write(tmp_path, "\ufeffEmail Address,Name,Status\ny@example.org,Y,subscribed\n", "tl.csv")
@@ -81,7 +85,9 @@ def test_mailchimp_and_tinyletter_exports(db: sqlite3.Connection, tmp_path: Path
         ("email\ncaf\u00e9@example.org\n".encode("latin-1"), "not valid UTF-8"),
     ],
 )
-def test_unusable_files_fail_whole_and_write_nothing(db: sqlite3.Connection, tmp_path: Path, content: bytes, message: str) -> None:
+def test_unusable_files_fail_whole_and_write_nothing(
+    db: sqlite3.Connection, tmp_path: Path, content: bytes, message: str
+) -> None:
     path = tmp_path / "bad.csv"
     path.write_bytes(content)
     with pytest.raises(SubscriberError, match=message):
@@ -90,7 +96,9 @@ def test_unusable_files_fail_whole_and_write_nothing(db: sqlite3.Connection, tmp
 
 
 def test_control_characters_rejected(db: sqlite3.Connection, tmp_path: Path) -> None:
-    report = import_csv(db, write(tmp_path, 'email,name\n"a@example.org\r\nBcc: x@example.org",A\nb@example.org,"B\x07"\n'))
+    report = import_csv(
+        db, write(tmp_path, 'email,name\n"a@example.org\r\nBcc: x@example.org",A\nb@example.org,"B\x07"\n')
+    )
     assert report.added == 0 and len(report.rejected) == 2
 
 
@@ -109,6 +117,8 @@ def test_add_remove_export(db: sqlite3.Connection) -> None:
         remove(db, "a@example.org")
 
 
-def test_non_ascii_mailbox_names_are_rejected_domains_accepted(db: sqlite3.Connection, tmp_path: Path) -> None:
+def test_non_ascii_mailbox_names_are_rejected_domains_accepted(
+    db: sqlite3.Connection, tmp_path: Path
+) -> None:
     report = import_csv(db, write(tmp_path, "email\nzoë@example.org\nanna@bücher.example\n"))
     assert report.added == 1 and report.rejected[0][0] == 2

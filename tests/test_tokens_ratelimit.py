@@ -4,8 +4,6 @@ import time
 
 import pytest
 
-from pipeline.web import app as web
-from pipeline.send.ratelimit import RateLimiter
 from pipeline.audience.tokens import (
     MissingSecret,
     load_secret,
@@ -15,6 +13,8 @@ from pipeline.audience.tokens import (
     token_subscriber_id,
     verify_token,
 )
+from pipeline.send.ratelimit import RateLimiter
+from pipeline.web import app as web
 from pipeline.web.app import MAX_TRACKED_KEYS, SlidingWindow, client_key
 
 SECRET = b"0123456789abcdef0123"
@@ -39,12 +39,22 @@ def test_a_confirmation_token_signs_when_it_was_sent() -> None:
     assert verify_token(SECRET, "confirm", token, "ada@example.org", now=1500)
     assert not verify_token(SECRET, "confirm", token, "ada@example.org", now=2000)
     signature = token.rsplit(".", 1)[1]
-    for forged in (f"7.1001.2000.{signature}", f"7.1000.2001.{signature}", f"7.2000.{signature}",
-                   f"7.1000.{signature}", f"7.{signature}", f"7.1000.2000.1.{signature}"):
+    for forged in (
+        f"7.1001.2000.{signature}",
+        f"7.1000.2001.{signature}",
+        f"7.2000.{signature}",
+        f"7.1000.{signature}",
+        f"7.{signature}",
+        f"7.1000.2000.1.{signature}",
+    ):
         assert not verify_token(SECRET, "confirm", forged, "ada@example.org", now=1500), forged
     # The earlier forms keep their meaning: <id>.<sig> and <id>.<expiry>.<sig>.
     unsubscribe = make_token(SECRET, "unsubscribe", 7, "ada@example.org")
-    assert unsubscribe.count(".") == 1 and token_issued(unsubscribe) is None and token_expiry(unsubscribe) is None
+    assert (
+        unsubscribe.count(".") == 1
+        and token_issued(unsubscribe) is None
+        and token_expiry(unsubscribe) is None
+    )
     expiring = make_token(SECRET, "confirm", 7, "ada@example.org", 2000)
     assert expiring.count(".") == 2 and token_issued(expiring) is None and token_expiry(expiring) == 2000
     assert verify_token(SECRET, "confirm", expiring, "ada@example.org", now=1500)
@@ -53,7 +63,8 @@ def test_a_confirmation_token_signs_when_it_was_sent() -> None:
 
 
 @pytest.mark.parametrize(
-    "token", ["\u00b2.abc", "1.\u00b2.abc", "1.\u00b9\u00b2", "1.1.\u00b2.abc", "1.\u00b2.1.abc", "\u00b2\u00b3"]
+    "token",
+    ["\u00b2.abc", "1.\u00b2.abc", "1.\u00b9\u00b2", "1.1.\u00b2.abc", "1.\u00b2.1.abc", "\u00b2\u00b3"],
 )
 def test_digits_int_cannot_read_make_no_token(token: str) -> None:
     # "²".isdigit() is True, int("²") raises: these must be refused, not crash.
@@ -107,7 +118,9 @@ def test_rate_limiter_delay() -> None:
 
 
 def test_an_ipv6_client_counts_by_its_64() -> None:
-    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff:ffff:ffff:ffff") == "2001:db8:1:2::/64"
+    assert (
+        client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff:ffff:ffff:ffff") == "2001:db8:1:2::/64"
+    )
     assert client_key("2001:db8:1:3::1") == "2001:db8:1:3::/64"
     assert client_key("203.0.113.9") == "203.0.113.9"
     assert client_key("::ffff:203.0.113.9") == "203.0.113.9"

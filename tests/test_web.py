@@ -31,11 +31,11 @@ from typing import Any
 import httpx
 import pytest
 
+from pipeline.audience.subscribers import add, find, set_status
+from pipeline.audience.tokens import make_token
 from pipeline.config import Config
 from pipeline.db import open_db, transaction
 from pipeline.errors import NotificationDeferred, ServeError
-from pipeline.audience.subscribers import add, find, set_status
-from pipeline.audience.tokens import make_token
 from pipeline.web.app import MAX_WEBHOOK_BYTES, bind, create_app, make_server, serve
 
 from .conftest import Newsletter
@@ -100,7 +100,9 @@ class Site:
         assert row is not None
         return [
             (r["old_status"], r["new_status"], r["cause"])
-            for r in db.execute("SELECT * FROM status_changes WHERE subscriber_id = ? ORDER BY id", (row["id"],))
+            for r in db.execute(
+                "SELECT * FROM status_changes WHERE subscriber_id = ? ORDER BY id", (row["id"],)
+            )
         ]
 
 
@@ -180,7 +182,9 @@ def press_confirm(site: Site, link: str) -> httpx.Response:
 # --- Sign-up and confirmation -------------------------------------------------------------------
 
 
-def test_sign_up_mails_a_confirmation_whose_link_activates(site: Site, caplog: pytest.LogCaptureFixture) -> None:
+def test_sign_up_mails_a_confirmation_whose_link_activates(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="pipeline.web.app")
     page = site.client.get(f"{site.url}/")
     assert page.status_code == 200 and 'action="/subscribe"' in page.text
@@ -216,7 +220,10 @@ def test_sign_up_mails_a_confirmation_whose_link_activates(site: Site, caplog: p
     confirmed = site.client.post(link)
     assert confirmed.status_code == 200 and "subscribed" in confirmed.text
     assert site.status("ada@example.org") == "active"
-    assert site.changes("ada@example.org") == [(None, "pending", "added (web)"), ("pending", "active", "confirmed by link")]
+    assert site.changes("ada@example.org") == [
+        (None, "pending", "added (web)"),
+        ("pending", "active", "confirmed by link"),
+    ]
     # A second press is the same success, and changes nothing; the link now says it is done.
     again = site.client.post(link)
     assert again.status_code == 200 and again.text == confirmed.text
@@ -237,8 +244,14 @@ def test_same_answer_whatever_the_address_is(site: Site) -> None:
         ("angry@example.org", "complained"),
     ]:
         add(db, address, status=status, source="cli")
-    addresses = ["new@example.org", "pending@example.org", "active@example.org", "gone@example.org",
-                 "bounced@example.org", "angry@example.org"]
+    addresses = [
+        "new@example.org",
+        "pending@example.org",
+        "active@example.org",
+        "gone@example.org",
+        "bounced@example.org",
+        "angry@example.org",
+    ]
     answers = [site.sign_up(address) for address in addresses]
     first = answers[0]
     assert first.status_code == 200 and CHECK_INBOX in first.text
@@ -260,7 +273,14 @@ def test_same_answer_whatever_the_address_is(site: Site) -> None:
         "angry@example.org": [],
     }
     # Nobody's status changed by someone typing their address.
-    assert [site.status(a) for a in addresses] == ["pending", "pending", "active", "unsubscribed", "bounced", "complained"]
+    assert [site.status(a) for a in addresses] == [
+        "pending",
+        "pending",
+        "active",
+        "unsubscribed",
+        "bounced",
+        "complained",
+    ]
     # Coming back after unsubscribing takes the click.
     link = link_in(site.mails_to("gone@example.org")[0], "confirm")
     assert press_confirm(site, link).status_code == 200
@@ -299,7 +319,9 @@ def test_sign_up_form_hides_the_honeypot_from_people(site: Site) -> None:
         ("two@@example.org", "That is not a valid email address"),
     ],
 )
-def test_a_malformed_address_gets_the_form_again_with_the_reason(site: Site, address: str, message: str) -> None:
+def test_a_malformed_address_gets_the_form_again_with_the_reason(
+    site: Site, address: str, message: str
+) -> None:
     answer = site.sign_up(address, "Someone")
     assert answer.status_code == 400
     assert message in answer.text and 'aria-invalid="true"' in answer.text
@@ -330,7 +352,9 @@ def test_a_name_with_a_link_or_an_address_gets_the_form_again(site: Site, name: 
     assert site.mails() == []
 
 
-@pytest.mark.parametrize("name", ["J.R.R. Tolkien", "Dr. Who", "A.Smith", "Zoë  Ünal", "Mary-Ann O'Neil", "x" * 100])
+@pytest.mark.parametrize(
+    "name", ["J.R.R. Tolkien", "Dr. Who", "A.Smith", "Zoë  Ünal", "Mary-Ann O'Neil", "x" * 100]
+)
 def test_ordinary_names_are_kept_but_never_mailed(site: Site, name: str) -> None:
     assert site.sign_up("ada@example.org", name).status_code == 200
     site.wait_handled(1)
@@ -352,7 +376,9 @@ def test_per_ip_limit_answers_429_with_retry_after(newsletter: Newsletter) -> No
         assert "Too many" in refused.text
         # Behind the reverse proxy (a peer on 127.0.0.1), each client has its own count.
         proxied = site.client.post(
-            f"{site.url}/subscribe", data={"email": "far@example.org"}, headers={"X-Forwarded-For": "203.0.113.9"}
+            f"{site.url}/subscribe",
+            data={"email": "far@example.org"},
+            headers={"X-Forwarded-For": "203.0.113.9"},
         )
         assert proxied.status_code == 200
         site.clock.advance(3601)
@@ -366,7 +392,9 @@ def test_per_ip_limit_counts_an_ipv6_client_by_its_64(newsletter: Newsletter) ->
 
         def from_(client: str, address: str) -> int:
             headers = {"X-Forwarded-For": client}
-            return site.client.post(f"{site.url}/subscribe", data={"email": address}, headers=headers).status_code
+            return site.client.post(
+                f"{site.url}/subscribe", data={"email": address}, headers=headers
+            ).status_code
 
         # One end network rotating through its /64 is one client.
         assert from_("2001:db8:1:2::1", "a@example.org") == 200
@@ -433,7 +461,9 @@ def test_an_old_link_does_not_resubscribe_after_a_stranger_types_the_address_in_
     row = find(site.db(), "ada@example.org")
     assert row is not None
     unsubscribe = make_token(SECRET.encode(), "unsubscribe", row["id"], "ada@example.org")
-    assert site.client.post(f"{site.url}/unsubscribe/{unsubscribe}", data={"confirm": "yes"}).status_code == 200
+    assert (
+        site.client.post(f"{site.url}/unsubscribe/{unsubscribe}", data={"confirm": "yes"}).status_code == 200
+    )
     assert site.status("ada@example.org") == "unsubscribed"
     # Twenty minutes later someone else signs her up: she is mailed a new link, and clicks nothing.
     site.clock.advance(20 * 60)
@@ -462,8 +492,13 @@ def test_only_the_latest_confirmation_link_works(newsletter: Newsletter) -> None
         # A link of the former kind (no sending time signed in) cannot be told to be the latest.
         row = find(site.db(), "ada@example.org")
         assert row is not None
-        old_kind = make_token(SECRET.encode(), "confirm", row["id"], "ada@example.org", int(time.time()) + 3600)
-        for stale in (site.client.get(f"{site.url}/confirm/{old_kind}"), site.client.post(f"{site.url}/confirm/{old_kind}")):
+        old_kind = make_token(
+            SECRET.encode(), "confirm", row["id"], "ada@example.org", int(time.time()) + 3600
+        )
+        for stale in (
+            site.client.get(f"{site.url}/confirm/{old_kind}"),
+            site.client.post(f"{site.url}/confirm/{old_kind}"),
+        ):
             assert stale.status_code == 410 and "no longer valid" in stale.text
         assert site.status("ada@example.org") == "pending"
         assert press_confirm(site, second).status_code == 200
@@ -499,9 +534,16 @@ def forgeries(token: str, email_address: str) -> list[str]:
         token[: len(subscriber_id) + 1],  # only the id
         f"{int(subscriber_id) + 1}.{rest}",  # moved to another subscriber
         f"999.{rest}",  # nobody
-        make_token(b"some-other-secret-entirely", "confirm", int(subscriber_id), email_address, int(time.time()) + 99),
+        make_token(
+            b"some-other-secret-entirely", "confirm", int(subscriber_id), email_address, int(time.time()) + 99
+        ),
         make_token(b"some-other-secret-entirely", "unsubscribe", int(subscriber_id), email_address),
-        "abc", "1", "1..", "-1.abc", "%00", "1.2.3.4",
+        "abc",
+        "1",
+        "1..",
+        "-1.abc",
+        "%00",
+        "1.2.3.4",
     ]
     if rest.count(".") == 2:  # a confirmation token: move its times, or drop them
         issued, expires = rest.split(".")[:2]
@@ -522,9 +564,14 @@ def test_forged_confirmation_links_change_nothing(site: Site) -> None:
     add(site.db(), "other@example.org", status="pending", source="cli")
     site.wait_handled(1)
     token = token_of(link_in(site.mails()[0], "confirm"))
-    unsubscribe_token = make_token(SECRET.encode(), "unsubscribe", int(token.split(".")[0]), "careful@example.org")
+    unsubscribe_token = make_token(
+        SECRET.encode(), "unsubscribe", int(token.split(".")[0]), "careful@example.org"
+    )
     for forged in [*forgeries(token, "careful@example.org"), unsubscribe_token]:
-        for answer in (site.client.get(f"{site.url}/confirm/{forged}"), site.client.post(f"{site.url}/confirm/{forged}")):
+        for answer in (
+            site.client.get(f"{site.url}/confirm/{forged}"),
+            site.client.post(f"{site.url}/confirm/{forged}"),
+        ):
             assert 400 <= answer.status_code < 500 and answer.status_code != 410, (forged, answer.status_code)
     assert site.status("careful@example.org") == "pending" and site.status("other@example.org") == "pending"
     assert len(site.changes("careful@example.org")) == 1
@@ -532,8 +579,14 @@ def test_forged_confirmation_links_change_nothing(site: Site) -> None:
 
 def test_links_with_digits_int_cannot_read_are_refused_not_a_server_error(site: Site) -> None:
     add(site.db(), "reader@example.org")
-    for path in ("/unsubscribe/%C2%B2.abc", "/unsubscribe/1.%C2%B9%C2%B2", "/confirm/%C2%B2.1.2.x",
-                 "/confirm/1.%C2%B2.abc", "/confirm/1.%C2%B2.2.abc", "/confirm/1.1.%C2%B2.abc"):
+    for path in (
+        "/unsubscribe/%C2%B2.abc",
+        "/unsubscribe/1.%C2%B9%C2%B2",
+        "/confirm/%C2%B2.1.2.x",
+        "/confirm/1.%C2%B2.abc",
+        "/confirm/1.%C2%B2.2.abc",
+        "/confirm/1.1.%C2%B2.abc",
+    ):
         for method in ("GET", "POST"):
             answer = site.client.request(method, f"{site.url}{path}")
             assert 400 <= answer.status_code < 500, (method, path, answer.status_code)
@@ -578,7 +631,9 @@ def test_forged_unsubscribe_links_change_nothing(site: Site) -> None:
     url = active_reader(site)
     active_reader(site, "neighbour@example.org")
     token = token_of(url)
-    confirm_token = make_token(SECRET.encode(), "confirm", int(token.split(".")[0]), "reader@example.org", int(time.time()) + 99)
+    confirm_token = make_token(
+        SECRET.encode(), "confirm", int(token.split(".")[0]), "reader@example.org", int(time.time()) + 99
+    )
     for forged in [*forgeries(token, "reader@example.org"), confirm_token]:
         target = f"{site.url}/unsubscribe/{forged}"
         for answer in (
@@ -625,15 +680,20 @@ def test_one_click_from_a_real_campaign_message(site: Site, monkeypatch: pytest.
         assert answer.status_code == 200
         assert answer.headers["content-type"].startswith("text/plain") and len(answer.content) < 100
     assert site.status("one@example.org") == "unsubscribed"
-    assert site.changes("one@example.org") == [(None, "active", "added (cli)"), ("active", "unsubscribed", "one-click (RFC 8058)")]
+    assert site.changes("one@example.org") == [
+        (None, "active", "added (cli)"),
+        ("active", "unsubscribed", "one-click (RFC 8058)"),
+    ]
 
     # Some providers send it as multipart/form-data.
     url = list_unsubscribe(messages["two@example.org"])
     boundary = "----provider7MA4YWxkTrZu0gW"
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--{boundary}--\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\nOne-Click\r\n--{boundary}--\r\n'
     ).encode()
-    answer = httpx.post(url, content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    answer = httpx.post(
+        url, content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     assert answer.status_code == 200
     assert site.status("two@example.org") == "unsubscribed"
     assert site.changes("two@example.org")[-1][2] == "one-click (RFC 8058)"
@@ -645,7 +705,9 @@ def test_one_click_from_a_real_campaign_message(site: Site, monkeypatch: pytest.
 
 @pytest.fixture
 def sns() -> Any:
-    return pytest.importorskip("tests.sns_support", reason="tests/sns_support.py (signed SNS messages) is missing")
+    return pytest.importorskip(
+        "tests.sns_support", reason="tests/sns_support.py (signed SNS messages) is missing"
+    )
 
 
 def test_webhook_applies_a_signed_bounce_once_and_refuses_forgeries(newsletter: Newsletter, sns: Any) -> None:
@@ -760,7 +822,9 @@ def test_webhook_checks_signatures_outside_the_database_lock(newsletter: Newslet
         assert site.client.post(hook, content=bounce("a@example.org", known)).status_code == 200
         held: dict[str, httpx.Response] = {}
         thread = threading.Thread(
-            target=lambda: held.update(answer=httpx.post(hook, content=bounce("a@example.org", slow), timeout=30))
+            target=lambda: held.update(
+                answer=httpx.post(hook, content=bounce("a@example.org", slow), timeout=30)
+            )
         )
         thread.start()
         try:
@@ -810,7 +874,9 @@ def confirm_page(site: Site) -> str:
         "UPDATE subscribers SET confirmation_sent_at = ?, status_changed_at = ? WHERE id = ?",
         (_stamp(sent), _stamp(sent - 1), subscriber_id),
     )
-    token = make_token(SECRET.encode(), "confirm", subscriber_id, "pending@example.org", sent + 3600, issued=sent)
+    token = make_token(
+        SECRET.encode(), "confirm", subscriber_id, "pending@example.org", sent + 3600, issued=sent
+    )
     return f"{site.url}/confirm/{token}"
 
 
@@ -844,9 +910,16 @@ def test_every_page_has_strict_security_headers_and_no_script(site: Site) -> Non
         assert "server" not in page.headers
         assert page.headers["content-type"] == "text/html; charset=utf-8"
         text = page.text
-        assert "<script" not in text.lower() and not re.search(r"<[^>]*\son[a-z]+\s*=", text, re.IGNORECASE), where
-        assert '<html lang="en">' in text and 'name="viewport" content="width=device-width, initial-scale=1"' in text
-        assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), f"{where} loads something from elsewhere"
+        assert "<script" not in text.lower() and not re.search(
+            r"<[^>]*\son[a-z]+\s*=", text, re.IGNORECASE
+        ), where
+        assert (
+            '<html lang="en">' in text
+            and 'name="viewport" content="width=device-width, initial-scale=1"' in text
+        )
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), (
+            f"{where} loads something from elsewhere"
+        )
         # The one style block is exactly what the policy allows, by hash.
         [style] = re.findall(r"<style>(.*?)</style>", text, re.DOTALL)
         digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()

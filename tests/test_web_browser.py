@@ -63,7 +63,10 @@ class Tab:
 
     def __init__(self, browser: Any, width: int, phone: bool) -> None:
         self.context = browser.new_context(
-            viewport={"width": width, "height": HEIGHT}, device_scale_factor=1, is_mobile=phone, has_touch=phone
+            viewport={"width": width, "height": HEIGHT},
+            device_scale_factor=1,
+            is_mobile=phone,
+            has_touch=phone,
         )
         self.blocked: list[str] = []
         self.console: list[str] = []
@@ -105,7 +108,9 @@ def open_tab(browser: Any) -> Iterator[Callable[..., Tab]]:
         tab.context.close()
 
 
-def test_sign_up_then_confirm_from_the_mailed_link(newsletter: Newsletter, open_tab: Callable[..., Tab]) -> None:
+def test_sign_up_then_confirm_from_the_mailed_link(
+    newsletter: Newsletter, open_tab: Callable[..., Tab]
+) -> None:
     tab = open_tab()
     with running_site(newsletter) as site:
         tab.page.goto(f"{site.url}/")
@@ -212,4 +217,3 @@ def test_sign_up_page_fits_a_phone_and_works_by_keyboard(
         site.wait_handled(1)
         assert site.status("thumbs@example.org") == "pending"
         tab.check_clean()
-

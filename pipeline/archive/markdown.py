@@ -18,15 +18,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 from pipeline.config import Config
-from pipeline.issue.errata import Erratum, corrections_of, errata_markdown, load_errata
 from pipeline.errors import ArchiveError
 from pipeline.files import write_atomically
+from pipeline.issue.errata import Erratum, corrections_of, errata_markdown, load_errata
 from pipeline.issue.markdown import Document, make_url_resolver, render_markdown
 from pipeline.issue.source import Issue, read_issue
 
 META = re.compile(r"^<!-- newsletter-archive: (\{.*\}) -->$", re.MULTILINE)
 ATOM = "http://www.w3.org/2005/Atom"
-
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,12 @@ def issue_markdown(config: Config, issue: Issue, errata: list[Erratum]) -> str:
     if carried:
         body = _insert_after_intro(config, issue, body, carried)
     updated = max([issue.date, *(e.recorded for e in corrections)])
-    meta = {"number": issue.number, "title": issue.title, "date": issue.date.isoformat(), "updated": updated.isoformat()}
+    meta = {
+        "number": issue.number,
+        "title": issue.title,
+        "date": issue.date.isoformat(),
+        "updated": updated.isoformat(),
+    }
     # '>' escaped: a title containing "-->" must not close the comment and spill JSON onto the page.
     meta_json = json.dumps(meta, ensure_ascii=False).replace(">", "\\u003e")
     byline = f"*{_date_text(issue.date)}{' · ' + issue.author if issue.author else ''}*"
@@ -73,7 +77,11 @@ def issue_markdown(config: Config, issue: Issue, errata: list[Erratum]) -> str:
         notes = "\n".join(
             f"- {e.text} (recorded {e.recorded.isoformat()}, announced in "
             f"[issue {e.announced_in}]({quote(config.archive_name(e.announced_in or 0))}))"
-            + (" The archived text above includes the fix." if e.replace_old and e.replace_old in issue.body else "")
+            + (
+                " The archived text above includes the fix."
+                if e.replace_old and e.replace_old in issue.body
+                else ""
+            )
             for e in corrections
         )
         parts.append(f"---\n\n## Corrections\n\n{notes}")
@@ -81,7 +89,9 @@ def issue_markdown(config: Config, issue: Issue, errata: list[Erratum]) -> str:
 
 
 def _insert_after_intro(config: Config, issue: Issue, body: str, carried: list[Erratum]) -> str:
-    sections = render_markdown(issue, make_url_resolver(config.archive_base_url, config.archive_url(issue.number))).sections
+    sections = render_markdown(
+        issue, make_url_resolver(config.archive_base_url, config.archive_url(issue.number))
+    ).sections
     lines = body.split("\n")
     cut = sections[1].start if len(sections) > 1 else len(lines)
     heading = "#" * (sections[1].level if len(sections) > 1 else 2)
@@ -155,7 +165,11 @@ def atom_feed(config: Config, entries: list[Entry], folder: Path | None = None) 
     for entry in entries:
         item = add(feed, "entry")
         add(item, "title", entry.title)
-        add(item, "id", f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{config.archive_base_url}#issue-{entry.number}')}")
+        add(
+            item,
+            "id",
+            f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{config.archive_base_url}#issue-{entry.number}')}",
+        )
         add(item, "link", href=f"{config.archive_base_url}/{quote(entry.filename)}")
         add(item, "published", _timestamp(entry.date))
         add(item, "updated", _timestamp(entry.updated))
@@ -173,7 +187,9 @@ def archived_document(config: Config, entry: Entry, folder: Path | None = None) 
     path = (folder or config.paths.archive) / entry.filename
     body = path.read_text(encoding="utf-8").split("\n", 1)[1]
     issue = Issue(path, entry.number, entry.title, entry.date, entry.title, "", "", False, body, 2)
-    return render_markdown(issue, make_url_resolver(config.archive_base_url, f"{config.archive_base_url}/{entry.filename}"))
+    return render_markdown(
+        issue, make_url_resolver(config.archive_base_url, f"{config.archive_base_url}/{entry.filename}")
+    )
 
 
 def archived_documents(config: Config) -> list[tuple[Entry, Document]]:
@@ -182,4 +198,3 @@ def archived_documents(config: Config) -> list[tuple[Entry, Document]]:
 
 def _timestamp(date: dt.date) -> str:
     return f"{date.isoformat()}T00:00:00Z"
-

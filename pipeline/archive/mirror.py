@@ -27,7 +27,6 @@ GENERATED = "newsletter-generated"
 INDEX_FILES = ("README.md", "feed.xml")
 
 
-
 @dataclass(frozen=True)
 class SyncResult:
     committed: bool
@@ -51,7 +50,9 @@ class _Git:
             "GIT_COMMITTER_EMAIL": address,
         }
 
-    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             ["git", "-C", str(self.worktree), *args],
             check=False,
@@ -74,7 +75,11 @@ class _Git:
 def _reason(result: subprocess.CompletedProcess[str]) -> str:
     """What git and the remote said: 'fatal:', 'remote:' and '!' lines, not the boilerplate hints."""
     lines = [line.strip() for line in (result.stderr + "\n" + result.stdout).splitlines() if line.strip()]
-    telling = [line for line in lines if line.startswith(("fatal:", "remote:", "!", "error: ")) and "failed to push some refs" not in line]
+    telling = [
+        line
+        for line in lines
+        if line.startswith(("fatal:", "remote:", "!", "error: ")) and "failed to push some refs" not in line
+    ]
     return "; ".join(telling or lines[-1:]) or f"exit code {result.returncode}"
 
 
@@ -92,7 +97,11 @@ def sync_archive(config: Config, message: str) -> SyncResult | None:
     if fetch.returncode != 0:
         raise MirrorError(f"cannot reach the archive repository {config.archive_remote}: {_reason(fetch)}")
     remote = f"refs/remotes/origin/{branch}"
-    remote_head = git.out("rev-parse", "--verify", "--quiet", remote) if git.ok("rev-parse", "--verify", "--quiet", remote) else ""
+    remote_head = (
+        git.out("rev-parse", "--verify", "--quiet", remote)
+        if git.ok("rev-parse", "--verify", "--quiet", remote)
+        else ""
+    )
 
     committed = _commit_generated(git, config.paths.archive, message)
     if git.ok("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"):
@@ -134,7 +143,11 @@ def _prepare(git: _Git, config: Config) -> None:
 def _commit_generated(git: _Git, archive: Path, message: str) -> bool:
     """Snapshot the archive folder onto the generated branch, without touching the mirror's files."""
     index = {"GIT_INDEX_FILE": str(git.worktree / ".git" / "newsletter-generated.index")}
-    parent = git.out("rev-parse", "--verify", "--quiet", GENERATED) if git.ok("rev-parse", "--verify", "--quiet", GENERATED) else ""
+    parent = (
+        git.out("rev-parse", "--verify", "--quiet", GENERATED)
+        if git.ok("rev-parse", "--verify", "--quiet", GENERATED)
+        else ""
+    )
     git.run("read-tree", "--empty", env=index)
     git.run(f"--work-tree={archive}", "add", "--all", "--", ".", ":(exclude).*", env=index)
     tree = git.out("write-tree", env=index)

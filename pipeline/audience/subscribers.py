@@ -20,11 +20,15 @@ STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
 # Who said no, or whose address failed: an import must not silently mail them again.
 OPTED_OUT = ("unsubscribed", "bounced", "complained")
 # Status words other tools export, mapped to ours.
-STATUS_ALIASES = {"subscribed": "active", "confirmed": "active", "cleaned": "bounced", "unconfirmed": "pending"}
+STATUS_ALIASES = {
+    "subscribed": "active",
+    "confirmed": "active",
+    "cleaned": "bounced",
+    "unconfirmed": "pending",
+}
 EMAIL_HEADERS = ("email", "email address", "e-mail", "e-mail address", "emailaddress")
 EXPORT_COLUMNS = ("email", "name", "status", "source", "created_at", "confirmed_at", "status_changed_at")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
 
 
 def check_address(address: str) -> str:
@@ -74,7 +78,9 @@ def find(db: sqlite3.Connection, email: str) -> sqlite3.Row | None:
     return row
 
 
-def add(db: sqlite3.Connection, email: str, name: str = "", status: str = "active", source: str = "cli") -> int:
+def add(
+    db: sqlite3.Connection, email: str, name: str = "", status: str = "active", source: str = "cli"
+) -> int:
     try:
         email, name = check_address(email), check_name(name)
     except ValueError as error:
@@ -117,7 +123,9 @@ def set_status(db: sqlite3.Connection, subscriber_id: int, status: str, cause: s
     return True
 
 
-def _log_change(db: sqlite3.Connection, subscriber_id: int, old: str | None, new: str, cause: str, stamp: str) -> None:
+def _log_change(
+    db: sqlite3.Connection, subscriber_id: int, old: str | None, new: str, cause: str, stamp: str
+) -> None:
     db.execute(
         "INSERT INTO status_changes (subscriber_id, old_status, new_status, cause, changed_at) VALUES (?, ?, ?, ?, ?)",
         (subscriber_id, old, new, cause, stamp),
@@ -130,7 +138,11 @@ def remove(db: sqlite3.Connection, email: str) -> None:
         row = find(db, email)
         if row is None:
             raise SubscriberError(f"{email} is not on the list")
-        for table, column in (("deliveries", "subscriber_id"), ("status_changes", "subscriber_id"), ("subscribers", "id")):
+        for table, column in (
+            ("deliveries", "subscriber_id"),
+            ("status_changes", "subscriber_id"),
+            ("subscribers", "id"),
+        ):
             db.execute(f"DELETE FROM {table} WHERE {column} = ?", (row["id"],))
 
 
@@ -163,7 +175,9 @@ class ImportReport:
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
-def import_csv(db: sqlite3.Connection, path: Path, *, force: bool = False, source: str = "import") -> ImportReport:
+def import_csv(
+    db: sqlite3.Connection, path: Path, *, force: bool = False, source: str = "import"
+) -> ImportReport:
     """Import every good row; report each bad or skipped one by line. All or nothing on disk."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
@@ -242,7 +256,9 @@ def _import_row(
     if status is not None:
         status = STATUS_ALIASES.get(status.lower(), status.lower())
         if status not in STATUSES:
-            report.rejected.append((line, f"{email}: unknown status {status!r} (one of {', '.join(STATUSES)})"))
+            report.rejected.append(
+                (line, f"{email}: unknown status {status!r} (one of {', '.join(STATUSES)})")
+            )
             return
     existing = find(db, email)
     if existing is None:
@@ -251,7 +267,9 @@ def _import_row(
         return
     new_status = status or "active"  # a row with no status is a subscriber, as for new rows
     if existing["status"] in OPTED_OUT and new_status not in OPTED_OUT and not force:
-        report.skipped.append((line, f"{email}: {existing['status']} earlier; not re-activated without --force"))
+        report.skipped.append(
+            (line, f"{email}: {existing['status']} earlier; not re-activated without --force")
+        )
         return
     changed = False
     if name is not None and name != existing["name"]:
@@ -262,7 +280,6 @@ def _import_row(
         report.updated += 1
     else:
         report.unchanged += 1
-
 
 
 def describe(report: ImportReport) -> Iterable[str]:
@@ -312,7 +329,9 @@ def request_signup(
         if row is None:
             # Added at the moment its link is sent: the link is then not older than the status.
             subscriber_id = _insert(db, email, name, "pending", source, stamp=sent_at)
-            db.execute("UPDATE subscribers SET confirmation_sent_at = ? WHERE id = ?", (sent_at, subscriber_id))
+            db.execute(
+                "UPDATE subscribers SET confirmation_sent_at = ? WHERE id = ?", (sent_at, subscriber_id)
+            )
             return Signup(subscriber_id, email, "new", "confirm", None)
         status, previous = row["status"], row["confirmation_sent_at"]
         mail = {"pending": "confirm", "unsubscribed": "confirm", "active": "already"}.get(status)
@@ -334,7 +353,9 @@ def undo_signup_mail(db: sqlite3.Connection, signup: Signup, at: float) -> None:
 
 
 def by_id(db: sqlite3.Connection, subscriber_id: int) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = db.execute("SELECT * FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+    row: sqlite3.Row | None = db.execute(
+        "SELECT * FROM subscribers WHERE id = ?", (subscriber_id,)
+    ).fetchone()
     return row
 
 

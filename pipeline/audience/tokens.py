@@ -26,24 +26,33 @@ MIN_SECRET_LENGTH = 16
 log = logging.getLogger(__name__)
 
 
-
 def load_secret(allow_development: bool) -> bytes:
     secret = os.environ.get(SECRET_ENV, "")
     if secret:
         if len(secret) < MIN_SECRET_LENGTH:
-            raise MissingSecret(f"{SECRET_ENV} is too short: use at least {MIN_SECRET_LENGTH} random characters")
+            raise MissingSecret(
+                f"{SECRET_ENV} is too short: use at least {MIN_SECRET_LENGTH} random characters"
+            )
         return secret.encode("utf-8")
     if allow_development:
-        log.warning("%s is not set: using a development secret (fine for the local maildir transport only)", SECRET_ENV)
+        log.warning(
+            "%s is not set: using a development secret (fine for the local maildir transport only)",
+            SECRET_ENV,
+        )
         return DEVELOPMENT_SECRET.encode("utf-8")
     raise MissingSecret(
         f"{SECRET_ENV} is not set: unsubscribe links must be signed with a secret "
-        f'(e.g. export {SECRET_ENV}="$(python3 -c \'import secrets; print(secrets.token_urlsafe(32))\')")'
+        f"(e.g. export {SECRET_ENV}=\"$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')\")"
     )
 
 
 def _signature(
-    secret: bytes, purpose: str, subscriber_id: int, email: str, expires: int | None, issued: int | None = None
+    secret: bytes,
+    purpose: str,
+    subscriber_id: int,
+    email: str,
+    expires: int | None,
+    issued: int | None = None,
 ) -> str:
     message = f"{purpose}\x00{subscriber_id}\x00{email.casefold()}"
     if expires is not None:

@@ -56,7 +56,11 @@ def check_rendered(rendered: Rendered, html_size: int, max_html_bytes: int) -> l
         problems.add(Problem(unparsed.line, "error", _unparsed_message(unparsed.markdown)))
     for raw in rendered.document.escaped_html:
         problems.add(
-            Problem(raw.line, "warning", f"raw HTML {raw.markdown[:40]!r} is shown as text (allow_html: true passes it through)")
+            Problem(
+                raw.line,
+                "warning",
+                f"raw HTML {raw.markdown[:40]!r} is shown as text (allow_html: true passes it through)",
+            )
         )
     for offset, line in enumerate(lines):
         if _URL_WITH_ZERO_WIDTH.search(line):
@@ -121,7 +125,11 @@ def http_problems(links: list[Link], results: dict[str, LinkResult]) -> list[Pro
             continue
         kind = "image" if link.is_image else "link"
         if not result.ok:
-            problems.add(Problem(link.line, "error", f"{kind} {link.text!r}: {result.describe()}: {link.href}"))
+            problems.add(
+                Problem(link.line, "error", f"{kind} {link.text!r}: {result.describe()}: {link.href}")
+            )
         elif result.permanent_redirect:
-            problems.add(Problem(link.line, "warning", f"{kind} {link.text!r}: {link.href} {result.describe()}"))
+            problems.add(
+                Problem(link.line, "warning", f"{kind} {link.text!r}: {link.href} {result.describe()}")
+            )
     return sorted(problems)

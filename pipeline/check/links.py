@@ -30,7 +30,6 @@ HEAD_REFUSED = {403, 404, 405, 406, 429, 500, 501, 503}
 PERMANENT_REDIRECTS = {301, 308}
 
 
-
 @dataclass(frozen=True)
 class LinkResult:
     url: str
@@ -69,7 +68,9 @@ def check_urls(
     todo = [url for url in wanted if url not in cached]
     # Every host counts, cached ones too: one mistyped new domain must not look like "offline".
     if todo and transport is None and not _any_host_resolves(wanted):
-        return Report(cached, skipped="no host resolved: the network looks unreachable, links were not checked")
+        return Report(
+            cached, skipped="no host resolved: the network looks unreachable, links were not checked"
+        )
     fresh = asyncio.run(_check_all(todo, settings, progress, transport)) if todo else {}
     if db is not None and fresh:
         _store(db, fresh.values())
@@ -126,7 +127,9 @@ async def _check_all(
     per_host: dict[str, asyncio.Semaphore] = {}
     overall = asyncio.Semaphore(settings.concurrency)
     done = 0
-    limits = httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency)
+    limits = httpx.Limits(
+        max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency
+    )
     async with httpx.AsyncClient(
         timeout=httpx.Timeout(settings.timeout),
         follow_redirects=False,
@@ -187,7 +190,7 @@ async def _check(client: httpx.AsyncClient, url: str, max_redirects: int = 10) -
         return LinkResult(url, False, error=f"cannot connect: {cause}")
     except httpx.HTTPError as error:
         return LinkResult(url, False, error=f"{type(error).__name__}: {error}")
-    except Exception as error:  # noqa: BLE001 - a malformed URL (port 99999, bad IPv6) is one broken link, not a crash
+    except Exception as error:
         return LinkResult(url, False, error=f"invalid URL: {error}")
 
 
@@ -222,7 +225,12 @@ def _cached(db: sqlite3.Connection, urls: list[str], hours: float) -> dict[str, 
         ).fetchall()
         for row in rows:
             found[row["url"]] = LinkResult(
-                row["url"], bool(row["ok"]), row["status"], row["final_url"] or "", bool(row["permanent_redirect"]), row["error"] or ""
+                row["url"],
+                bool(row["ok"]),
+                row["status"],
+                row["final_url"] or "",
+                bool(row["permanent_redirect"]),
+                row["error"] or "",
             )
     return found
 
@@ -234,5 +242,8 @@ def _store(db: sqlite3.Connection, results: Iterable[LinkResult]) -> None:
     with transaction(db):
         db.executemany(
             "INSERT OR REPLACE INTO link_cache VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(r.url, int(r.ok), r.status, r.final_url, int(r.permanent_redirect), r.error, stamp) for r in results],
+            [
+                (r.url, int(r.ok), r.status, r.final_url, int(r.permanent_redirect), r.error, stamp)
+                for r in results
+            ],
         )

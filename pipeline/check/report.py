@@ -7,13 +7,13 @@ from collections.abc import Callable
 from urllib.parse import unquote
 
 from pipeline.archive.markdown import archived_documents
-from pipeline.issue.build import build_issue, checkable_links
 from pipeline.check.content import http_problems
+from pipeline.check.links import check_urls
 from pipeline.config import Config
 from pipeline.db import open_db
-from pipeline.issue.errata import Erratum, load_errata
 from pipeline.files import display_path
-from pipeline.check.links import check_urls
+from pipeline.issue.build import build_issue, checkable_links
+from pipeline.issue.errata import Erratum, load_errata
 from pipeline.issue.markdown import Link
 
 Progress = Callable[[int, int], None]
@@ -62,8 +62,12 @@ def check_archive_links(config: Config, progress: Progress | None = None) -> tup
                 continue
             broken += not result.ok
             lines.append(f"{entry.filename}:{link.line}: {result.describe()}: {link.href}")
-            lines.append("  " + suggest_erratum(entry.number, link, result.final_url if result.ok else "", source))
-    lines.append(f"{len(report.results)} link(s) in {len(documents)} archived issue(s) checked: {broken} broken")
+            lines.append(
+                "  " + suggest_erratum(entry.number, link, result.final_url if result.ok else "", source)
+            )
+    lines.append(
+        f"{len(report.results)} link(s) in {len(documents)} archived issue(s) checked: {broken} broken"
+    )
     return lines, broken
 
 
@@ -82,7 +86,9 @@ def suggest_erratum(number: int, link: Link, new_url: str, source: str = "") -> 
     written = next((c for c in (link.raw, unquote(link.raw), link.href) if c and c in source), "")
     if new_url and written:
         text = f"The link to {what} has moved to `{new_url}`."
-        return shlex.join(["newsletter", "errata", "add", str(number), "--text", text, "--replace", written, new_url])
+        return shlex.join(
+            ["newsletter", "errata", "add", str(number), "--text", text, "--replace", written, new_url]
+        )
     # The URL in backticks: shown as text in the errata section, not as one more link to check.
     text = f"The link to {what} (`{link.href}`) no longer works."
     return shlex.join(["newsletter", "errata", "add", str(number), "--text", text])

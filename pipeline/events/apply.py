@@ -25,11 +25,11 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from pipeline.audience.subscribers import ascii_address, find, set_status
 from pipeline.config import Config
 from pipeline.db import now, open_db, transaction
 from pipeline.errors import EventsError, NotificationDeferred, NotificationRejected
 from pipeline.events.sns import SnsVerifier
-from pipeline.audience.subscribers import ascii_address, find, set_status
 
 log = logging.getLogger(__name__)
 

@@ -111,7 +111,9 @@ def http_get(url: str) -> bytes:
     except httpx.InvalidURL as error:
         raise NotificationRejected(f"{_show(url)}: invalid URL ({error})") from None
     except httpx.HTTPError as error:
-        raise NotificationDeferred(f"cannot fetch {_show(url)}: {str(error) or type(error).__name__}") from None
+        raise NotificationDeferred(
+            f"cannot fetch {_show(url)}: {str(error) or type(error).__name__}"
+        ) from None
 
 
 class SnsVerifier:
@@ -268,7 +270,9 @@ class SnsVerifier:
         if failed is not None:
             error = failed[1]
             deferred = isinstance(error, NotificationDeferred)
-            raise self._rejected(message_id, f"{error} (a moment ago; not fetched again yet)", deferred=deferred)
+            raise self._rejected(
+                message_id, f"{error} (a moment ago; not fetched again yet)", deferred=deferred
+            )
         try:
             key = self._load_key(url)
         except NotificationRejected as error:

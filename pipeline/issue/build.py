@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.check.content import Problem, check_rendered, http_problems
+from pipeline.check.links import check_urls
 from pipeline.config import Config
 from pipeline.db import DB_NAME, open_db
-from pipeline.issue.errata import errata_for, errata_html, load_errata
 from pipeline.files import write_atomically
-from pipeline.check.links import check_urls
+from pipeline.issue.errata import errata_for, errata_html, load_errata
 from pipeline.issue.markdown import Link
-from pipeline.send.message import build_message, message_bytes
 from pipeline.issue.render import Rendered, render_issue, sample_recipient
 from pipeline.issue.source import read_issue
+from pipeline.send.message import build_message, message_bytes
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,9 @@ def check_issue(
     if report.skipped:
         return CheckResult(build, offline, [*found, Problem(0, "warning", report.skipped)], report.skipped)
     broken = sum(not r.ok for r in report.results.values())
-    return CheckResult(build, offline, found, f"{len(report.results)} link(s) checked over HTTP, {broken} broken")
+    return CheckResult(
+        build, offline, found, f"{len(report.results)} link(s) checked over HTTP, {broken} broken"
+    )
 
 
 def checkable_links(config: Config, build: Build) -> list[Link]:
@@ -111,6 +113,8 @@ def campaign_state(config: Config, number: int) -> str | None:
         return str(row["status"]) if row else None
     finally:
         db.close()
+
+
 def check_build(config: Config, build: Build) -> list[Problem]:
     return check_rendered(build.rendered, build.html_size, config.max_html_bytes)
 
@@ -128,5 +132,3 @@ def write_build(config: Config, build: Build) -> dict[str, Path]:
     for name, data in outputs.items():
         written[name] = write_atomically(folder / name, data)
     return written
-
-

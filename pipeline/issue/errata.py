@@ -34,7 +34,6 @@ HEADER = (
 )
 
 
-
 @dataclass(frozen=True)
 class Erratum:
     id: int
@@ -46,7 +45,12 @@ class Erratum:
     announced_in: int | None = None
 
     def as_yaml(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"id": self.id, "issue": self.issue, "recorded": self.recorded, "text": self.text}
+        entry: dict[str, Any] = {
+            "id": self.id,
+            "issue": self.issue,
+            "recorded": self.recorded,
+            "text": self.text,
+        }
         if self.replace_old:
             entry["replace"] = {"old": self.replace_old, "new": self.replace_new}
         if self.announced_in is not None:
@@ -102,12 +106,19 @@ def _entry(path: Path, index: int, item: Any) -> Erratum:
     if isinstance(recorded, dt.datetime) or not isinstance(recorded, dt.date):
         raise fail("recorded must be a date (YYYY-MM-DD)")
     announced = item.get("announced_in")
-    if announced is not None and (isinstance(announced, bool) or not isinstance(announced, int) or announced <= item["issue"]):
+    if announced is not None and (
+        isinstance(announced, bool) or not isinstance(announced, int) or announced <= item["issue"]
+    ):
         raise fail("announced_in must be the number of a later issue")
     old = new = ""
     if "replace" in item:
         replace = item["replace"]
-        if not isinstance(replace, dict) or set(replace) != {"old", "new"} or not all(isinstance(v, str) for v in replace.values()) or not replace["old"]:
+        if (
+            not isinstance(replace, dict)
+            or set(replace) != {"old", "new"}
+            or not all(isinstance(v, str) for v in replace.values())
+            or not replace["old"]
+        ):
             raise fail("replace must be a mapping with non-empty 'old' and a string 'new'")
         old, new = replace["old"], replace["new"]
     return Erratum(item["id"], item["issue"], recorded, item["text"].strip(), old, new, announced)
@@ -138,7 +149,9 @@ def _edit(config: Config, change: Callable[[CommentedSeq], None]) -> None:
     write_atomically(path, text.encode("utf-8"))
 
 
-def add_erratum(config: Config, issue: int, text: str, replace: tuple[str, str] | None, source_body: str) -> Erratum:
+def add_erratum(
+    config: Config, issue: int, text: str, replace: tuple[str, str] | None, source_body: str
+) -> Erratum:
     if not text.strip():
         raise ErrataError("--text must not be empty")
     if replace and replace[0] not in source_body:
@@ -195,5 +208,7 @@ def errata_html(config: Config, carried: list[Erratum]) -> str:
 
 
 def errata_markdown(config: Config, carried: list[Erratum], heading: str = "##") -> str:
-    items = "\n".join(f"- In [issue {e.issue}]({quote(config.archive_name(e.issue))}): {e.text}" for e in carried)
+    items = "\n".join(
+        f"- In [issue {e.issue}]({quote(config.archive_name(e.issue))}): {e.text}" for e in carried
+    )
     return f"{heading} Errata\n\n{items}\n"

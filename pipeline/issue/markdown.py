@@ -173,7 +173,9 @@ _PARSER = _parser()
 def render_markdown(issue: Issue, resolve: Callable[[str], str]) -> Document:
     md = _PARSER
     document = Document(sections=[])
-    env = {"newsletter": _Context(issue.body.split("\n"), issue.body_line, resolve, document, issue.allow_html)}
+    env = {
+        "newsletter": _Context(issue.body.split("\n"), issue.body_line, resolve, document, issue.allow_html)
+    }
     tokens = md.parse(issue.body, env)
     document.sections = _split_sections(md, tokens, env)
     return document
@@ -190,13 +192,19 @@ def _visit_inline(block: Token, context: _Context) -> None:
         if token.type in ("link_open", "image"):
             attr = "href" if token.type == "link_open" else "src"
             raw = str(token.attrs.get(attr, ""))
-            if token.markup == "linkify" and raw.startswith("http://") and not _link_text(children, index).startswith("http"):
+            if (
+                token.markup == "linkify"
+                and raw.startswith("http://")
+                and not _link_text(children, index).startswith("http")
+            ):
                 # The editor wrote "www.example.org" with no scheme: prefer https, as browsers now do.
                 raw = "https://" + raw.removeprefix("http://")
             token.attrs[attr] = context.resolve(raw)
             text = token.content if token.type == "image" else _link_text(children, index)
             cursor = _find_line(lines, cursor, end, (f"]({raw}", f"]({unquote(raw)}", unquote(raw), text))
-            document.links.append(Link(str(token.attrs[attr]), text, body_line + cursor, token.type == "image", raw))
+            document.links.append(
+                Link(str(token.attrs[attr]), text, body_line + cursor, token.type == "image", raw)
+            )
         elif token.type == "text":
             plain.append(token.content)
         elif token.type == "text_special":
@@ -245,7 +253,7 @@ def _split_sections(md: MarkdownIt, tokens: list[Token], env: EnvType) -> list[S
     levels = [int(t.tag[1]) for t in tokens if t.type == "heading_open" and t.level == 0]
     top = f"h{min(levels)}" if levels else None
     chunks: list[list[Token]] = [[]]
-    for index, token in enumerate(tokens):
+    for _index, token in enumerate(tokens):
         if token.type == "heading_open" and token.tag == top and token.level == 0:
             chunks.append([])
         chunks[-1].append(token)

@@ -92,9 +92,7 @@ def markdown_stage(config: Config, issue: Issue) -> Document:
 def template_context(
     config: Config, issue: Issue, document: Document, after_intro: Sequence[str] = ()
 ) -> dict[str, Any]:
-    sections = [
-        {"heading": section.heading, "html": Markup(section.html)} for section in document.sections
-    ]
+    sections = [{"heading": section.heading, "html": Markup(section.html)} for section in document.sections]
     blocks = [Markup(block) for block in after_intro]
     body_html = [section["html"] for section in sections]
     body_html[1:1] = blocks
@@ -136,7 +134,9 @@ def _render_template(templates: Path, name: str, context: dict[str, Any]) -> str
     try:
         return _environment(templates).get_template(name).render(context)
     except jinja2.TemplateSyntaxError as error:
-        raise RenderError(f"{templates / (error.name or name)}:{error.lineno}: template error: {error.message}") from None
+        raise RenderError(
+            f"{templates / (error.name or name)}:{error.lineno}: template error: {error.message}"
+        ) from None
     except jinja2.TemplateNotFound as error:
         raise RenderError(f"{templates}: template not found: {error.name}") from None
     except jinja2.UndefinedError as error:

@@ -35,14 +35,12 @@ from pipeline.errors import (
     TransportError,
     TransportUnavailable,
 )
+from pipeline.issue.render import Rendered
 from pipeline.send.message import MessageTemplate, recipient_for, sender_address, sender_domain
 from pipeline.send.ratelimit import RateLimiter, Unlimited
-from pipeline.issue.render import Rendered
 from pipeline.send.transports import Envelope, Transport
 
 LEDGER_STATUSES = ("queued", "sending", "sent", "failed", "skipped")
-
-
 
 
 def content_hash(rendered: Rendered) -> str:
@@ -100,19 +98,28 @@ def plan_campaign(
     if include_new:
         newcomers = int(
             db.execute(
-                active + " AND id NOT IN (SELECT subscriber_id FROM deliveries WHERE campaign_id = ?)", (campaign.id,)
+                active + " AND id NOT IN (SELECT subscriber_id FROM deliveries WHERE campaign_id = ?)",
+                (campaign.id,),
             ).fetchone()[0]
         )
-    return Plan(True, counts["queued"] + newcomers + (counts["failed"] if retry_failed else 0), counts["sending"])
+    return Plan(
+        True, counts["queued"] + newcomers + (counts["failed"] if retry_failed else 0), counts["sending"]
+    )
 
 
 def find_campaign(db: sqlite3.Connection, issue: int) -> Campaign | None:
-    row = db.execute("SELECT id, issue, content_hash, status, transport FROM campaigns WHERE issue = ?", (issue,)).fetchone()
+    row = db.execute(
+        "SELECT id, issue, content_hash, status, transport FROM campaigns WHERE issue = ?", (issue,)
+    ).fetchone()
     return Campaign(*row) if row else None
 
 
 def ledger_counts(db: sqlite3.Connection, campaign_id: int) -> dict[str, int]:
-    found = dict(db.execute("SELECT status, COUNT(*) FROM deliveries WHERE campaign_id = ? GROUP BY status", (campaign_id,)).fetchall())
+    found = dict(
+        db.execute(
+            "SELECT status, COUNT(*) FROM deliveries WHERE campaign_id = ? GROUP BY status", (campaign_id,)
+        ).fetchall()
+    )
     return {status: found.get(status, 0) for status in LEDGER_STATUSES}
 
 
@@ -157,7 +164,9 @@ def prepare_campaign(
                     "UPDATE deliveries SET status = 'queued', updated_at = ? WHERE campaign_id = ? AND status = 'failed'",
                     (stamp, campaign_id),
                 )
-            db.execute("UPDATE campaigns SET status = 'sending', updated_at = ? WHERE id = ?", (stamp, campaign_id))
+            db.execute(
+                "UPDATE campaigns SET status = 'sending', updated_at = ? WHERE id = ?", (stamp, campaign_id)
+            )
     campaign = find_campaign(db, issue)
     assert campaign is not None
     reconciled = _reconcile_unknown(db, campaign, transport, resend_unknown)
@@ -325,7 +334,9 @@ class _Workers:
         self._jobs: queue.SimpleQueue[tuple[int, str, str, int] | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._deliver = deliver
-        self._threads = [threading.Thread(target=self._work, name=f"send-{n}", daemon=True) for n in range(count)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"send-{n}", daemon=True) for n in range(count)
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -333,7 +344,7 @@ class _Workers:
         while (job := self._jobs.get()) is not None:
             try:
                 outcome = self._deliver(*job)
-            except BaseException as error:  # noqa: BLE001 - reported as an outcome, never lost
+            except BaseException as error:
                 outcome = Outcome(job[0], "unknown", job[3], error=f"internal error: {error!r}")
             self._done.put(outcome)
 
@@ -475,7 +486,9 @@ class CampaignRunner:
             self.stopping.set()
             pause_reason = pause_reason or "interrupted"
             # Claimed but never handed to the transport: certainly not sent.
-            finished.extend(Outcome(sid, "retry", 0, error="interrupted before sending") for sid in not_handed_over)
+            finished.extend(
+                Outcome(sid, "retry", 0, error="interrupted before sending") for sid in not_handed_over
+            )
             finished.extend(arrived)
             in_flight.difference_update(outcome.subscriber_id for outcome in arrived)
             while in_flight:
@@ -526,16 +539,28 @@ class CampaignRunner:
                 self.db.execute(
                     "UPDATE deliveries SET status = ?, provider_id = ?, attempts = ?, last_error = ?, updated_at = ?"
                     " WHERE campaign_id = ? AND subscriber_id = ?",
-                    (status, outcome.provider_id or None, outcome.attempts, outcome.error or None, stamp,
-                     campaign_id, outcome.subscriber_id),
+                    (
+                        status,
+                        outcome.provider_id or None,
+                        outcome.attempts,
+                        outcome.error or None,
+                        stamp,
+                        campaign_id,
+                        outcome.subscriber_id,
+                    ),
                 )
             for row in claimed:
                 # Unsubscribed or bounced since the campaign started: never mail them.
                 status = "sending" if row["status"] == "active" else "skipped"
                 self.db.execute(
                     "UPDATE deliveries SET status = ?, updated_at = ?, last_error = ? WHERE campaign_id = ? AND subscriber_id = ?",
-                    (status, stamp, None if status == "sending" else f"subscriber is {row['status']}",
-                     campaign_id, row["subscriber_id"]),
+                    (
+                        status,
+                        stamp,
+                        None if status == "sending" else f"subscriber is {row['status']}",
+                        campaign_id,
+                        row["subscriber_id"],
+                    ),
                 )
 
     def _deliver(self, subscriber_id: int, email: str, name: str, attempts: int) -> Outcome:
@@ -545,7 +570,9 @@ class CampaignRunner:
             data = self.template.build(recipient)
         except NewsletterError as error:  # one bad row must not stop the campaign
             return Outcome(subscriber_id, "failed", attempts, error=str(error))
-        envelope = Envelope(self._envelope_sender, recipient.email, data, delivery_key(self.campaign, subscriber_id))
+        envelope = Envelope(
+            self._envelope_sender, recipient.email, data, delivery_key(self.campaign, subscriber_id)
+        )
         settings = self.settings
         for attempt in range(1, settings.max_attempts + 1):
             try:
@@ -560,7 +587,9 @@ class CampaignRunner:
             except TemporaryFailure as error:
                 if attempt == settings.max_attempts:
                     return Outcome(subscriber_id, "retry", attempts + attempt, error=str(error))
-                delay = random.uniform(0, min(settings.backoff_cap, settings.backoff_base * 2 ** (attempt - 1)))
+                delay = random.uniform(
+                    0, min(settings.backoff_cap, settings.backoff_base * 2 ** (attempt - 1))
+                )
                 if self._sleep(delay):  # stopping: leave it queued for the next run
                     return Outcome(subscriber_id, "retry", attempts + attempt, error=str(error))
             except TransportError as error:
@@ -606,7 +635,9 @@ def close_campaign(
     counts = ledger_counts(db, campaign.id)
     handled = sum(tally.values())
     if not pause_reason and counts["queued"]:
-        pause_reason = f"{counts['queued']} message(s) could not be sent yet (temporary errors); run again to retry"
+        pause_reason = (
+            f"{counts['queued']} message(s) could not be sent yet (temporary errors); run again to retry"
+        )
     if not pause_reason and counts["sending"]:
         pause_reason = f"{counts['sending']} message(s) in an unknown state"
     status = "paused" if pause_reason else "done"

@@ -33,6 +33,9 @@ from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from pipeline.config import Config
+from pipeline.db import open_db
+from pipeline.errors import CampaignError, NewsletterError
 from pipeline.send.campaign import (
     Campaign,
     CampaignRunner,
@@ -44,9 +47,6 @@ from pipeline.send.campaign import (
     close_campaign,
     on_stop_signals,
 )
-from pipeline.config import Config
-from pipeline.db import open_db
-from pipeline.errors import CampaignError, NewsletterError
 from pipeline.send.message import MessageTemplate
 from pipeline.send.transports import open_transport
 
@@ -124,8 +124,15 @@ class _Senders:
     held that the others would wait on for ever.
     """
 
-    def __init__(self, config: Config, campaign: Campaign, template: MessageTemplate, secret: bytes,
-                 settings: SendSettings, processes: int) -> None:
+    def __init__(
+        self,
+        config: Config,
+        campaign: Campaign,
+        template: MessageTemplate,
+        secret: bytes,
+        settings: SendSettings,
+        processes: int,
+    ) -> None:
         context = multiprocessing.get_context("spawn")  # not fork: inherit none of our threads or sockets
         self.processes: list[Any] = []
         self.readers: list[Connection] = []
@@ -134,11 +141,22 @@ class _Senders:
             reader, writer = context.Pipe(duplex=False)
             self.readers.append(reader)
             self._writers.append(writer)
-            self.processes.append(context.Process(
-                target=_sender_main,
-                args=(config, campaign, template, secret, settings, (share, processes), os.getpid(), writer),
-                name=f"sender-{share + 1}",
-            ))
+            self.processes.append(
+                context.Process(
+                    target=_sender_main,
+                    args=(
+                        config,
+                        campaign,
+                        template,
+                        secret,
+                        settings,
+                        (share, processes),
+                        os.getpid(),
+                        writer,
+                    ),
+                    name=f"sender-{share + 1}",
+                )
+            )
         self.started: list[Any] = []
         self.stopping = False
         self.reasons: dict[int, str] = {}
@@ -154,7 +172,9 @@ class _Senders:
                     process.start()
             except OSError as error:
                 self.stop()
-                raise CampaignError(f"cannot start sender process {number}: {error.strerror or error}") from None
+                raise CampaignError(
+                    f"cannot start sender process {number}: {error.strerror or error}"
+                ) from None
             self._writers[number - 1].close()  # ours; the sender has its own copy: EOF when it ends
             self.started.append(process)
 
@@ -200,7 +220,9 @@ class _Senders:
         if process.pid in self._asked and process.exitcode == -signal.SIGTERM:
             self.reasons[share] = "interrupted"
         else:
-            self.reasons[share] = f"sender process {share + 1} stopped unexpectedly (exit code {process.exitcode})"
+            self.reasons[share] = (
+                f"sender process {share + 1} stopped unexpectedly (exit code {process.exitcode})"
+            )
         self.stop()
 
     def close(self) -> None:
@@ -282,7 +304,14 @@ def _sender_main(
         transport = open_transport(config)
         try:
             runner = CampaignRunner(
-                db, config, campaign, template, transport, secret, settings, _PipeReporter(pipe),
+                db,
+                config,
+                campaign,
+                template,
+                transport,
+                secret,
+                settings,
+                _PipeReporter(pipe),
                 partition=partition,
             )
             runner.stop_on_signals((signal.SIGTERM,))

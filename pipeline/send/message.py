@@ -11,11 +11,11 @@ from email.policy import SMTP
 from email.quoprimime import body_encode
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 
+from pipeline.audience.subscribers import ascii_address
+from pipeline.audience.tokens import make_token
 from pipeline.config import Config
 from pipeline.errors import NewsletterError
 from pipeline.issue.render import PLACEHOLDER, Rendered
-from pipeline.audience.subscribers import ascii_address
-from pipeline.audience.tokens import make_token
 
 
 def sender_address(config: Config) -> str:
@@ -122,7 +122,10 @@ class MessageTemplate:
                 ("To", formataddr((recipient.name, recipient.email)) if recipient.name else recipient.email),
                 ("Date", format_datetime(date or dt.datetime.now(dt.UTC))),
                 ("Message-ID", recipient.message_id),
-                ("List-Unsubscribe", f"<{recipient.unsubscribe_url}>, <mailto:{self._mailto}?subject=unsubscribe>"),
+                (
+                    "List-Unsubscribe",
+                    f"<{recipient.unsubscribe_url}>, <mailto:{self._mailto}?subject=unsubscribe>",
+                ),
             )
         )
         before_text, between, after_html = self._frame
@@ -167,7 +170,12 @@ def service_message(
     message bytes. Refuses header injection."""
     address = header_address(email)
     message = build_message(
-        config, to=address, subject=subject, html=html, text=text, date=date,
+        config,
+        to=address,
+        subject=subject,
+        html=html,
+        text=text,
+        date=date,
         extra_headers={"Auto-Submitted": "auto-generated"},
     )
     return address, message_bytes(message)

@@ -119,7 +119,9 @@ class SmtpTransport:
 
     name = "smtp"
 
-    def __init__(self, host: str, port: int, security: str, username: str, password: str, timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, security: str, username: str, password: str, timeout: float
+    ) -> None:
         self.host, self.port, self.security = host, port, security
         self.username, self.password, self.timeout = username, password, timeout
         self._local = threading.local()
@@ -131,24 +133,30 @@ class SmtpTransport:
         context = ssl.create_default_context()
         try:
             if self.security == "tls":
-                connection: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+                connection: smtplib.SMTP = smtplib.SMTP_SSL(
+                    self.host, self.port, timeout=self.timeout, context=context
+                )
             else:
                 connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
                 if self.security == "starttls":
                     try:
                         connection.starttls(context=context)
                     except smtplib.SMTPNotSupportedError:
-                        raise TransportUnavailable(f"{where} does not offer STARTTLS (set transport.smtp.security)") from None
+                        raise TransportUnavailable(
+                            f"{where} does not offer STARTTLS (set transport.smtp.security)"
+                        ) from None
             if self.username:
                 try:
                     connection.login(self.username, self.password)
                 except smtplib.SMTPNotSupportedError:
                     raise TransportUnavailable(
-                        f"{where} does not offer AUTH on this connection (use security = \"starttls\" or \"tls\", "
+                        f'{where} does not offer AUTH on this connection (use security = "starttls" or "tls", '
                         "or leave transport.smtp.username empty)"
                     ) from None
         except smtplib.SMTPAuthenticationError as error:
-            raise TransportUnavailable(f"{where} refused the login for {self.username!r}: {_reply(error)}") from None
+            raise TransportUnavailable(
+                f"{where} refused the login for {self.username!r}: {_reply(error)}"
+            ) from None
         except (OSError, smtplib.SMTPException) as error:
             raise TemporaryFailure(f"cannot connect to {where}: {error}") from None
         with self._lock:
@@ -220,7 +228,9 @@ class SmtpTransport:
             self._drop()
             if handed_over:
                 # The reply to DATA was lost: the server may have queued it. Resending could mean two copies.
-                raise DeliveryUnknown(f"SMTP connection lost while the server took the message: {error}") from None
+                raise DeliveryUnknown(
+                    f"SMTP connection lost while the server took the message: {error}"
+                ) from None
             raise _StaleConnection(f"SMTP connection lost: {error}") from None
 
     def _drop(self) -> None:
@@ -253,17 +263,38 @@ class _StaleConnection(Exception):
 
 
 def _reply(error: smtplib.SMTPResponseException) -> str:
-    message = error.smtp_error.decode("utf-8", "replace") if isinstance(error.smtp_error, bytes) else str(error.smtp_error)
+    message = (
+        error.smtp_error.decode("utf-8", "replace")
+        if isinstance(error.smtp_error, bytes)
+        else str(error.smtp_error)
+    )
     return f"{error.smtp_code} {message}"
 
 
 # SES error codes, by what the campaign should do about them.
-SES_TEMPORARY = {"ThrottlingException", "Throttling", "TooManyRequestsException", "ServiceUnavailable",
-                 "InternalFailure", "InternalServerError", "RequestTimeout", "ServiceUnavailableException"}
+SES_TEMPORARY = {
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "ServiceUnavailable",
+    "InternalFailure",
+    "InternalServerError",
+    "RequestTimeout",
+    "ServiceUnavailableException",
+}
 SES_REJECTED = {"MessageRejected", "BadRequestException", "InvalidParameterValue"}
-SES_FATAL = {"AccountSuspendedException", "SendingPausedException", "MailFromDomainNotVerifiedException",
-             "NotFoundException", "AccessDeniedException", "UnrecognizedClientException",
-             "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredTokenException", "LimitExceededException"}
+SES_FATAL = {
+    "AccountSuspendedException",
+    "SendingPausedException",
+    "MailFromDomainNotVerifiedException",
+    "NotFoundException",
+    "AccessDeniedException",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "ExpiredTokenException",
+    "LimitExceededException",
+}
 
 
 def _sender_problem(message: str) -> bool:
@@ -302,8 +333,12 @@ class SesTransport:
         )
         core = botocore.session.get_session()
         session = boto3.session.Session(botocore_session=core)
-        self._client = session.client("sesv2", region_name=region, endpoint_url=endpoint_url or None, config=boto_config)
-        self._v1 = session.client("ses", region_name=region, endpoint_url=endpoint_url or None, config=boto_config)
+        self._client = session.client(
+            "sesv2", region_name=region, endpoint_url=endpoint_url or None, config=boto_config
+        )
+        self._v1 = session.client(
+            "ses", region_name=region, endpoint_url=endpoint_url or None, config=boto_config
+        )
         self._credentials = session.get_credentials()
         meta = self._client.meta
         self._url = meta.endpoint_url.rstrip("/") + self.SEND_PATH
@@ -328,7 +363,11 @@ class SesTransport:
         """The JSON ``SendEmail`` body. The base64 of the message needs no JSON escaping, so it is
         spliced in as bytes rather than passed through ``json.dumps``."""
         head = json.dumps(
-            {**self._prefix, "FromEmailAddress": envelope.sender, "Destination": {"ToAddresses": [envelope.recipient]}},
+            {
+                **self._prefix,
+                "FromEmailAddress": envelope.sender,
+                "Destination": {"ToAddresses": [envelope.recipient]},
+            },
             separators=(",", ":"),
         )
         return head[:-1].encode() + b',"Content":{"Raw":{"Data":"' + base64.b64encode(envelope.data) + b'"}}}'
@@ -341,11 +380,15 @@ class SesTransport:
         try:
             if self._credentials is None:
                 raise NoCredentialsError()
-            request = AWSRequest("POST", self._url, data=self.request_body(envelope),
-                                 headers={"Content-Type": "application/json"})
+            request = AWSRequest(
+                "POST",
+                self._url,
+                data=self.request_body(envelope),
+                headers={"Content-Type": "application/json"},
+            )
             SigV4Auth(self._credentials.get_frozen_credentials(), *self._signing).add_auth(request)
             response = self._http.send(request.prepare())
-        except Exception as error:  # noqa: BLE001 - every botocore error is translated below
+        except Exception as error:
             raise self._translate(error, envelope.recipient) from None
         if response.status_code == 200:
             try:
@@ -355,9 +398,13 @@ class SesTransport:
             if not isinstance(message_id, str) or not message_id:
                 # Something answered 200 that is not SES (a captive portal, a misconfigured proxy):
                 # the message probably went nowhere, but we cannot be sure. Failures in a row pause the campaign.
-                raise DeliveryUnknown(f"{self._where} answered 200 without a MessageId: is endpoint_url an SES endpoint?")
+                raise DeliveryUnknown(
+                    f"{self._where} answered 200 without a MessageId: is endpoint_url an SES endpoint?"
+                )
             return message_id
-        raise self._translate(ClientError(self._error_of(response), "SendEmail"), envelope.recipient) from None
+        raise self._translate(
+            ClientError(self._error_of(response), "SendEmail"), envelope.recipient
+        ) from None
 
     def _error_of(self, response: Any) -> dict[str, Any]:
         """The error as botocore parses it; an HTML or garbled body (a proxy's) becomes its HTTP status."""
@@ -368,11 +415,13 @@ class SesTransport:
             )
             if isinstance(parsed.get("Error"), dict):
                 return parsed
-        except Exception:  # noqa: BLE001, S110 - whatever the body, the status code still says what happened
+        except Exception:
             pass
         text = " ".join(bytes(response.content[:200]).decode("utf-8", "replace").split())
-        return {"Error": {"Code": str(response.status_code), "Message": text},
-                "ResponseMetadata": {"HTTPStatusCode": response.status_code}}
+        return {
+            "Error": {"Code": str(response.status_code), "Message": text},
+            "ResponseMetadata": {"HTTPStatusCode": response.status_code},
+        }
 
     def _translate(self, error: Exception, recipient: str) -> TransportError:
         from botocore.exceptions import (
@@ -421,8 +470,10 @@ class SesTransport:
     def max_rate(self) -> float | None:
         from botocore.exceptions import ClientError
 
-        for call in (lambda: self._client.get_account()["SendQuota"]["MaxSendRate"],
-                     lambda: self._v1.get_send_quota()["MaxSendRate"]):
+        for call in (
+            lambda: self._client.get_account()["SendQuota"]["MaxSendRate"],
+            lambda: self._v1.get_send_quota()["MaxSendRate"],
+        ):
             try:
                 return float(call())
             except ClientError as error:
@@ -432,7 +483,7 @@ class SesTransport:
                 continue  # this endpoint does not offer it (some stand-ins); try the next way
             except (KeyError, TypeError, ValueError):
                 continue
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 translated = self._translate(error, "")
                 if isinstance(translated, (TemporaryFailure, DeliveryUnknown)):
                     raise TransportUnavailable(f"cannot reach {self._where}: {translated}") from None
@@ -459,9 +510,13 @@ def open_transport(config: Config, *, dry_run: bool = False) -> Transport:
             raise TransportUnavailable(
                 f"transport.smtp.username is set but ${settings.password_env} (transport.smtp.password_env) is empty"
             )
-        transport = SmtpTransport(settings.host, settings.port, settings.security, settings.username, password, settings.timeout)
+        transport = SmtpTransport(
+            settings.host, settings.port, settings.security, settings.username, password, settings.timeout
+        )
         transport.check()
         return transport
-    ses = SesTransport(config.ses.region, config.ses.endpoint_url, config.ses.configuration_set, config.send.concurrency + 2)
+    ses = SesTransport(
+        config.ses.region, config.ses.endpoint_url, config.ses.configuration_set, config.send.concurrency + 2
+    )
     ses.check()
     return ses

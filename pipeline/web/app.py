@@ -63,16 +63,6 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline.config import Config
-from pipeline.db import open_db
-from pipeline.errors import (
-    NewsletterError,
-    NotificationDeferred,
-    NotificationRejected,
-    ServeError,
-    TransportUnavailable,
-)
-from pipeline.send.message import sender_address, service_message
 from pipeline.audience.subscribers import (
     Signup,
     by_id,
@@ -84,7 +74,24 @@ from pipeline.audience.subscribers import (
     undo_signup_mail,
     unsubscribe,
 )
-from pipeline.audience.tokens import load_secret, make_token, token_expiry, token_issued, token_subscriber_id, verify_token
+from pipeline.audience.tokens import (
+    load_secret,
+    make_token,
+    token_expiry,
+    token_issued,
+    token_subscriber_id,
+    verify_token,
+)
+from pipeline.config import Config
+from pipeline.db import open_db
+from pipeline.errors import (
+    NewsletterError,
+    NotificationDeferred,
+    NotificationRejected,
+    ServeError,
+    TransportUnavailable,
+)
+from pipeline.send.message import sender_address, service_message
 from pipeline.send.transports import Envelope, Transport, open_transport
 
 if TYPE_CHECKING:
@@ -100,10 +107,22 @@ MAX_TRACKED_KEYS = 100_000
 HOUR, DAY = 3600.0, 86400.0
 PACKAGED_TEMPLATES = Path(__file__).resolve().parents[1] / "email_templates" / "web"
 PAGES = (
-    "signup.html", "check_inbox.html", "confirm.html", "confirmed.html", "confirm_expired.html",
-    "confirm_stale.html", "confirm_refused.html", "link_invalid.html", "unsubscribe.html", "unsubscribed.html",
-    "rate_limited.html", "not_found.html",
-    "confirm_email.txt", "confirm_email.html", "already_email.txt", "already_email.html",
+    "signup.html",
+    "check_inbox.html",
+    "confirm.html",
+    "confirmed.html",
+    "confirm_expired.html",
+    "confirm_stale.html",
+    "confirm_refused.html",
+    "link_invalid.html",
+    "unsubscribe.html",
+    "unsubscribed.html",
+    "rate_limited.html",
+    "not_found.html",
+    "confirm_email.txt",
+    "confirm_email.html",
+    "already_email.txt",
+    "already_email.html",
 )
 HONEYPOT = "website"
 # In a name: a scheme, "www.", or a domain (two or more letters, a dot, a top-level domain of letters).
@@ -356,16 +375,22 @@ class Service:
         try:
             email = check_address(email)
         except ValueError as error:
-            return self.page("signup.html", 400, error=_address_problem(email, error), email=email.strip(), name=name)
+            return self.page(
+                "signup.html", 400, error=_address_problem(email, error), email=email.strip(), name=name
+            )
         try:
             name = check_signup_name(name)
         except ValueError as error:
             return self.page("signup.html", 400, name_error=str(error), email=email, name=name.strip())
         if self.per_address.hit(email.casefold()):
             # The same answer as always: a different one would tell who is on the list.
-            log.warning("sign-up dropped: more than %d requests for one address today", self.per_address.limit)
+            log.warning(
+                "sign-up dropped: more than %d requests for one address today", self.per_address.limit
+            )
             return self.page("check_inbox.html")
-        return HTMLResponse(self.render("check_inbox.html"), background=BackgroundTask(self.record_signup, email, name))
+        return HTMLResponse(
+            self.render("check_inbox.html"), background=BackgroundTask(self.record_signup, email, name)
+        )
 
     def record_signup(self, email: str, name: str) -> None:
         """After the response: record the sign-up and mail what it calls for."""
@@ -391,7 +416,13 @@ class Service:
         try:
             self.mail(signup, at)
         except NewsletterError as error:
-            log.error("sign-up: s%d (%s): %s mail not sent: %s", signup.subscriber_id, signup.status, signup.mail, error)
+            log.error(
+                "sign-up: s%d (%s): %s mail not sent: %s",
+                signup.subscriber_id,
+                signup.status,
+                signup.mail,
+                error,
+            )
             if isinstance(error, TransportUnavailable):
                 self.drop_transport()  # reopened for the next sign-up: the server may be back by then
             with self.db_lock:
@@ -425,7 +456,9 @@ class Service:
         )
         # Unique per message (dots are not allowed in maildir keys): each resend is a new delivery.
         key = f"{signup.mail}-s{signup.subscriber_id}-{int(at)}-{secrets.token_hex(4)}"
-        self.transport().send(Envelope(sender=sender_address(config), recipient=recipient, data=data, key=key))
+        self.transport().send(
+            Envelope(sender=sender_address(config), recipient=recipient, data=data, key=key)
+        )
 
     def transport(self) -> Transport:
         # Opened on first use: an SMTP server that is down must not stop the unsubscribe pages.
@@ -523,7 +556,9 @@ class Service:
             log.warning("unsubscribe page: refused link %s (%d)", short(token), link.status)
             return self.page("link_invalid.html", link.status)
         if link.row["status"] in ("active", "pending"):
-            return self.page("unsubscribe.html", email=link.row["email"], action=f"{self.prefix}/unsubscribe/{token}")
+            return self.page(
+                "unsubscribe.html", email=link.row["email"], action=f"{self.prefix}/unsubscribe/{token}"
+            )
         return self.page("unsubscribed.html", email=link.row["email"])
 
     def _unsubscribe(self, token: str, one_click: bool) -> Response:
@@ -575,7 +610,10 @@ class Service:
             log.error("webhook: not applied: %s", error)
             return PlainTextResponse("try again later\n", 503)
         log.info(
-            "webhook: %s %s: %s%s", applied.kind, applied.message_id, applied.outcome,
+            "webhook: %s %s: %s%s",
+            applied.kind,
+            applied.message_id,
+            applied.outcome,
             " (duplicate)" if applied.duplicate else "",
         )
         return PlainTextResponse("ok\n")
@@ -619,7 +657,10 @@ def _environment(config: Config) -> jinja2.Environment:
     """The newsletter's own web templates first (``<templates>/web``), the packaged ones for the rest."""
     environment = jinja2.Environment(
         loader=jinja2.ChoiceLoader(
-            [jinja2.FileSystemLoader(config.paths.templates / "web"), jinja2.FileSystemLoader(PACKAGED_TEMPLATES)]
+            [
+                jinja2.FileSystemLoader(config.paths.templates / "web"),
+                jinja2.FileSystemLoader(PACKAGED_TEMPLATES),
+            ]
         ),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
         undefined=jinja2.StrictUndefined,
@@ -629,7 +670,9 @@ def _environment(config: Config) -> jinja2.Environment:
         try:
             environment.get_template(name)
         except jinja2.TemplateSyntaxError as error:
-            raise ServeError(f"{error.filename or name}:{error.lineno}: template error: {error.message}") from None
+            raise ServeError(
+                f"{error.filename or name}:{error.lineno}: template error: {error.message}"
+            ) from None
         except jinja2.TemplateNotFound:
             raise ServeError(f"{config.paths.templates / 'web'}: template not found: {name}") from None
     return environment
