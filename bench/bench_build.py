@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))  # run from a fresh clone without `pip install -e`
 
 from pipeline.config import Config, load_config
 from pipeline.errors import NewsletterError
-from pipeline.issue.build import build_issue, sample_message
+from pipeline.issue.build import build_issue
 from pipeline.issue.render import (
     compile_mjml,
     inline_css,
@@ -51,6 +51,7 @@ from pipeline.issue.render import (
     template_context,
 )
 from pipeline.issue.source import available_numbers, read_issue
+from pipeline.publish import sample_message
 
 LARGE_SAMPLE = 2
 TARGET_MS = 100.0

@@ -14,7 +14,7 @@ from pipeline.check.content import Problem
 from pipeline.config import Config, load_config
 from pipeline.errors import CheckFailed, NewsletterError
 from pipeline.files import display_path
-from pipeline.issue.build import build_issue, write_build
+from pipeline.issue.build import build_issue
 
 ISSUE = click.argument("number", metavar="N", type=click.IntRange(min=1))
 
@@ -68,8 +68,11 @@ def _size(size: int) -> str:
 @click.pass_context
 def build(ctx: click.Context, number: int) -> None:
     """Render issue N into build/N/: email.html, email.txt, message.eml."""
+    from pipeline.publish import write_build
+    from pipeline.send.campaign import campaign_state
+
     config = _config(ctx)
-    result = build_issue(config, number)
+    result = build_issue(config, number, pinned=campaign_state(config, number) is not None)
     written = write_build(config, result)
     for path in written.values():
         click.echo(f"{_size(path.stat().st_size)}  {_relative(path)}")
@@ -85,11 +88,13 @@ OFFLINE = click.option("--offline", is_flag=True, help="Do not check links over 
 @click.pass_context
 def check(ctx: click.Context, number: int, offline: bool) -> None:
     """Validate issue N and its config, build it, check its links, and fail on what would break it in an inbox."""
-    from pipeline.issue.build import check_issue
+    from pipeline.check.gate import check_issue
+    from pipeline.send.campaign import campaign_state
 
     config = _config(ctx)
+    pinned = campaign_state(config, number) is not None
     with LinkProgress() as progress:
-        result = check_issue(config, number, online=not offline, progress=progress)
+        result = check_issue(config, number, pinned=pinned, online=not offline, progress=progress)
     summary = _report_problems(
         result.build.rendered.issue.path, result.problems, len(result.build.rendered.document.links)
     )
@@ -187,9 +192,9 @@ def send(
     offline: bool,
 ) -> None:
     """Check issue N, then send it to every active subscriber (or resume its campaign); archive it when done."""
-    from pipeline.progress import ProgressBar
     from pipeline.publish import SendOptions, checked, send_issue, send_test
     from pipeline.send.campaign import Plan
+    from pipeline.send.progress import ProgressBar
     from pipeline.send.transports import Transport
 
     config = _config(ctx)
@@ -388,7 +393,7 @@ def subscribers_list(ctx: click.Context, status: str | None) -> None:
 @click.pass_context
 def archive(ctx: click.Context, number: int) -> None:
     """Write issue N into the Markdown archive (with index and feed) and push it to archive.remote."""
-    from pipeline.publish import publish_archive
+    from pipeline.archive.publish import publish_archive
 
     click.echo(f"archived: {publish_archive(_config(ctx), number)}")
 
@@ -402,6 +407,7 @@ def archive(ctx: click.Context, number: int) -> None:
 def links(ctx: click.Context, number: int | None, whole_archive: bool) -> None:
     """Check the links of issue N over HTTP, or of every archived issue (--archive)."""
     from pipeline.check.report import check_archive_links, check_issue_links
+    from pipeline.send.campaign import campaign_state
 
     config = _config(ctx)
     if whole_archive == (number is not None):
@@ -410,7 +416,8 @@ def links(ctx: click.Context, number: int | None, whole_archive: bool) -> None:
         if whole_archive:
             lines, failed = check_archive_links(config, progress)
         else:
-            lines, failed = check_issue_links(config, number or 0, progress)
+            pinned = campaign_state(config, number or 0) is not None
+            lines, failed = check_issue_links(config, number or 0, progress, pinned=pinned)
     for line in lines:
         click.echo(line)
     if failed:
@@ -429,9 +436,9 @@ def errata() -> None:
 @click.pass_context
 def errata_add(ctx: click.Context, number: int, text: str, replace: tuple[str, str] | None) -> None:
     """Record a correction to issue N (which must have been sent)."""
-    from pipeline.issue.build import campaign_state
     from pipeline.issue.errata import add_erratum
     from pipeline.issue.source import read_issue
+    from pipeline.send.campaign import campaign_state
 
     config = _config(ctx)
     issue = read_issue(config.paths.issues, number)

@@ -27,10 +27,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from pipeline.check.gate import check_build
 from pipeline.config import Config, load_config
 from pipeline.errors import NewsletterError, PreviewError
-from pipeline.issue.build import build_issue, check_build
+from pipeline.issue.build import build_issue
 from pipeline.issue.source import issue_path
+from pipeline.send.campaign import campaign_state
 
 HOST = "127.0.0.1"  # never another interface: the preview shows unsent mail
 PHONE_WIDTH = 375
@@ -149,7 +151,7 @@ class PreviewServer:
         self._log(_summary(snapshot))
 
     def _build(self, version: int, config: Config) -> Snapshot:
-        built = build_issue(config, self.number)
+        built = build_issue(config, self.number, pinned=campaign_state(config, self.number) is not None)
         problems = check_build(config, built)
         where = _relative(built.rendered.issue.path)
         return Snapshot(

@@ -7,16 +7,20 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import make_msgid
+from pathlib import Path
 
-from pipeline.archive.markdown import archive_issue
-from pipeline.archive.mirror import sync_archive
-from pipeline.audience.subscribers import check_address, find
+from pipeline.archive.publish import publish_archive
+from pipeline.audience.addresses import check_address
+from pipeline.audience.subscribers import find
 from pipeline.audience.tokens import load_secret
+from pipeline.check.gate import CheckResult, check_issue
 from pipeline.config import Config
 from pipeline.db import open_db
 from pipeline.errors import CheckFailed, NewsletterError, NothingToSend
-from pipeline.issue.build import Build, CheckResult, check_issue
+from pipeline.files import write_atomically
+from pipeline.issue.build import Build
 from pipeline.issue.errata import mark_announced
+from pipeline.issue.render import sample_recipient
 from pipeline.send.campaign import (
     Campaign,
     CampaignRunner,
@@ -25,6 +29,7 @@ from pipeline.send.campaign import (
     SendSettings,
     Summary,
     campaign_lock,
+    campaign_state,
     content_hash,
     find_campaign,
     is_locked,
@@ -34,7 +39,14 @@ from pipeline.send.campaign import (
     recent_rate,
 )
 from pipeline.send.fanout import run_in_processes, sender_processes
-from pipeline.send.message import MessageTemplate, recipient_for, sender_address, sender_domain
+from pipeline.send.message import (
+    MessageTemplate,
+    build_message,
+    message_bytes,
+    recipient_for,
+    sender_address,
+    sender_domain,
+)
 from pipeline.send.transports import Envelope, Transport, open_transport
 
 
@@ -53,7 +65,8 @@ def checked(
     config: Config, number: int, options: SendOptions, progress: Callable[[int, int], None] | None = None
 ) -> CheckResult:
     """``check``, as ``send`` runs it first: any error refuses the issue (broken links unless allowed)."""
-    result = check_issue(config, number, online=not options.offline, progress=progress)
+    pinned = campaign_state(config, number) is not None
+    result = check_issue(config, number, pinned=pinned, online=not options.offline, progress=progress)
     errors = [p for p in result.offline if p.severity == "error"]
     broken = [p for p in result.http if p.severity == "error"]
     if errors or (broken and not options.allow_broken_links):
@@ -153,19 +166,6 @@ def send_issue(
     return summary
 
 
-def publish_archive(config: Config, number: int) -> str:
-    """Write the issue (and those its errata corrected) into the archive and push it."""
-    written = archive_issue(config, number)
-    result = sync_archive(config, f"Archive issue {number}")
-    where = f"{len(written)} file(s) in {config.paths.archive}"
-    if result is None:
-        return f"{where} (archive.remote not set: local only)"
-    target = f"{config.archive_remote} ({config.archive_branch})"
-    pushed = f"pushed to {target}" if result.pushed else f"{target} already up to date"
-    merged = "; merged the changes made there" if result.merged_remote else ""
-    return f"{where}, {pushed}{merged}"
-
-
 def _memory_copy(db: sqlite3.Connection) -> sqlite3.Connection:
     copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     copy.row_factory = sqlite3.Row
@@ -228,3 +228,31 @@ def campaign_status(config: Config, number: int) -> CampaignStatus:
         active,
         row["updated_at"],
     )
+
+
+def sample_message(config: Config, build: Build, now: dt.datetime | None = None) -> bytes:
+    """A complete MIME message to the sample recipient, for opening in a mail client."""
+    message = build_message(
+        config,
+        to=sample_recipient(config)["email"],
+        subject=build.rendered.issue.subject,
+        html=build.html,
+        text=build.text,
+        date=now or dt.datetime.now(dt.UTC),
+    )
+    return message_bytes(message)
+
+
+def write_build(config: Config, build: Build) -> dict[str, Path]:
+    """Write the three files, each atomically: a reader never sees half a file."""
+    folder = config.paths.build / str(build.rendered.issue.number)
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs = {
+        "email.html": build.html.encode("utf-8"),
+        "email.txt": build.text.encode("utf-8"),
+        "message.eml": sample_message(config, build),
+    }
+    written = {}
+    for name, data in outputs.items():
+        written[name] = write_atomically(folder / name, data)
+    return written

@@ -41,7 +41,7 @@ GIT_ENV = {
 }
 
 BODY_1 = """\
-Welcome to *issue one* — with a hard line break
+Welcome to *issue one* — with a hard line break \x20
 right here, an escaped \\[bracket\\], `code`, and an émoji 🎉.
 
 ## News

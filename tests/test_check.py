@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.check.content import Problem
-from pipeline.issue.build import build_issue, check_build
+from pipeline.check.gate import check_build
+from pipeline.issue.build import build_issue
 
 from .conftest import Newsletter
 

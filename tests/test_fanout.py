@@ -335,7 +335,9 @@ def test_kill_9_of_the_parent_takes_the_senders_with_it_and_resume_sends_each_on
     delivered = set(messages(newsletter))
     assert 0 < len(delivered) < total
     # Both senders were at work, and both stopped: each share has sent and queued rows.
-    for k, (sent, queued) in enumerate(zip(shares(statuses["sent"]), shares(statuses["queued"]), strict=False)):
+    for k, (sent, queued) in enumerate(
+        zip(shares(statuses["sent"]), shares(statuses["queued"]), strict=False)
+    ):
         assert sent and queued, f"share {k}: {len(sent)} sent, {len(queued)} queued"
     time.sleep(0.3)
     assert ledger(newsletter) == statuses, "something still wrote to the ledger after the senders were gone"

@@ -4,9 +4,10 @@ import email
 import re
 from email import policy
 
-from pipeline.issue.build import build_issue, write_build
+from pipeline.issue.build import build_issue
 from pipeline.issue.render import render_issue, sample_recipient
 from pipeline.issue.source import read_issue
+from pipeline.publish import write_build
 
 from .conftest import REPO, Newsletter
 

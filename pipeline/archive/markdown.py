@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from pipeline.archive.corrections import corrections_of, errata_markdown
 from pipeline.config import Config
 from pipeline.errors import ArchiveError
 from pipeline.files import write_atomically
-from pipeline.issue.errata import Erratum, corrections_of, errata_markdown, load_errata
+from pipeline.issue.errata import Erratum, load_errata
 from pipeline.issue.markdown import Document, make_url_resolver, render_markdown
 from pipeline.issue.source import Issue, read_issue
 

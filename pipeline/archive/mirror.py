@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
 
+from pipeline.archive.markdown import write_index
 from pipeline.config import Config
 from pipeline.errors import MirrorError
 
@@ -185,6 +186,4 @@ def _refresh_index(git: _Git, config: Config) -> None:
 
 
 def _write_index_files(config: Config, folder: Path) -> None:
-    from pipeline.archive.markdown import write_index
-
     write_index(config, folder)

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import csv
-import datetime as dt
-import re
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from email_validator import EmailNotValidError, validate_email
-
-from pipeline.db import now, stamp_at, transaction
+from pipeline.audience.addresses import check_address, check_name
+from pipeline.db import now, transaction
 from pipeline.errors import SubscriberError
 
 STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
@@ -28,39 +25,6 @@ STATUS_ALIASES = {
 }
 EMAIL_HEADERS = ("email", "email address", "e-mail", "e-mail address", "emailaddress")
 EXPORT_COLUMNS = ("email", "name", "status", "source", "created_at", "confirmed_at", "status_changed_at")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def check_address(address: str) -> str:
-    """The address as given (trimmed), if it is a valid one; no DNS look-ups."""
-    address = address.strip()
-    if _CONTROL.search(address):
-        raise ValueError("contains control characters")
-    try:
-        # No SMTPUTF8: a non-ASCII mailbox name cannot be sent through SES or most servers.
-        # Non-ASCII domains are fine; they are sent in their ASCII (punycode) form.
-        validate_email(address, check_deliverability=False, allow_smtputf8=False)
-    except EmailNotValidError as error:
-        raise ValueError(str(error)) from None
-    return address
-
-
-def ascii_address(address: str) -> str:
-    """The form that goes in headers and envelopes: an internationalised domain in punycode."""
-    if address.isascii():
-        return address
-    local, _, domain = address.rpartition("@")
-    try:
-        return f"{local}@{domain.encode('idna').decode('ascii')}"
-    except UnicodeError:
-        raise ValueError(f"{address!r}: the domain cannot be written in ASCII") from None
-
-
-def check_name(name: str) -> str:
-    name = " ".join(name.split())
-    if _CONTROL.search(name):
-        raise ValueError("name contains control characters")
-    return name
 
 
 @dataclass(frozen=True)
@@ -90,10 +54,10 @@ def add(
     with transaction(db):
         if find(db, email) is not None:
             raise SubscriberError(f"{email} is already on the list")
-        return _insert(db, email, name, status, source)
+        return insert(db, email, name, status, source)
 
 
-def _insert(
+def insert(
     db: sqlite3.Connection, email: str, name: str, status: str, source: str, stamp: str | None = None
 ) -> int:
     stamp = stamp or now()
@@ -262,7 +226,7 @@ def _import_row(
             return
     existing = find(db, email)
     if existing is None:
-        _insert(db, email, name or "", status or "active", source)
+        insert(db, email, name or "", status or "active", source)
         report.added += 1
         return
     new_status = status or "active"  # a row with no status is a subscriber, as for new rows
@@ -291,118 +255,3 @@ def describe(report: ImportReport) -> Iterable[str]:
         yield f"  line {line}: skipped: {reason}"
     for line, reason in report.rejected:
         yield f"  line {line}: rejected: {reason}"
-
-
-# --- The web service: double opt-in sign-up, confirmation, unsubscribe by link ------------------
-
-
-@dataclass(frozen=True)
-class Signup:
-    """What a sign-up request led to; ``mail`` says which message to send, if any."""
-
-    subscriber_id: int
-    email: str
-    status: str
-    """The status before: "new" for an address that was not on the list (now pending)."""
-    mail: str | None
-    """"confirm" (new, pending or coming back after unsubscribing), "already" (active), or None."""
-    previous_sent_at: str | None
-    """confirmation_sent_at before this request: put back if the mail cannot be sent."""
-
-
-def _seconds(stamp: str | None) -> float | None:
-    return dt.datetime.fromisoformat(stamp).timestamp() if stamp else None
-
-
-def request_signup(
-    db: sqlite3.Connection, email: str, name: str, *, at: float, resend_seconds: float, source: str = "web"
-) -> Signup:
-    """Record a sign-up (already validated) and decide what to mail, at most once per ``resend_seconds``.
-
-    A new address is added as ``pending``; nobody's status changes here: an unsubscribed
-    reader stays unsubscribed until they click the link, so a stranger typing their
-    address changes nothing. Bounced and complained addresses are never mailed.
-    """
-    sent_at = stamp_at(at)
-    with transaction(db):
-        row = find(db, email)
-        if row is None:
-            # Added at the moment its link is sent: the link is then not older than the status.
-            subscriber_id = _insert(db, email, name, "pending", source, stamp=sent_at)
-            db.execute(
-                "UPDATE subscribers SET confirmation_sent_at = ? WHERE id = ?", (sent_at, subscriber_id)
-            )
-            return Signup(subscriber_id, email, "new", "confirm", None)
-        status, previous = row["status"], row["confirmation_sent_at"]
-        mail = {"pending": "confirm", "unsubscribed": "confirm", "active": "already"}.get(status)
-        last = _seconds(previous)
-        if mail and last is not None and at - last < resend_seconds:
-            mail = None
-        if mail:
-            db.execute("UPDATE subscribers SET confirmation_sent_at = ? WHERE id = ?", (sent_at, row["id"]))
-        return Signup(row["id"], row["email"], status, mail, previous)
-
-
-def undo_signup_mail(db: sqlite3.Connection, signup: Signup, at: float) -> None:
-    """The mail could not be sent: let the next request try again instead of waiting out the interval."""
-    with transaction(db):
-        db.execute(
-            "UPDATE subscribers SET confirmation_sent_at = ? WHERE id = ? AND confirmation_sent_at = ?",
-            (signup.previous_sent_at, signup.subscriber_id, stamp_at(at)),
-        )
-
-
-def by_id(db: sqlite3.Connection, subscriber_id: int) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = db.execute(
-        "SELECT * FROM subscribers WHERE id = ?", (subscriber_id,)
-    ).fetchone()
-    return row
-
-
-def confirm_outcome(row: sqlite3.Row, sent_at: float) -> str:
-    """What confirming this subscriber would do, changing nothing: "confirm", "already" (active),
-    "refused" (bounced or complained: only the editor may restore them) or "stale".
-
-    ``sent_at`` is when the link being used was sent (signed into it). Only the latest link works
-    (its time is ``confirmation_sent_at``), and only when nothing happened to the subscriber since it
-    was sent: an old link must not undo a later unsubscribe, even after a stranger typed the address in
-    again."""
-    status = row["status"]
-    if status == "active":
-        return "already"
-    if status in ("bounced", "complained"):
-        return "refused"
-    asked, changed = _seconds(row["confirmation_sent_at"]), _seconds(row["status_changed_at"])
-    if asked is None or int(sent_at) != int(asked) or changed is None or sent_at < changed:
-        return "stale"
-    return "confirm"
-
-
-def confirm(
-    db: sqlite3.Connection, subscriber_id: int, cause: str = "confirmed by link", *, sent_at: float
-) -> str:
-    """Activate a subscriber whose confirmation link checked out. Returns what happened:
-    "confirmed", "already" (active before), "refused" (bounced or complained), "stale" (a link
-    superseded by a newer one, or older than the subscriber's last status change: see
-    :func:`confirm_outcome`), "unknown"."""
-    with transaction(db):
-        row = by_id(db, subscriber_id)
-        if row is None:
-            return "unknown"
-        outcome = confirm_outcome(row, sent_at)
-        if outcome != "confirm":
-            return outcome
-        set_status(db, subscriber_id, "active", cause)
-        return "confirmed"
-
-
-def unsubscribe(db: sqlite3.Connection, subscriber_id: int, cause: str) -> str:
-    """Unsubscribe by link; returns the status before. Twice is harmless, and a bounce or a
-    complaint is kept as it is (it already stops the mail, and says more)."""
-    with transaction(db):
-        row = by_id(db, subscriber_id)
-        if row is None:
-            return "unknown"
-        if row["status"] in ("active", "pending"):
-            set_status(db, subscriber_id, "unsubscribed", cause)
-        return str(row["status"])

@@ -8,19 +8,22 @@ from urllib.parse import unquote
 
 from pipeline.archive.markdown import archived_documents
 from pipeline.check.content import http_problems
+from pipeline.check.gate import checkable_links
 from pipeline.check.links import check_urls
 from pipeline.config import Config
 from pipeline.db import open_db
 from pipeline.files import display_path
-from pipeline.issue.build import build_issue, checkable_links
+from pipeline.issue.build import build_issue
 from pipeline.issue.errata import Erratum, load_errata
 from pipeline.issue.markdown import Link
 
 Progress = Callable[[int, int], None]
 
 
-def check_issue_links(config: Config, number: int, progress: Progress | None = None) -> tuple[list[str], int]:
-    build = build_issue(config, number)
+def check_issue_links(
+    config: Config, number: int, progress: Progress | None = None, *, pinned: bool = False
+) -> tuple[list[str], int]:
+    build = build_issue(config, number, pinned=pinned)
     links = checkable_links(config, build)
     db = open_db(config.paths.state)
     try:

@@ -25,7 +25,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from pipeline.audience.subscribers import ascii_address, find, set_status
+from pipeline.audience.addresses import ascii_address
+from pipeline.audience.subscribers import find, set_status
 from pipeline.config import Config
 from pipeline.db import now, open_db, transaction
 from pipeline.errors import EventsError, NotificationDeferred, NotificationRejected

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import yaml
 from ruamel.yaml import YAML
@@ -193,11 +192,6 @@ def mark_announced(config: Config, number: int, ids: list[int]) -> None:
         _edit(config, mark)
 
 
-def corrections_of(errata: list[Erratum], number: int) -> list[Erratum]:
-    """Announced corrections to issue ``number``, for its archived copy."""
-    return [e for e in errata if e.issue == number and e.announced_in is not None]
-
-
 def errata_html(config: Config, carried: list[Erratum]) -> str:
     """The Errata section of an email, slotted in after the opening text."""
     items = "".join(
@@ -205,10 +199,3 @@ def errata_html(config: Config, carried: list[Erratum]) -> str:
         for e in carried
     )
     return f"<h2>Errata</h2>\n<ul>{items}</ul>\n"
-
-
-def errata_markdown(config: Config, carried: list[Erratum], heading: str = "##") -> str:
-    items = "\n".join(
-        f"- In [issue {e.issue}]({quote(config.archive_name(e.issue))}): {e.text}" for e in carried
-    )
-    return f"{heading} Errata\n\n{items}\n"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from pipeline.config import Config
-from pipeline.db import now, transaction
+from pipeline.db import DB_NAME, now, open_db, transaction
 from pipeline.errors import (
     CampaignError,
     DeliveryUnknown,
@@ -112,6 +112,21 @@ def find_campaign(db: sqlite3.Connection, issue: int) -> Campaign | None:
         "SELECT id, issue, content_hash, status, transport FROM campaigns WHERE issue = ?", (issue,)
     ).fetchone()
     return Campaign(*row) if row else None
+
+
+def campaign_state(config: Config, number: int) -> str | None:
+    """Issue ``number``'s campaign status ('sending', 'paused', 'done'), or None if never started.
+
+    Once a campaign exists its content is pinned, errata included.
+    """
+    if not (config.paths.state / DB_NAME).exists():
+        return None
+    db = open_db(config.paths.state)
+    try:
+        row = db.execute("SELECT status FROM campaigns WHERE issue = ?", (number,)).fetchone()
+        return str(row["status"]) if row else None
+    finally:
+        db.close()
 
 
 def ledger_counts(db: sqlite3.Connection, campaign_id: int) -> dict[str, int]:

@@ -11,7 +11,7 @@ from email.policy import SMTP
 from email.quoprimime import body_encode
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 
-from pipeline.audience.subscribers import ascii_address
+from pipeline.audience.addresses import ascii_address
 from pipeline.audience.tokens import make_token
 from pipeline.config import Config
 from pipeline.errors import NewsletterError

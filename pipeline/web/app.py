@@ -63,11 +63,10 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline.audience.subscribers import (
+from pipeline.audience.addresses import check_address, check_name
+from pipeline.audience.signup import (
     Signup,
     by_id,
-    check_address,
-    check_name,
     confirm,
     confirm_outcome,
     request_signup,
