@@ -12,7 +12,7 @@ import click
 from pipeline import __version__
 from pipeline.check.content import Problem
 from pipeline.config import Config, load_config
-from pipeline.errors import CheckFailed, NewsletterError
+from pipeline.errors import ArchiveError, CheckFailed, ErrataError, NewsletterError, NotConfirmed
 from pipeline.files import display_path
 from pipeline.issue.build import build_issue
 
@@ -32,10 +32,7 @@ class _Group(click.Group):
 def _fail(error: NewsletterError) -> NoReturn:
     # Paths relative to where the editor stands are shorter to read and to click.
     message = str(error).replace(f"{Path.cwd()}/", "")
-    if error.exit_code == 0:  # not a failure, just nothing to do
-        click.echo(message)
-    else:
-        click.secho(f"error: {message}", fg="red", err=True)
+    click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(error.exit_code)
 
 
@@ -241,10 +238,13 @@ def send(
         if dry_run or yes or transport.name == "maildir":
             return True
         if not sys.stdin.isatty():
-            raise NewsletterError("refusing to send without confirmation: run it in a terminal or pass --yes")
+            raise NotConfirmed("refusing to send without confirmation: run it in a terminal or pass --yes")
         return click.confirm("Send now?", default=False)
 
     summary = send_issue(config, build, options, confirm=confirm, reporter=ProgressBar(f"issue {number}"))
+    if summary.note:  # already complete: nothing was sent, which is not a failure
+        click.echo(summary.note + (f"; archive: {summary.archived}" if summary.archived else ""))
+        return
     counts = summary.counts
     click.echo(
         f"{'DRY RUN: ' if dry_run else ''}{counts['sent']:,} sent, {counts['failed']:,} failed, {counts['skipped']:,} skipped, "
@@ -263,7 +263,7 @@ def send(
     if summary.archived:
         click.echo(f"archived: {summary.archived}")
     if summary.archive_error:
-        raise NewsletterError(
+        raise ArchiveError(
             f"the issue was sent, but archiving failed: {summary.archive_error}; "
             f"run `newsletter archive {number}` to retry",
         )
@@ -443,7 +443,7 @@ def errata_add(ctx: click.Context, number: int, text: str, replace: tuple[str, s
     config = _config(ctx)
     issue = read_issue(config.paths.issues, number)
     if campaign_state(config, number) != "done":
-        raise NewsletterError(f"issue {number} has not been sent: correct its source instead")
+        raise ErrataError(f"issue {number} has not been sent: correct its source instead")
     erratum = add_erratum(config, number, text, replace or None, issue.body)
     click.echo(f"erratum {erratum.id} recorded against issue {number}; the next issue sent will announce it")
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.errors import NewsletterError
+from pipeline.errors import StateError
 
 DB_NAME = "newsletter.sqlite3"
 
@@ -138,14 +138,14 @@ def open_db(state_dir: Path) -> sqlite3.Connection:
         connection.execute("PRAGMA foreign_keys = ON")
         migrate(connection)
     except sqlite3.DatabaseError as error:
-        raise NewsletterError(f"{path}: cannot open the state database: {error}") from None
+        raise StateError(f"{path}: cannot open the state database: {error}") from None
     return connection
 
 
 def migrate(connection: sqlite3.Connection) -> None:
     version = connection.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
-        raise NewsletterError(
+        raise StateError(
             f"the state database has schema version {version}, newer than this program knows "
             f"({len(MIGRATIONS)}): upgrade the pipeline"
         )

@@ -1,7 +1,39 @@
-"""The pipeline's error tree: every user-facing failure is a NewsletterError.
+"""The pipeline's error tree: every failure the editor (or a subscriber, or the mail service) can cause.
 
-The CLI prints ``str(error)`` on one line and exits non-zero; anything that is
-not a NewsletterError is a bug and keeps its traceback.
+The CLI prints ``str(error)`` on one line and exits with the class's ``exit_code``; anything that is
+not a :class:`NewsletterError` is a bug and keeps its traceback. Success is never an exception.
+
+    NewsletterError                 exit 2: the editor can fix it; nothing was half-done
+    ├── ConfigError                 newsletter.toml or the environment (a key, a value, a secret)
+    │   └── MissingSecret           NEWSLETTER_SECRET missing or too short for a real transport
+    ├── SourceError                 an issue file (with its path and line)
+    ├── ErrataError                 errata.yaml or an ``errata add`` request
+    ├── RenderError                 a template or the MJML compiler failed
+    ├── CheckFailed                 exit 1: ``check`` found what would break the issue in an inbox
+    ├── StateError                  the state database cannot be opened or written (locked, read-only, full)
+    ├── SubscriberError             a subscriber operation asked for cannot be done (bad address, unknown)
+    ├── MessageError                a message cannot be built (a header with a line break, a bad address)
+    ├── CampaignError               a campaign cannot start or resume as asked (content changed, locked)
+    │   └── NotConfirmed            the editor did not confirm the send: nothing was changed
+    ├── CampaignPaused              exit 1: stopped before everyone was handled; ``send`` resumes it
+    ├── TransportError              handing a message to the mail service failed (fields below)
+    │   ├── TemporaryFailure        throttling, 4xx, 5xx, network: retry this message later
+    │   ├── Rejected                this recipient or message is refused for good: record it, go on
+    │   ├── DeliveryUnknown         handed over, answer lost: it may have arrived; never retried
+    │   └── TransportUnavailable    nothing can be sent (credentials, account paused): stop the campaign
+    ├── ArchiveError                the archive folder holds something unreadable
+    │   └── MirrorError             the archive could not be pushed; nothing was lost
+    ├── PreviewError                the preview server cannot start
+    ├── ServeError                  the subscriber web service cannot start
+    ├── EventsError                 the SQS queue of SES events cannot be read
+    └── NotificationError           an SNS notification was not applied
+        ├── NotificationRejected    exit 1: never valid (unsigned, tampered, foreign, malformed):
+        │                           answer 400, delete it from the queue
+        └── NotificationDeferred    cannot be checked or applied *now* (certificate host down, database
+                                    busy): answer 503 so SNS retries, leave it in the queue
+
+``NotificationRejected`` and ``NotificationDeferred`` are siblings on purpose: a handler that catches
+one can never swallow the other, so a retryable message is never deleted by mistake.
 """
 
 from __future__ import annotations
@@ -10,7 +42,7 @@ from pathlib import Path
 
 
 class NewsletterError(Exception):
-    """Base of every error the editor can cause and fix."""
+    """Base of every error the editor can cause and fix. Never raised itself: raise a subclass."""
 
     exit_code = 2
 
@@ -20,6 +52,13 @@ class ConfigError(NewsletterError):
 
     def __init__(self, path: Path | str, message: str) -> None:
         super().__init__(f"{path}: {message}")
+
+
+class MissingSecret(ConfigError):
+    """NEWSLETTER_SECRET is missing or too short for a transport that sends real mail."""
+
+    def __init__(self, message: str) -> None:
+        NewsletterError.__init__(self, message)
 
 
 class SourceError(NewsletterError):
@@ -32,12 +71,12 @@ class SourceError(NewsletterError):
         self.line = line
 
 
+class ErrataError(NewsletterError):
+    """errata.yaml or an `errata add` request is malformed."""
+
+
 class RenderError(NewsletterError):
     """A template or the MJML compiler failed."""
-
-
-class PreviewError(NewsletterError):
-    """The preview server cannot start (e.g. the port is taken)."""
 
 
 class CheckFailed(NewsletterError):
@@ -46,12 +85,60 @@ class CheckFailed(NewsletterError):
     exit_code = 1
 
 
+class StateError(NewsletterError):
+    """The state database cannot be opened or written (locked, read-only, disk full, too new)."""
+
+
+class SubscriberError(NewsletterError):
+    """A subscriber operation the editor asked for cannot be done (bad address, unknown subscriber)."""
+
+
+class MessageError(NewsletterError):
+    """A message cannot be built: a header value with a line break, an address that cannot be sent to."""
+
+
+class CampaignError(NewsletterError):
+    """A campaign cannot start or resume as asked (content changed, another sender running)."""
+
+
+class NotConfirmed(CampaignError):
+    """The editor declined the send, or could not be asked: nothing was changed."""
+
+
+class CampaignPaused(NewsletterError):
+    """The campaign stopped before everyone was handled; running `send` again resumes it."""
+
+    exit_code = 1
+
+
 class TransportError(NewsletterError):
-    """Handing a message to the mail service failed. Subclasses say what to do about it."""
+    """Handing a message to the mail service failed. The subclass says what to do about it.
+
+    Structured fields, for the ledger and for logs: ``recipient`` (when one message failed),
+    ``code`` (the service's error code or SMTP reply code, as text), ``status`` (the HTTP status
+    or SMTP reply code as a number). ``retryable`` says whether the same message may be tried again.
+    """
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        recipient: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.recipient = recipient
+        self.code = code
+        self.status = status
 
 
 class TemporaryFailure(TransportError):
     """Throttling, a 4xx, a 5xx from the service, a network error: retry later."""
+
+    retryable = True
 
 
 class Rejected(TransportError):
@@ -66,56 +153,36 @@ class TransportUnavailable(TransportError):
     """Nothing can be sent (no credentials, account paused, server unreachable): stop the campaign."""
 
 
-class SubscriberError(NewsletterError):
-    """A subscriber operation the editor asked for cannot be done (bad address, unknown subscriber)."""
-
-
-class MissingSecret(NewsletterError):
-    """NEWSLETTER_SECRET is missing or too short for a transport that sends real mail."""
-
-
-class CampaignError(NewsletterError):
-    """A campaign cannot start or resume as asked (content changed, another sender running)."""
-
-
-class CampaignPaused(NewsletterError):
-    """The campaign stopped before everyone was handled; running `send` again resumes it."""
-
-    exit_code = 1
-
-
-class NothingToSend(NewsletterError):
-    """Not a failure: the campaign is already complete."""
-
-    exit_code = 0
-
-
 class ArchiveError(NewsletterError):
     """The archive folder holds something unreadable."""
 
 
-class MirrorError(NewsletterError):
+class MirrorError(ArchiveError):
     """The archive could not be pushed to its git repository; nothing was lost."""
 
 
-class ErrataError(NewsletterError):
-    """errata.yaml or an `errata add` request is malformed."""
+class PreviewError(NewsletterError):
+    """The preview server cannot start (e.g. the port is taken)."""
 
 
 class ServeError(NewsletterError):
     """The subscriber web service cannot start (port taken, bad settings)."""
 
 
-class NotificationRejected(NewsletterError):
+class EventsError(NewsletterError):
+    """Reading SES events from the SQS queue failed (no queue configured, queue unreachable)."""
+
+
+class NotificationError(NewsletterError):
+    """An SNS notification was not applied; the subclass says whether it ever can be."""
+
+
+class NotificationRejected(NotificationError):
     """An SNS notification is unsigned, tampered, from an unexpected host or topic, or malformed."""
 
     exit_code = 1
 
 
-class EventsError(NewsletterError):
-    """Reading SES events from the SQS queue failed (no queue configured, queue unreachable)."""
-
-
-class NotificationDeferred(NotificationRejected):
+class NotificationDeferred(NotificationError):
     """An SNS notification cannot be verified or applied right now (its certificate host is unreachable,
     the database is busy): not the sender's fault, so answer 503 (SNS retries) or leave it in the queue."""

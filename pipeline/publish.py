@@ -16,7 +16,7 @@ from pipeline.audience.tokens import load_secret
 from pipeline.check.gate import CheckResult, check_issue
 from pipeline.config import Config
 from pipeline.db import open_db
-from pipeline.errors import CheckFailed, NewsletterError, NothingToSend
+from pipeline.errors import CheckFailed, MessageError, NewsletterError, NotConfirmed
 from pipeline.files import write_atomically
 from pipeline.issue.build import Build
 from pipeline.issue.errata import mark_announced
@@ -117,14 +117,17 @@ def send_issue(
             )
             if plan.resuming and not plan.recipients and not plan.unknown:
                 # Finish what a previous run may have left undone: archiving is idempotent.
-                archived = "" if options.dry_run else f"; archive: {publish_archive(config, number)}"
-                raise NothingToSend(
+                archived = "" if options.dry_run else publish_archive(config, number)
+                note = (
                     f"issue {number} was already sent to everyone on its list; nothing to send "
-                    f"(--include-new also sends it to subscribers who joined since){archived}"
+                    "(--include-new also sends it to subscribers who joined since)"
                 )
+                campaign = find_campaign(db, number)
+                counts = ledger_counts(db, campaign.id) if campaign else {}
+                return Summary(counts, 0.0, 0, "done", note=note, archived=archived)
             rate = send_rate(config, transport, options.dry_run)
             if not confirm(plan, transport, rate):
-                raise NewsletterError("not sent: nothing was changed")
+                raise NotConfirmed("not sent: nothing was changed")
             if not plan.resuming and not options.dry_run:
                 # Before the campaign exists: a crash in between leaves the errata announced by an
                 # issue whose rebuild still shows them, never an issue pinned without them.
@@ -179,7 +182,7 @@ def send_test(config: Config, build: Build, address: str) -> str:
     try:
         address = check_address(address)
     except ValueError as error:
-        raise NewsletterError(f"--to {address!r}: {error}") from None
+        raise MessageError(f"--to {address!r}: {error}") from None
     transport = open_transport(config)
     try:
         secret = load_secret(allow_development=config.transport == "maildir")
@@ -190,8 +193,8 @@ def send_test(config: Config, build: Build, address: str) -> str:
             recipient = recipient_for(
                 config, secret, subscriber_id, address, name, make_msgid(domain=sender_domain(config))
             )
-        except NewsletterError as error:
-            raise NewsletterError(f"--to {error}") from None
+        except MessageError as error:
+            raise MessageError(f"--to {error}") from None
         data = MessageTemplate(config, build.rendered).build(recipient)
         key = f"test{number}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
         return transport.send(Envelope(sender_address(config), recipient.email, data, key))

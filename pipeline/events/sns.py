@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from pipeline.errors import NotificationDeferred, NotificationRejected
+from pipeline.errors import NotificationDeferred, NotificationError, NotificationRejected
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ class SnsVerifier:
             )
         try:
             key = self._load_key(url)
-        except NotificationRejected as error:
+        except NotificationError as error:
             deferred = isinstance(error, NotificationDeferred)
             remember = DEFERRED_FETCH_SECONDS if deferred else FAILED_FETCH_SECONDS
             with self._lock:
@@ -293,7 +293,7 @@ class SnsVerifier:
         """The public key of the certificate at ``url``; NotificationRejected (or Deferred) without message id."""
         try:
             pem = self.fetch(url)
-        except NotificationRejected:
+        except NotificationError:
             raise
         except OSError as error:
             raise NotificationDeferred(f"cannot fetch {_show(url)}: {error}") from None
@@ -316,7 +316,7 @@ class SnsVerifier:
             raise self._rejected(message_id, f"cannot fetch {_show(url)}: {error}", deferred=True) from None
 
     @staticmethod
-    def _rejected(message_id: str, reason: str, *, deferred: bool = False) -> NotificationRejected:
+    def _rejected(message_id: str, reason: str, *, deferred: bool = False) -> NotificationError:
         text = f"SNS message {_show(message_id, 80, quote=False)}: {reason}"
         if deferred:
             log.warning("deferred %s", text)

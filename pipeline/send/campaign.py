@@ -29,7 +29,7 @@ from pipeline.db import DB_NAME, now, open_db, transaction
 from pipeline.errors import (
     CampaignError,
     DeliveryUnknown,
-    NewsletterError,
+    MessageError,
     Rejected,
     TemporaryFailure,
     TransportError,
@@ -321,6 +321,8 @@ class Summary:
     archive_error: str = ""
     reconciled: int = 0
     """Messages a crash had left in flight that the transport could settle."""
+    note: str = ""
+    """Why nothing was sent, when the campaign was already complete."""
 
     @property
     def rate(self) -> float:
@@ -583,7 +585,7 @@ class CampaignRunner:
             message_id = f"<{delivery_key(self.campaign, subscriber_id)}.{self.campaign.content_hash[:10]}@{self._domain}>"
             recipient = recipient_for(self.config, self.secret, subscriber_id, email, name, message_id)
             data = self.template.build(recipient)
-        except NewsletterError as error:  # one bad row must not stop the campaign
+        except MessageError as error:  # one bad row must not stop the campaign
             return Outcome(subscriber_id, "failed", attempts, error=str(error))
         envelope = Envelope(
             self._envelope_sender, recipient.email, data, delivery_key(self.campaign, subscriber_id)

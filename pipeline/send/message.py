@@ -14,7 +14,7 @@ from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from pipeline.audience.addresses import ascii_address
 from pipeline.audience.tokens import make_token
 from pipeline.config import Config
-from pipeline.errors import NewsletterError
+from pipeline.errors import MessageError
 from pipeline.issue.render import PLACEHOLDER, Rendered
 
 
@@ -50,7 +50,7 @@ def build_message(
         for name, value in (extra_headers or {}).items():
             message[name] = value
     except ValueError as error:  # CR/LF in a header value: refuse rather than inject
-        raise NewsletterError(f"cannot build message to {to!r}: {error}") from None
+        raise MessageError(f"cannot build message to {to!r}: {error}") from None
     message.set_content(text, subtype="plain", charset="utf-8")
     message.add_alternative(html, subtype="html", charset="utf-8")
     return message
@@ -159,7 +159,7 @@ def header_address(email: str) -> str:
     try:
         return ascii_address(email)
     except ValueError as error:
-        raise NewsletterError(str(error)) from None
+        raise MessageError(str(error)) from None
 
 
 def service_message(
@@ -183,7 +183,7 @@ def service_message(
 
 def check_header_value(value: str, what: str) -> str:
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise NewsletterError(f"{what} {value!r} contains a line break or control character")
+        raise MessageError(f"{what} {value!r} contains a line break or control character")
     return value
 
 
