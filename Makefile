@@ -7,15 +7,16 @@ ISSUE ?= 1
 
 .DEFAULT_GOAL := help
 CSV ?= subscribers.sample.csv
-.PHONY: help demo build check preview send status subscribers serve events archive links links-archive errata test golden bench bench-send clean
+.PHONY: lint lock help demo build check preview send status subscribers serve events archive links links-archive errata test golden bench bench-send clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(READY): pyproject.toml
+# The versions CI tested, pinned in constraints.txt; `make lock` moves them to the newest allowed.
+$(READY): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,lint]'
 	touch $@
 
 demo: $(READY) ## Quick start: import the sample subscribers, send issue 1 into outbox/ (no account needed)
@@ -63,6 +64,21 @@ errata: $(READY) ## Record a correction to sent issue ISSUE: make errata ISSUE=1
 
 test: $(READY) ## Run the whole test suite
 	$(BIN)/python -m pytest
+
+lint: $(READY) ## Formatting, lint rules, types (mypy --strict) and the import layers contract
+	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+lock: ## Re-resolve every dependency to the newest version pyproject.toml allows; pin them in constraints.txt
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet -e '.[test,lint]'
+	.lock-venv/bin/pip freeze --exclude-editable > constraints.txt
+	rm -rf .lock-venv
+	@echo "constraints.txt updated: run 'make test', then commit it"
 
 golden: $(READY) ## Refresh the golden files in tests/golden/ after an intended rendering change
 	$(BIN)/python -m tests.golden

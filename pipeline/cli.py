@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn, Self
+from typing import TYPE_CHECKING, NoReturn, Self
 
 import click
 
@@ -15,6 +15,9 @@ from pipeline.config import Config, load_config
 from pipeline.errors import ArchiveError, CheckFailed, ErrataError, NewsletterError, NotConfirmed
 from pipeline.files import display_path
 from pipeline.issue.build import build_issue
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 ISSUE = click.argument("number", metavar="N", type=click.IntRange(min=1))
 
@@ -106,7 +109,7 @@ class LinkProgress:
     """A progress bar for long link checks, on a terminal only."""
 
     def __enter__(self) -> Self:
-        self._bar = None
+        self._bar: Progress | None = None
         return self
 
     def __call__(self, done: int, total: int) -> None:

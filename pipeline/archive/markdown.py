@@ -175,7 +175,8 @@ def atom_feed(config: Config, entries: list[Entry], folder: Path | None = None) 
         add(item, "published", _timestamp(entry.date))
         add(item, "updated", _timestamp(entry.updated))
         add(item, "content", _entry_html(config, entry, folder), type="html")
-    return ET.tostring(feed, encoding="utf-8", xml_declaration=True) + b"\n"
+    serialised: bytes = ET.tostring(feed, encoding="utf-8", xml_declaration=True)
+    return serialised + b"\n"
 
 
 def _entry_html(config: Config, entry: Entry, folder: Path | None = None) -> str:

@@ -123,8 +123,10 @@ def _parser() -> MarkdownIt:
     normalize = md.normalizeLink
     md.normalizeLink = lambda url: url if _ALREADY_NORMAL.match(url) else normalize(url)  # type: ignore[method-assign]
     # Speed: GitHub-style autolinks start with a scheme or "www."; text without either need not be scanned.
-    pretest = md.linkify.pretest
-    md.linkify.pretest = lambda text: ("://" in text or "www." in text) and pretest(text)  # type: ignore[method-assign]
+    linkify = md.linkify
+    assert linkify is not None  # enabled above
+    pretest = linkify.pretest
+    linkify.pretest = lambda text: ("://" in text or "www." in text) and pretest(text)
     # Before text_join, so backslash-escaped brackets are still told apart from raw ones.
     md.core.ruler.before("text_join", "newsletter_links", _links_rule)
     return md

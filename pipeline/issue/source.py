@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import frontmatter
 import yaml
+from frontmatter.default_handlers import YAMLHandler
 
 from pipeline.errors import SourceError
 
@@ -65,7 +65,7 @@ def parse_issue(path: Path, data: bytes) -> Issue:
         ) from None
     text = text.removeprefix("\ufeff").replace("\r\n", "\n")
 
-    handler = frontmatter.YAMLHandler()
+    handler = YAMLHandler()
     if not handler.FM_BOUNDARY.match(text):
         raise SourceError(path, "must start with YAML front matter between '---' lines", 1)
     try:
@@ -103,9 +103,7 @@ def parse_issue(path: Path, data: bytes) -> Issue:
     )
 
 
-def _load_yaml(
-    path: Path, handler: frontmatter.YAMLHandler, head: str, head_lines: list[str]
-) -> dict[str, Any]:
+def _load_yaml(path: Path, handler: YAMLHandler, head: str, head_lines: list[str]) -> dict[str, Any]:
     try:
         meta = handler.load(head)
     except yaml.MarkedYAMLError as error:
