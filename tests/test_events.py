@@ -24,8 +24,9 @@ import pytest
 from pipeline.audience.subscribers import add, set_status
 from pipeline.db import DB_NAME, open_db
 from pipeline.errors import EventsError, NotificationDeferred, NotificationRejected
-from pipeline.events.apply import Applied, PullReport, apply_notification, handle_sns, pull
+from pipeline.events.apply import Applied, apply_notification, handle_sns
 from pipeline.events.sns import DEFERRED_FETCH_SECONDS, SnsVerifier, http_get
+from pipeline.events.sqs import PullReport, pull
 
 from .conftest import Newsletter
 from .sns_support import (
@@ -637,24 +638,24 @@ def test_pull_accepts_any_topic_while_topic_arns_is_empty_but_says_so(
     add_readers(newsletter, "ada@example.org", "bob@example.org")
     queue.put(signed(signer, server, ses_bounce("ada@example.org"), topic="arn:aws:sns:us-east-1:1:any"))
     queue.put(signed(signer, server, ses_bounce("bob@example.org")))
-    with caplog.at_level(logging.WARNING, logger="pipeline.events.apply"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.events.sqs"):
         report = pull(
             newsletter.config(), wait_seconds=0, verifier=SnsVerifier(cert_host_allowed=server.allows)
         )
     assert (report.received, report.applied) == (2, 2)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.events.apply"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.events.sqs"]
     assert len(warnings) == 1 and "[events] topic_arns is empty" in warnings[0], warnings
     # With a topic list: no warning, and only those topics.
     caplog.clear()
     queue.put(signed(signer, server, ses_bounce("ada@example.org"), topic="arn:aws:sns:us-east-1:1:any"))
-    with caplog.at_level(logging.WARNING, logger="pipeline.events.apply"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.events.sqs"):
         report = pull(
             newsletter.config(),
             wait_seconds=0,
             verifier=SnsVerifier(topic_arns=(TOPIC,), cert_host_allowed=server.allows),
         )
     assert report.rejected == 1
-    assert not [r for r in caplog.records if r.name == "pipeline.events.apply"]
+    assert not [r for r in caplog.records if r.name == "pipeline.events.sqs"]
 
 
 def test_pull_stops_after_most(
@@ -679,7 +680,7 @@ def test_pull_from_a_missing_queue_or_without_credentials_is_one_line(
 ) -> None:
     queue = Queue(sqs_env)
     configure_events(newsletter, queue.url + "-missing")
-    with pytest.raises(EventsError, match="cannot read the SQS queue .*-missing: .*NonExistentQueue"):
+    with pytest.raises(EventsError, match=r"cannot read the SQS queue .*-missing: .*NonExistentQueue"):
         pull(newsletter.config(), wait_seconds=0)
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
