@@ -29,10 +29,7 @@ their own words in a message from our domain.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
-import ipaddress
 import logging
 import math
 import os
@@ -42,26 +39,21 @@ import socket
 import sqlite3
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
-import jinja2
 from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
-from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from pipeline.audience.addresses import check_address, check_name
 from pipeline.audience.signup import (
@@ -92,37 +84,26 @@ from pipeline.errors import (
 )
 from pipeline.send.message import sender_address, service_message
 from pipeline.send.transports import Envelope, Transport, open_transport
+from pipeline.web.pages import environment
+from pipeline.web.security import (
+    MAX_FORM_BYTES,
+    MAX_WEBHOOK_BYTES,
+    BodyTooLarge,
+    SecurityHeaders,
+    SlidingWindow,
+    client_key,
+    csp_hash,
+    parse_form,
+    read_body,
+)
 
 if TYPE_CHECKING:
     from pipeline.events.sns import SnsVerifier
 
 log = logging.getLogger(__name__)
 
-MAX_FORM_BYTES = 16 * 1024
-# SNS notifications are at most 256 KB (the SNS message size limit), plus the envelope's JSON.
-MAX_WEBHOOK_BYTES = 300 * 1024
 MAX_NAME_LENGTH = 100
-MAX_TRACKED_KEYS = 100_000
 HOUR, DAY = 3600.0, 86400.0
-PACKAGED_TEMPLATES = Path(__file__).resolve().parents[1] / "email_templates" / "web"
-PAGES = (
-    "signup.html",
-    "check_inbox.html",
-    "confirm.html",
-    "confirmed.html",
-    "confirm_expired.html",
-    "confirm_stale.html",
-    "confirm_refused.html",
-    "link_invalid.html",
-    "unsubscribe.html",
-    "unsubscribed.html",
-    "rate_limited.html",
-    "not_found.html",
-    "confirm_email.txt",
-    "confirm_email.html",
-    "already_email.txt",
-    "already_email.html",
-)
 HONEYPOT = "website"
 # In a name: a scheme, "www.", or a domain (two or more letters, a dot, a top-level domain of letters).
 # "J.R.R. Tolkien" and "A.Smith" pass; "St.John" does not, and its owner can add a space.
@@ -132,146 +113,9 @@ _URL_IN_NAME = re.compile(
 ONE_CLICK = ("List-Unsubscribe", "One-Click")
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-# --- Small parts -------------------------------------------------------------------------------
-
-
-class SlidingWindow:
-    """At most ``limit`` events per ``window`` seconds for each key, in this process's memory.
-
-    At most ``MAX_TRACKED_KEYS`` keys are kept, least recently seen dropped first; each hit costs O(1)
-    amortised (a key's old events and idle keys are dropped as they are met, each once)."""
-
-    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
-        self.limit, self.window, self.clock = limit, window, clock
-        self._events: OrderedDict[str, deque[float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def hit(self, key: str) -> float:
-        """Count one event; 0 when allowed, else the seconds until the next one would be."""
-        now = self.clock()
-        horizon = now - self.window
-        with self._lock:
-            events = self._events.get(key)
-            if events is None:
-                events = self._events[key] = deque()
-            else:
-                self._events.move_to_end(key)
-            while events and events[0] <= horizon:
-                events.popleft()
-            if len(events) >= self.limit:
-                return events[0] + self.window - now
-            events.append(now)
-            self._forget(horizon)
-            return 0.0
-
-    def _forget(self, horizon: float) -> None:
-        # The least recently seen first: drop them while idle, and always past the bound (a flood
-        # from many addresses must not grow memory forever).
-        while self._events:
-            oldest_key = next(iter(self._events))
-            oldest = self._events[oldest_key]
-            if len(self._events) <= MAX_TRACKED_KEYS and oldest and oldest[-1] > horizon:
-                return
-            del self._events[oldest_key]
-
-
-def client_key(host: str) -> str:
-    """What the per-IP limit counts: an IPv4 address, or an IPv6 client's /64 (one end network is
-    given a whole /64, and can rotate through it at will)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
 def short(token: str) -> str:
     """A token as logs may show it: the subscriber id and a few characters, never enough to use."""
     return token[:12] + "…" if len(token) > 12 else token
-
-
-def _csp_hash(css: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(css.encode("utf-8")).digest()).decode("ascii") + "'"
-
-
-class SecurityHeaders:
-    """Adds the same protective headers to every response, errors included."""
-
-    def __init__(self, app: ASGIApp, style_hash: str) -> None:
-        self.app = app
-        self.headers = {
-            "Content-Security-Policy": (
-                f"default-src 'none'; style-src {style_hash}; form-action 'self'; "
-                "frame-ancestors 'none'; base-uri 'none'"
-            ),
-            "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
-            "X-Frame-Options": "DENY",
-            # Pages behind tokens must not sit in a shared cache.
-            "Cache-Control": "no-store",
-        }
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in self.headers.items():
-                    headers[name] = value
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) past ``limit`` bytes without reading the rest."""
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge()
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge()
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def parse_form(headers: Headers, body: bytes) -> dict[str, str] | None:
-    """The text fields of an urlencoded or multipart form; None when it cannot be parsed.
-    Anything else (no content type) is read as urlencoded: some senders omit the header."""
-    kind = headers.get("content-type", "").split(";")[0].strip().lower()
-
-    async def once() -> AsyncGenerator[bytes, None]:
-        yield body
-        yield b""
-
-    if kind == "multipart/form-data":
-        parser: FormParser | MultiPartParser = MultiPartParser(headers, once(), max_files=0, max_fields=20)
-    elif kind == "application/x-www-form-urlencoded":
-        parser = FormParser(headers, once(), max_fields=20)
-    else:
-        try:
-            fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
-        except (UnicodeDecodeError, ValueError):
-            return None
-        return {name: values[0] for name, values in fields.items()}
-    try:
-        form = await parser.parse()
-    except MultiPartException:
-        return None
-    return {name: value for name, value in form.items() if isinstance(value, str)}
 
 
 # --- The service ------------------------------------------------------------------------------
@@ -311,10 +155,10 @@ class Service:
         self.per_ip = SlidingWindow(config.serve.signups_per_ip_per_hour, HOUR, clock)
         self.per_address = SlidingWindow(config.serve.signups_per_address_per_day, DAY, clock)
         self.prefix = urlsplit(config.public_url).path.rstrip("/")
-        self.templates = _environment(config)
+        self.templates = environment(config)
         css = self.templates.loader.get_source(self.templates, "page.css")[0]  # type: ignore[union-attr]
         self.css = Markup(css)
-        self.style_hash = _csp_hash(css)
+        self.style_hash = csp_hash(css)
         self.contact = config.reply_to or sender_address(config)
         # Sign-ups whose background work is over (recorded, mailed or failed): tests wait on it.
         self.signups_handled = 0
@@ -650,31 +494,6 @@ def _address_problem(address: str, error: ValueError) -> str:
     if not address.strip():
         return "Enter your email address."
     return f"That is not a valid email address: {error}"
-
-
-def _environment(config: Config) -> jinja2.Environment:
-    """The newsletter's own web templates first (``<templates>/web``), the packaged ones for the rest."""
-    environment = jinja2.Environment(
-        loader=jinja2.ChoiceLoader(
-            [
-                jinja2.FileSystemLoader(config.paths.templates / "web"),
-                jinja2.FileSystemLoader(PACKAGED_TEMPLATES),
-            ]
-        ),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
-    for name in (*PAGES, "page.css"):  # a broken template stops the start, not a visitor's request
-        try:
-            environment.get_template(name)
-        except jinja2.TemplateSyntaxError as error:
-            raise ServeError(
-                f"{error.filename or name}:{error.lineno}: template error: {error.message}"
-            ) from None
-        except jinja2.TemplateNotFound:
-            raise ServeError(f"{config.paths.templates / 'web'}: template not found: {name}") from None
-    return environment
 
 
 # --- The application and the server -----------------------------------------------------------
