@@ -36,7 +36,8 @@ from pipeline.audience.tokens import make_token
 from pipeline.config import Config
 from pipeline.db import open_db, transaction
 from pipeline.errors import NotificationDeferred, ServeError
-from pipeline.web.app import MAX_WEBHOOK_BYTES, bind, create_app, make_server, serve
+from pipeline.web.app import bind, create_app, make_server, serve
+from pipeline.web.security import MAX_WEBHOOK_BYTES
 
 from .conftest import Newsletter
 
@@ -185,7 +186,7 @@ def press_confirm(site: Site, link: str) -> httpx.Response:
 def test_sign_up_mails_a_confirmation_whose_link_activates(
     site: Site, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="pipeline.web.app")
+    caplog.set_level(logging.INFO, logger="pipeline.web")
     page = site.client.get(f"{site.url}/")
     assert page.status_code == 200 and 'action="/subscribe"' in page.text
     answer = site.sign_up("ada@example.org", "Ada Lovelace")
@@ -935,7 +936,7 @@ def test_a_server_error_is_a_plain_page_with_the_security_headers(
     def broken(*args: object) -> None:
         raise RuntimeError("internal detail /srv/letter/state")
 
-    monkeypatch.setattr(site.service, "check_link", broken)
+    monkeypatch.setattr("pipeline.web.links.check_link", broken)
     # Each on a connection of its own: uvicorn closes the connection after an exception.
     for method, path in (("GET", "/unsubscribe/1.abc"), ("POST", "/confirm/1.2.3.abc")):
         answer = httpx.request(method, f"{site.url}{path}", timeout=10)
@@ -982,7 +983,7 @@ def test_serve_on_a_taken_port_is_one_line(newsletter: Newsletter, taken_port: i
         serve(newsletter.config(), "127.0.0.1", taken_port)
     message = str(caught.value)
     assert message.startswith(f"cannot listen on 127.0.0.1:{taken_port}: ") and "\n" not in message
-    with pytest.raises(ServeError, match="cannot listen on no-such-host.invalid:8025"):
+    with pytest.raises(ServeError, match=r"cannot listen on no-such-host.invalid:8025"):
         serve(newsletter.config(), "no-such-host.invalid", 8025)
 
 

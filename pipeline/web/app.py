@@ -20,480 +20,37 @@ sign-up limit counts) is believed only from the addresses in ``$FORWARDED_ALLOW_
 127.0.0.1: the proxy on the same machine. Every link in a page or an email is built from
 ``public_url``, never from the request's Host header, so a forged Host cannot plant links.
 
-Sign-up answers the same bytes, status and timing whatever the address's state (new, pending,
-active, unsubscribed, bounced): all the work, database and mail alike, happens after the response,
-in a background task, so the page reveals nothing about who is on the list. The confirmation
-email carries nothing the visitor typed but the address: not even the name, so nobody can put
-their own words in a message from our domain.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import math
 import os
-import re
-import secrets
 import socket
-import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
-from markupsafe import Markup
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from pipeline.audience.addresses import check_address, check_name
-from pipeline.audience.signup import (
-    Signup,
-    by_id,
-    confirm,
-    confirm_outcome,
-    request_signup,
-    undo_signup_mail,
-    unsubscribe,
-)
-from pipeline.audience.tokens import (
-    load_secret,
-    make_token,
-    token_expiry,
-    token_issued,
-    token_subscriber_id,
-    verify_token,
-)
+from pipeline.audience.tokens import load_secret
 from pipeline.config import Config
-from pipeline.db import open_db
-from pipeline.errors import (
-    NewsletterError,
-    NotificationDeferred,
-    NotificationRejected,
-    ServeError,
-    TransportUnavailable,
-)
-from pipeline.send.message import sender_address, service_message
-from pipeline.send.transports import Envelope, Transport, open_transport
-from pipeline.web.pages import environment
-from pipeline.web.security import (
-    MAX_FORM_BYTES,
-    MAX_WEBHOOK_BYTES,
-    BodyTooLarge,
-    SecurityHeaders,
-    SlidingWindow,
-    client_key,
-    csp_hash,
-    parse_form,
-    read_body,
-)
-
-if TYPE_CHECKING:
-    from pipeline.events.sns import SnsVerifier
+from pipeline.errors import ServeError
+from pipeline.events.sns import SnsVerifier
+from pipeline.send.transports import Transport
+from pipeline.web.links import unsubscribe_link
+from pipeline.web.security import BodyTooLarge, SecurityHeaders
+from pipeline.web.signup import confirm_link, signup
+from pipeline.web.state import Service
+from pipeline.web.webhook import webhook
 
 log = logging.getLogger(__name__)
-
-MAX_NAME_LENGTH = 100
-HOUR, DAY = 3600.0, 86400.0
-HONEYPOT = "website"
-# In a name: a scheme, "www.", or a domain (two or more letters, a dot, a top-level domain of letters).
-# "J.R.R. Tolkien" and "A.Smith" pass; "St.John" does not, and its owner can add a space.
-_URL_IN_NAME = re.compile(
-    r"[a-z][a-z0-9+.-]*:/|www\.|(?<![\w.-])[^\W_][\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,63}(?![\w-])", re.IGNORECASE
-)
-ONE_CLICK = ("List-Unsubscribe", "One-Click")
-
-
-def short(token: str) -> str:
-    """A token as logs may show it: the subscriber id and a few characters, never enough to use."""
-    return token[:12] + "…" if len(token) > 12 else token
-
-
-# --- The service ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LinkCheck:
-    """A token from a URL, checked against the subscriber it names."""
-
-    row: sqlite3.Row | None
-    status: int
-    """200 when the token is ours for this subscriber; else the status to answer."""
-
-
-class Service:
-    def __init__(
-        self,
-        config: Config,
-        secret: bytes,
-        transport: Transport | None,
-        verifier: SnsVerifier | None,
-        clock: Callable[[], float],
-    ) -> None:
-        self.config = config
-        self.secret = secret
-        self.clock = clock
-        self._transport = transport
-        self._transport_lock = threading.Lock()
-        self._verifier = verifier
-        self._verifier_lock = threading.Lock()
-        # One connection per purpose, each used by one thread at a time, under its lock. The webhook
-        # holds its lock only for database work, never while it waits on the network (SNS certificates).
-        self.db = open_db(config.paths.state)
-        self.db_lock = threading.Lock()
-        self._events_db: sqlite3.Connection | None = None
-        self._events_lock = threading.Lock()
-        self.per_ip = SlidingWindow(config.serve.signups_per_ip_per_hour, HOUR, clock)
-        self.per_address = SlidingWindow(config.serve.signups_per_address_per_day, DAY, clock)
-        self.prefix = urlsplit(config.public_url).path.rstrip("/")
-        self.templates = environment(config)
-        css = self.templates.loader.get_source(self.templates, "page.css")[0]  # type: ignore[union-attr]
-        self.css = Markup(css)
-        self.style_hash = csp_hash(css)
-        self.contact = config.reply_to or sender_address(config)
-        # Sign-ups whose background work is over (recorded, mailed or failed): tests wait on it.
-        self.signups_handled = 0
-        self._counter_lock = threading.Lock()
-
-    def close(self) -> None:
-        with self.db_lock:
-            self.db.close()
-        with self._events_lock:
-            if self._events_db is not None:
-                self._events_db.close()
-        with self._transport_lock:
-            if self._transport is not None:
-                self._transport.close()
-
-    # --- pages
-
-    def render(self, template: str, **values: Any) -> str:
-        context = {
-            "newsletter": {
-                "name": self.config.name,
-                "language": self.config.language,
-                "postal_address": self.config.postal_address,
-            },
-            "css": self.css,
-            "prefix": self.prefix,
-            "contact": self.contact,
-            "confirm_hours": f"{self.config.serve.confirm_hours:g}",
-            "email": "",
-            "name": "",
-            "error": "",
-            "name_error": "",
-            **values,
-        }
-        return self.templates.get_template(template).render(context)
-
-    def page(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
-        return HTMLResponse(self.render(template, **values), status_code=status)
-
-    # --- sign-up
-
-    async def signup(self, request: Request) -> Response:
-        if request.method != "POST":
-            return self.page("signup.html")
-        client = request.client.host if request.client else "unknown"
-        wait = self.per_ip.hit(client_key(client))
-        if wait:
-            log.warning("sign-up refused: more than %d from %s in an hour", self.per_ip.limit, client)
-            response = self.page("rate_limited.html", 429)
-            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-            return response
-        form = await parse_form(request.headers, await read_body(request, MAX_FORM_BYTES)) or {}
-        if form.get(HONEYPOT):
-            log.info("sign-up ignored: the honeypot field was filled (from %s)", client)
-            return self.page("check_inbox.html")
-        email, name = form.get("email", ""), form.get("name", "")
-        try:
-            email = check_address(email)
-        except ValueError as error:
-            return self.page(
-                "signup.html", 400, error=_address_problem(email, error), email=email.strip(), name=name
-            )
-        try:
-            name = check_signup_name(name)
-        except ValueError as error:
-            return self.page("signup.html", 400, name_error=str(error), email=email, name=name.strip())
-        if self.per_address.hit(email.casefold()):
-            # The same answer as always: a different one would tell who is on the list.
-            log.warning(
-                "sign-up dropped: more than %d requests for one address today", self.per_address.limit
-            )
-            return self.page("check_inbox.html")
-        return HTMLResponse(
-            self.render("check_inbox.html"), background=BackgroundTask(self.record_signup, email, name)
-        )
-
-    def record_signup(self, email: str, name: str) -> None:
-        """After the response: record the sign-up and mail what it calls for."""
-        try:
-            self._record_signup(email, name)
-        finally:
-            with self._counter_lock:
-                self.signups_handled += 1
-
-    def _record_signup(self, email: str, name: str) -> None:
-        at = self.clock()
-        try:
-            with self.db_lock:
-                signup = request_signup(
-                    self.db, email, name, at=at, resend_seconds=self.config.serve.resend_minutes * 60
-                )
-        except (NewsletterError, sqlite3.Error) as error:
-            log.error("sign-up not recorded: %s", error)
-            return
-        if signup.mail is None:
-            log.info("sign-up: s%d (%s): nothing mailed", signup.subscriber_id, signup.status)
-            return
-        try:
-            self.mail(signup, at)
-        except NewsletterError as error:
-            log.error(
-                "sign-up: s%d (%s): %s mail not sent: %s",
-                signup.subscriber_id,
-                signup.status,
-                signup.mail,
-                error,
-            )
-            if isinstance(error, TransportUnavailable):
-                self.drop_transport()  # reopened for the next sign-up: the server may be back by then
-            with self.db_lock:
-                undo_signup_mail(self.db, signup, at)
-            return
-        log.info("sign-up: s%d (%s): %s mail sent", signup.subscriber_id, signup.status, signup.mail)
-
-    def mail(self, signup: Signup, at: float) -> None:
-        config = self.config
-        if signup.mail == "confirm":
-            expires = int(at + config.serve.confirm_hours * HOUR)
-            # The time it is sent (as stored in confirmation_sent_at), so only the latest link works.
-            token = make_token(
-                self.secret, "confirm", signup.subscriber_id, signup.email, expires=expires, issued=int(at)
-            )
-            link, template = f"{config.public_url}/confirm/{token}", "confirm_email"
-            subject = f"Confirm your subscription to {config.name}"
-        else:
-            token = make_token(self.secret, "unsubscribe", signup.subscriber_id, signup.email)
-            link, template = f"{config.public_url}/unsubscribe/{token}", "already_email"
-            subject = f"You are already subscribed to {config.name}"
-        # Not the name: whoever filled in the form chose it, and this goes to someone who may not have.
-        values = {"email": signup.email, "name": "", "link": link, "subject": subject}
-        recipient, data = service_message(
-            config,
-            email=signup.email,
-            subject=subject,
-            text=self.render(f"{template}.txt", **values),
-            html=self.render(f"{template}.html", **values),
-            date=dt.datetime.fromtimestamp(at, dt.UTC),
-        )
-        # Unique per message (dots are not allowed in maildir keys): each resend is a new delivery.
-        key = f"{signup.mail}-s{signup.subscriber_id}-{int(at)}-{secrets.token_hex(4)}"
-        self.transport().send(
-            Envelope(sender=sender_address(config), recipient=recipient, data=data, key=key)
-        )
-
-    def transport(self) -> Transport:
-        # Opened on first use: an SMTP server that is down must not stop the unsubscribe pages.
-        with self._transport_lock:
-            if self._transport is None:
-                self._transport = open_transport(self.config)
-            return self._transport
-
-    def drop_transport(self) -> None:
-        with self._transport_lock:
-            if self._transport is not None:
-                self._transport.close()
-                self._transport = None
-
-    # --- links
-
-    def check_link(self, purpose: str, token: str) -> LinkCheck:
-        subscriber_id = token_subscriber_id(token)
-        if subscriber_id is None or (purpose == "confirm") != (token_expiry(token) is not None):
-            return LinkCheck(None, 400)
-        with self.db_lock:
-            row = by_id(self.db, subscriber_id)
-        # The signature alone; expiry is judged by the caller, who words it differently.
-        expires = token_expiry(token)
-        checked_at = None if expires is None else expires - 1
-        if row is None or not verify_token(self.secret, purpose, token, row["email"], now=checked_at):
-            return LinkCheck(None, 404)
-        return LinkCheck(row, 200)
-
-    async def confirm_link(self, request: Request) -> Response:
-        token = request.path_params["token"]
-        if request.method != "POST":
-            return await run_in_threadpool(self._confirm_page, token)
-        await read_body(request, MAX_FORM_BYTES)  # what the button sends does not matter
-        return await run_in_threadpool(self._confirm, token)
-
-    def _confirm_link(self, token: str) -> LinkCheck | Response:
-        """The subscriber a confirmation link names, or the page to answer when it is forged or expired."""
-        link = self.check_link("confirm", token)
-        if link.row is None:
-            log.warning("confirm: refused link %s (%d)", short(token), link.status)
-            return self.page("link_invalid.html", link.status)
-        if self.clock() >= (token_expiry(token) or 0):
-            log.info("confirm: s%d: link expired", link.row["id"])
-            return self.page("confirm_expired.html", 410, email=link.row["email"])
-        return link
-
-    def _confirm_page(self, token: str) -> Response:
-        """GET: what the button would do, and the button; nothing changes (mail scanners open links)."""
-        link = self._confirm_link(token)
-        if not isinstance(link, LinkCheck):
-            return link
-        assert link.row is not None
-        sent_at = token_issued(token)
-        outcome = "stale" if sent_at is None else confirm_outcome(link.row, sent_at)
-        if outcome == "confirm":
-            return self.page("confirm.html", email=link.row["email"], action=f"{self.prefix}/confirm/{token}")
-        return self._confirmed_page(outcome, link.row["email"])
-
-    def _confirm(self, token: str) -> Response:
-        """POST: the button."""
-        link = self._confirm_link(token)
-        if not isinstance(link, LinkCheck):
-            return link
-        assert link.row is not None
-        subscriber_id, sent_at = link.row["id"], token_issued(token)
-        if sent_at is None:  # a link from before links carried the time they were sent
-            outcome = "stale"
-        else:
-            with self.db_lock:
-                outcome = confirm(self.db, subscriber_id, "confirmed by link", sent_at=sent_at)
-        log.info("confirm: s%d: %s", subscriber_id, outcome)
-        return self._confirmed_page(outcome, link.row["email"])
-
-    def _confirmed_page(self, outcome: str, email: str) -> Response:
-        if outcome in ("confirmed", "already"):
-            return self.page("confirmed.html")
-        if outcome == "refused":
-            return self.page("confirm_refused.html", 403)
-        if outcome == "stale":
-            return self.page("confirm_stale.html", 410, email=email)
-        return self.page("link_invalid.html", 404)
-
-    async def unsubscribe_link(self, request: Request) -> Response:
-        token = request.path_params["token"]
-        if request.method != "POST":
-            return await run_in_threadpool(self._unsubscribe_page, token)
-        form = await parse_form(request.headers, await read_body(request, MAX_FORM_BYTES)) or {}
-        one_click = form.get(ONE_CLICK[0]) == ONE_CLICK[1]
-        return await run_in_threadpool(self._unsubscribe, token, one_click)
-
-    def _unsubscribe_page(self, token: str) -> Response:
-        link = self.check_link("unsubscribe", token)
-        if link.row is None:
-            log.warning("unsubscribe page: refused link %s (%d)", short(token), link.status)
-            return self.page("link_invalid.html", link.status)
-        if link.row["status"] in ("active", "pending"):
-            return self.page(
-                "unsubscribe.html", email=link.row["email"], action=f"{self.prefix}/unsubscribe/{token}"
-            )
-        return self.page("unsubscribed.html", email=link.row["email"])
-
-    def _unsubscribe(self, token: str, one_click: bool) -> Response:
-        link = self.check_link("unsubscribe", token)
-        if link.row is None:
-            log.warning("unsubscribe: refused link %s (%d)", short(token), link.status)
-            if one_click:
-                return PlainTextResponse("This unsubscribe link is not valid.\n", link.status)
-            return self.page("link_invalid.html", link.status)
-        cause = "one-click (RFC 8058)" if one_click else "unsubscribe page"
-        with self.db_lock:
-            before = unsubscribe(self.db, link.row["id"], cause)
-        log.info("unsubscribe: s%d: %s (was %s)", link.row["id"], cause, before)
-        if one_click:  # a mail provider's request: no page, nobody to read it
-            return PlainTextResponse("Unsubscribed.\n")
-        return self.page("unsubscribed.html", email=link.row["email"])
-
-    # --- webhook
-
-    async def webhook(self, request: Request) -> Response:
-        return await run_in_threadpool(self._webhook, await read_body(request, MAX_WEBHOOK_BYTES))
-
-    def _webhook(self, body: bytes) -> Response:
-        try:
-            from pipeline.events import apply as events
-        except ImportError as error:
-            log.error("webhook: the events module cannot be loaded: %s", error)
-            return PlainTextResponse("unavailable\n", 503)
-        try:
-            verifier = self.verifier()
-            if not verifier.topic_arns:
-                # Any AWS account's topic (validly signed by SNS) could otherwise report fake bounces.
-                log.warning(
-                    "webhook: refused an SNS message: [events] topic_arns is empty in %s; set it to the "
-                    "ARN of the SNS topic of your SES events (until then every SNS message is refused)",
-                    self.config.path,
-                )
-                return PlainTextResponse("refused: this endpoint accepts no SNS topic yet\n", 403)
-            # Signature checks (and the certificate fetch) run outside the lock: only database work
-            # holds it, so one slow certificate host does not stall every other notification.
-            applied = events.handle_sns(self.events_db(), verifier, body, db_lock=self._events_lock)
-        except NotificationDeferred as error:  # our side cannot check it now: SNS retries a 5xx
-            log.warning("webhook: deferred: %s", error)
-            return PlainTextResponse("try again later\n", 503)
-        except NotificationRejected as error:
-            log.warning("webhook: rejected: %s", error)
-            return PlainTextResponse("rejected\n", 400)
-        except NewsletterError as error:
-            log.error("webhook: not applied: %s", error)
-            return PlainTextResponse("try again later\n", 503)
-        log.info(
-            "webhook: %s %s: %s%s",
-            applied.kind,
-            applied.message_id,
-            applied.outcome,
-            " (duplicate)" if applied.duplicate else "",
-        )
-        return PlainTextResponse("ok\n")
-
-    def events_db(self) -> sqlite3.Connection:
-        with self._events_lock:
-            if self._events_db is None:
-                self._events_db = open_db(self.config.paths.state)
-            return self._events_db
-
-    def verifier(self) -> SnsVerifier:
-        with self._verifier_lock:
-            if self._verifier is None:
-                from pipeline.events.sns import SnsVerifier
-
-                self._verifier = SnsVerifier(topic_arns=self.config.events.topic_arns)
-            return self._verifier
-
-
-def check_signup_name(name: str) -> str:
-    """The optional name from the sign-up form, tidied; ValueError (a sentence for the form) when it
-    holds a web address or an "@", or is too long: it ends up in the headers of our mails."""
-    try:
-        name = check_name(name)
-    except ValueError:
-        raise ValueError("The name cannot contain control characters.") from None
-    if len(name) > MAX_NAME_LENGTH:
-        raise ValueError(f"Keep the name to {MAX_NAME_LENGTH} characters or fewer.")
-    if "@" in name or _URL_IN_NAME.search(name):
-        raise ValueError("The name cannot contain a web or email address.")
-    return name
-
-
-def _address_problem(address: str, error: ValueError) -> str:
-    if not address.strip():
-        return "Enter your email address."
-    return f"That is not a valid email address: {error}"
 
 
 # --- The application and the server -----------------------------------------------------------
@@ -524,7 +81,7 @@ def create_app(
     async def not_found(request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException) and exc.status_code != 404:
             return PlainTextResponse(f"{exc.detail}\n", exc.status_code, headers=exc.headers)
-        return service.page("not_found.html", 404)
+        return service.pages.page("not_found.html", 404)
 
     async def too_large(request: Request, exc: Exception) -> Response:
         log.warning("%s: request body over the limit, refused", request.url.path.split("/")[1] or "/")
@@ -536,16 +93,16 @@ def create_app(
 
     app = _Application(
         routes=[
-            Route("/", service.signup, methods=["GET"]),
-            Route("/subscribe", service.signup, methods=["GET", "POST"]),
-            Route("/confirm/{token}", service.confirm_link, methods=["GET", "POST"]),
-            Route("/unsubscribe/{token}", service.unsubscribe_link, methods=["GET", "POST"]),
-            Route("/webhooks/ses", service.webhook, methods=["POST"]),
+            Route("/", signup, methods=["GET"]),
+            Route("/subscribe", signup, methods=["GET", "POST"]),
+            Route("/confirm/{token}", confirm_link, methods=["GET", "POST"]),
+            Route("/unsubscribe/{token}", unsubscribe_link, methods=["GET", "POST"]),
+            Route("/webhooks/ses", webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
         ],
         exception_handlers={HTTPException: not_found, BodyTooLarge: too_large, Exception: server_error},
         lifespan=lifespan,
-        style_hash=service.style_hash,
+        style_hash=service.pages.style_hash,
     )
     app.state.service = service
     return app

@@ -4,11 +4,17 @@ first (``<templates>/web``), the packaged ones for the rest."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
+from markupsafe import Markup
+from starlette.responses import HTMLResponse
 
 from pipeline.config import Config
 from pipeline.errors import ServeError
+from pipeline.send.message import sender_address
+from pipeline.web.security import csp_hash
 
 PACKAGED_TEMPLATES = Path(__file__).resolve().parents[1] / "email_templates" / "web"
 PAGES = (
@@ -54,3 +60,40 @@ def environment(config: Config) -> jinja2.Environment:
         except jinja2.TemplateNotFound:
             raise ServeError(f"{config.paths.templates / 'web'}: template not found: {name}") from None
     return environment
+
+
+class Pages:
+    """The templates, rendered with what every page and mail of the service shares."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.templates = environment(config)
+        css = self.templates.loader.get_source(self.templates, "page.css")[0]  # type: ignore[union-attr]
+        self.css = Markup(css)
+        self.style_hash = csp_hash(css)
+        """The one style block, as the Content-Security-Policy allows it."""
+        self.prefix = urlsplit(config.public_url).path.rstrip("/")
+        """Where the service sits under public_url: form actions start with it."""
+        self.contact = config.reply_to or sender_address(config)
+
+    def render(self, template: str, **values: Any) -> str:
+        context = {
+            "newsletter": {
+                "name": self.config.name,
+                "language": self.config.language,
+                "postal_address": self.config.postal_address,
+            },
+            "css": self.css,
+            "prefix": self.prefix,
+            "contact": self.contact,
+            "confirm_hours": f"{self.config.serve.confirm_hours:g}",
+            "email": "",
+            "name": "",
+            "error": "",
+            "name_error": "",
+            **values,
+        }
+        return self.templates.get_template(template).render(context)
+
+    def page(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
+        return HTMLResponse(self.render(template, **values), status_code=status)

@@ -21,6 +21,8 @@ MAX_FORM_BYTES = 16 * 1024
 # SNS notifications are at most 256 KB (the SNS message size limit), plus the envelope's JSON.
 MAX_WEBHOOK_BYTES = 300 * 1024
 MAX_TRACKED_KEYS = 100_000
+# The sign-up limits' windows.
+HOUR, DAY = 3600.0, 86400.0
 
 
 class BodyTooLarge(Exception):
