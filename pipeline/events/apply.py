@@ -1,6 +1,7 @@
-"""SES bounce and complaint events, from the webhook or the SQS queue, applied to the subscriber list.
+"""SES bounce and complaint events, from the webhook or the SQS queue (:mod:`pipeline.events.sqs`),
+applied to the subscriber list.
 
-Every SNS message is verified (:mod:`pipeline.sns`) before it is believed, and applied at most once:
+Every SNS message is verified (:mod:`pipeline.events.sns`) before it is believed, and applied at most once:
 its MessageId is stored in ``sns_messages`` in the same transaction as its effect, so a redelivery
 (SNS retries, SQS at-least-once) is acknowledged as a duplicate and changes nothing.
 
@@ -59,7 +60,7 @@ def handle_sns(
     """Verify an SNS message, confirm a subscription if asked, apply a notification.
 
     Raises NotificationRejected for bad input (never valid: answer 400, delete from the queue) and its
-    subclass NotificationDeferred when it cannot be handled now (certificate host unreachable, database
+    sibling NotificationDeferred when it cannot be handled now (certificate host unreachable, database
     busy: answer 503, leave it in the queue). A message already applied is a duplicate, however old.
 
     ``db_lock`` is held around each use of ``db``, and only then: the network (the signing
@@ -203,14 +204,14 @@ def _section(message_id: str, event: dict[str, Any], name: str, recipients: str)
 
 
 def _bounce_cause(bounce: dict[str, Any], message_id: str) -> str:
-    kind = _clean(str(bounce.get("bounceType") or "unknown")).lower()
-    subtype = _clean(str(bounce.get("bounceSubType") or "unknown"))
+    kind = one_line(str(bounce.get("bounceType") or "unknown")).lower()
+    subtype = one_line(str(bounce.get("bounceSubType") or "unknown"))
     return f"SES {kind} bounce ({subtype}), SNS message {message_id}"
 
 
 def _complaint_cause(complaint: dict[str, Any], message_id: str) -> str:
     feedback = complaint.get("complaintFeedbackType")
-    detail = f" ({_clean(str(feedback))})" if feedback else ""
+    detail = f" ({one_line(str(feedback))})" if feedback else ""
     return f"SES complaint{detail}, SNS message {message_id}"
 
 
@@ -219,11 +220,12 @@ def _with_diagnostic(cause: str, recipient: dict[str, Any]) -> str:
     if not diagnostic:
         return cause
     head, _, tail = cause.partition(", SNS message ")
-    return f"{head}: {_clean(str(diagnostic))}, SNS message {tail}"
+    return f"{head}: {one_line(str(diagnostic))}, SNS message {tail}"
 
 
-def _clean(text: str) -> str:
-    # Diagnostics are remote servers' words: one line, bounded, in the status history.
+def one_line(text: str) -> str:
+    """``text`` on one line, at most DIAGNOSTIC_LIMIT characters: diagnostics and AWS errors are remote
+    servers' words, and end up in the status history and in one-line reports."""
     text = _CONTROL.sub(" ", text).strip()
     return text if len(text) <= DIAGNOSTIC_LIMIT else text[: DIAGNOSTIC_LIMIT - 1] + "…"
 

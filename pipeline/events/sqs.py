@@ -1,4 +1,9 @@
-"""`newsletter events pull`: SES events from the SQS queue SNS delivers them to, applied, then deleted."""
+"""``newsletter events pull``: SES events from the SQS queue SNS delivers them to, verified and applied
+by :mod:`pipeline.events.apply`, then deleted.
+
+A message leaves the queue only once its effect is committed, or when it can never be valid
+(NotificationRejected). NotificationDeferred, or any unexpected error, leaves it there for a later pull.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from pipeline.config import Config
 from pipeline.db import open_db
 from pipeline.errors import EventsError, NotificationDeferred, NotificationRejected
-from pipeline.events.apply import _clean, handle_sns
+from pipeline.events.apply import handle_sns, one_line
 from pipeline.events.sns import SnsVerifier
 
 log = logging.getLogger(__name__)
@@ -25,6 +30,8 @@ SQS_BATCH = 10
 
 @dataclass
 class PullReport:
+    """What one pull did, message by message."""
+
     received: int = 0
     applied: int = 0
     duplicates: int = 0
@@ -103,7 +110,7 @@ def _handle_queued(
     queued: dict[str, Any],
     report: PullReport,
 ) -> bool:
-    """Handle one queue message; whether it was deleted."""
+    """Handle one queue message; whether it was deleted (only when applied, or rejected for good)."""
     body = queued.get("Body", "")
     try:
         applied = handle_sns(db, verifier, body.encode("utf-8"))
@@ -170,5 +177,5 @@ def _aws_reason(error: BotoCoreError | ClientError) -> str:
         )
     if isinstance(error, ClientError):
         details = error.response.get("Error", {})
-        return _clean(f"{details.get('Code', 'error')}: {details.get('Message', '')}".rstrip(": "))
-    return _clean(str(error))
+        return one_line(f"{details.get('Code', 'error')}: {details.get('Message', '')}".rstrip(": "))
+    return one_line(str(error))
