@@ -614,6 +614,41 @@ def test_pull_leaves_a_message_it_cannot_verify_now_in_the_queue(
     assert statuses(newsletter)["ada@example.org"] == ("bounced", 0)
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [sqlite3.OperationalError("database is locked"), NotificationDeferred("state database busy")],
+    ids=["database-locked", "deferred"],
+)
+def test_pull_leaves_a_message_it_cannot_apply_now_in_the_queue(
+    newsletter: Newsletter,
+    sqs_env: str,
+    verifier: SnsVerifier,
+    signer: Signer,
+    server: CertServer,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+) -> None:
+    """Verified, but the database cannot take it now: never deleted, never counted as rejected."""
+    queue = Queue(sqs_env, visibility=0)
+    configure_events(newsletter, queue.url)
+    add_readers(newsletter, "ada@example.org")
+    queue.put(signed(signer, server, ses_bounce("ada@example.org")))
+
+    def busy(db: sqlite3.Connection, message: dict[str, str]) -> Applied:
+        raise failure
+
+    with monkeypatch.context() as patch:
+        patch.setattr("pipeline.events.apply.apply_notification", busy)
+        report = pull(newsletter.config(), wait_seconds=0, verifier=verifier, most=50)
+    assert (report.received, report.applied, report.rejected, report.left) == (1, 0, 0, 1)
+    assert report.lines()[1].startswith("  left in the queue: ")
+    assert queue.count() == 1
+    assert statuses(newsletter)["ada@example.org"] == ("active", 0)
+    report = pull(newsletter.config(), wait_seconds=0, verifier=verifier)
+    assert (report.received, report.applied, report.left) == (1, 1, 0)
+    assert queue.count() == 0
+
+
 def test_pull_rejects_and_deletes_a_body_json_cannot_read(
     newsletter: Newsletter, sqs_env: str, verifier: SnsVerifier
 ) -> None:

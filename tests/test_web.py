@@ -842,6 +842,37 @@ def test_webhook_checks_signatures_outside_the_database_lock(newsletter: Newslet
         assert held["answer"].status_code == 503
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [sqlite3.OperationalError("database is locked"), NotificationDeferred("state database busy")],
+    ids=["database-locked", "deferred"],
+)
+def test_webhook_answers_503_to_a_message_it_cannot_apply_now(
+    newsletter: Newsletter, sns: Any, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    """Verified, but the database cannot take it now: SNS must retry it (503), not drop it (400)."""
+    from pipeline.events.sns import SnsVerifier
+
+    signer = sns.Signer()
+    cert_url = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
+    verifier = SnsVerifier(topic_arns=(sns.TOPIC,), fetch=lambda url: signer.pem)
+
+    def busy(db: sqlite3.Connection, message: dict[str, str]) -> None:
+        raise failure
+
+    with running_site(newsletter, verifier=verifier) as site:
+        add(site.db(), "gone@example.org", status="active")
+        hook = f"{site.url}/webhooks/ses"
+        body = _json(signer.sign(sns.notification(sns.ses_bounce("gone@example.org"), cert_url)))
+        with monkeypatch.context() as patch:
+            patch.setattr("pipeline.events.apply.apply_notification", busy)
+            answer = site.client.post(hook, content=body)
+        assert (answer.status_code, answer.text) == (503, "try again later\n")
+        assert site.status("gone@example.org") == "active"
+        assert site.client.post(hook, content=body).status_code == 200  # SNS's retry
+        assert site.status("gone@example.org") == "bounced"
+
+
 def test_webhook_answers_400_to_bodies_json_cannot_read(newsletter: Newsletter, sns: Any) -> None:
     from pipeline.events.sns import SnsVerifier
 
