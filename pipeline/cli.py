@@ -493,7 +493,7 @@ def events() -> None:
 @click.pass_context
 def events_pull(ctx: click.Context, wait_seconds: int, most: int | None) -> None:
     """Read SES notifications from the SQS queue (events.queue_url), apply them, then delete them."""
-    from pipeline.events.apply import pull
+    from pipeline.events.sqs import pull
 
     report = pull(_config(ctx), wait_seconds=wait_seconds, most=most)
     for line in report.lines():

@@ -24,8 +24,9 @@ import pytest
 from pipeline.audience.subscribers import add, set_status
 from pipeline.db import DB_NAME, open_db
 from pipeline.errors import EventsError, NotificationDeferred, NotificationRejected
-from pipeline.events.apply import Applied, PullReport, apply_notification, handle_sns, pull
+from pipeline.events.apply import Applied, apply_notification, handle_sns
 from pipeline.events.sns import DEFERRED_FETCH_SECONDS, SnsVerifier, http_get
+from pipeline.events.sqs import PullReport, pull
 
 from .conftest import Newsletter
 from .sns_support import (
@@ -613,6 +614,41 @@ def test_pull_leaves_a_message_it_cannot_verify_now_in_the_queue(
     assert statuses(newsletter)["ada@example.org"] == ("bounced", 0)
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [sqlite3.OperationalError("database is locked"), NotificationDeferred("state database busy")],
+    ids=["database-locked", "deferred"],
+)
+def test_pull_leaves_a_message_it_cannot_apply_now_in_the_queue(
+    newsletter: Newsletter,
+    sqs_env: str,
+    verifier: SnsVerifier,
+    signer: Signer,
+    server: CertServer,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+) -> None:
+    """Verified, but the database cannot take it now: never deleted, never counted as rejected."""
+    queue = Queue(sqs_env, visibility=0)
+    configure_events(newsletter, queue.url)
+    add_readers(newsletter, "ada@example.org")
+    queue.put(signed(signer, server, ses_bounce("ada@example.org")))
+
+    def busy(db: sqlite3.Connection, message: dict[str, str]) -> Applied:
+        raise failure
+
+    with monkeypatch.context() as patch:
+        patch.setattr("pipeline.events.apply.apply_notification", busy)
+        report = pull(newsletter.config(), wait_seconds=0, verifier=verifier, most=50)
+    assert (report.received, report.applied, report.rejected, report.left) == (1, 0, 0, 1)
+    assert report.lines()[1].startswith("  left in the queue: ")
+    assert queue.count() == 1
+    assert statuses(newsletter)["ada@example.org"] == ("active", 0)
+    report = pull(newsletter.config(), wait_seconds=0, verifier=verifier)
+    assert (report.received, report.applied, report.left) == (1, 1, 0)
+    assert queue.count() == 0
+
+
 def test_pull_rejects_and_deletes_a_body_json_cannot_read(
     newsletter: Newsletter, sqs_env: str, verifier: SnsVerifier
 ) -> None:
@@ -637,24 +673,24 @@ def test_pull_accepts_any_topic_while_topic_arns_is_empty_but_says_so(
     add_readers(newsletter, "ada@example.org", "bob@example.org")
     queue.put(signed(signer, server, ses_bounce("ada@example.org"), topic="arn:aws:sns:us-east-1:1:any"))
     queue.put(signed(signer, server, ses_bounce("bob@example.org")))
-    with caplog.at_level(logging.WARNING, logger="pipeline.events.apply"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.events.sqs"):
         report = pull(
             newsletter.config(), wait_seconds=0, verifier=SnsVerifier(cert_host_allowed=server.allows)
         )
     assert (report.received, report.applied) == (2, 2)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.events.apply"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.events.sqs"]
     assert len(warnings) == 1 and "[events] topic_arns is empty" in warnings[0], warnings
     # With a topic list: no warning, and only those topics.
     caplog.clear()
     queue.put(signed(signer, server, ses_bounce("ada@example.org"), topic="arn:aws:sns:us-east-1:1:any"))
-    with caplog.at_level(logging.WARNING, logger="pipeline.events.apply"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.events.sqs"):
         report = pull(
             newsletter.config(),
             wait_seconds=0,
             verifier=SnsVerifier(topic_arns=(TOPIC,), cert_host_allowed=server.allows),
         )
     assert report.rejected == 1
-    assert not [r for r in caplog.records if r.name == "pipeline.events.apply"]
+    assert not [r for r in caplog.records if r.name == "pipeline.events.sqs"]
 
 
 def test_pull_stops_after_most(
@@ -679,7 +715,7 @@ def test_pull_from_a_missing_queue_or_without_credentials_is_one_line(
 ) -> None:
     queue = Queue(sqs_env)
     configure_events(newsletter, queue.url + "-missing")
-    with pytest.raises(EventsError, match="cannot read the SQS queue .*-missing: .*NonExistentQueue"):
+    with pytest.raises(EventsError, match=r"cannot read the SQS queue .*-missing: .*NonExistentQueue"):
         pull(newsletter.config(), wait_seconds=0)
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")

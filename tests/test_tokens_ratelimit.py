@@ -14,8 +14,8 @@ from pipeline.audience.tokens import (
     verify_token,
 )
 from pipeline.send.ratelimit import RateLimiter
-from pipeline.web import app as web
-from pipeline.web.app import MAX_TRACKED_KEYS, SlidingWindow, client_key
+from pipeline.web import security as web
+from pipeline.web.security import MAX_TRACKED_KEYS, SlidingWindow, client_key
 
 SECRET = b"0123456789abcdef0123"
 

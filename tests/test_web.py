@@ -36,7 +36,8 @@ from pipeline.audience.tokens import make_token
 from pipeline.config import Config
 from pipeline.db import open_db, transaction
 from pipeline.errors import NotificationDeferred, ServeError
-from pipeline.web.app import MAX_WEBHOOK_BYTES, bind, create_app, make_server, serve
+from pipeline.web.app import bind, create_app, make_server, serve
+from pipeline.web.security import MAX_WEBHOOK_BYTES
 
 from .conftest import Newsletter
 
@@ -185,7 +186,7 @@ def press_confirm(site: Site, link: str) -> httpx.Response:
 def test_sign_up_mails_a_confirmation_whose_link_activates(
     site: Site, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="pipeline.web.app")
+    caplog.set_level(logging.INFO, logger="pipeline.web")
     page = site.client.get(f"{site.url}/")
     assert page.status_code == 200 and 'action="/subscribe"' in page.text
     answer = site.sign_up("ada@example.org", "Ada Lovelace")
@@ -841,6 +842,37 @@ def test_webhook_checks_signatures_outside_the_database_lock(newsletter: Newslet
         assert held["answer"].status_code == 503
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [sqlite3.OperationalError("database is locked"), NotificationDeferred("state database busy")],
+    ids=["database-locked", "deferred"],
+)
+def test_webhook_answers_503_to_a_message_it_cannot_apply_now(
+    newsletter: Newsletter, sns: Any, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    """Verified, but the database cannot take it now: SNS must retry it (503), not drop it (400)."""
+    from pipeline.events.sns import SnsVerifier
+
+    signer = sns.Signer()
+    cert_url = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
+    verifier = SnsVerifier(topic_arns=(sns.TOPIC,), fetch=lambda url: signer.pem)
+
+    def busy(db: sqlite3.Connection, message: dict[str, str]) -> None:
+        raise failure
+
+    with running_site(newsletter, verifier=verifier) as site:
+        add(site.db(), "gone@example.org", status="active")
+        hook = f"{site.url}/webhooks/ses"
+        body = _json(signer.sign(sns.notification(sns.ses_bounce("gone@example.org"), cert_url)))
+        with monkeypatch.context() as patch:
+            patch.setattr("pipeline.events.apply.apply_notification", busy)
+            answer = site.client.post(hook, content=body)
+        assert (answer.status_code, answer.text) == (503, "try again later\n")
+        assert site.status("gone@example.org") == "active"
+        assert site.client.post(hook, content=body).status_code == 200  # SNS's retry
+        assert site.status("gone@example.org") == "bounced"
+
+
 def test_webhook_answers_400_to_bodies_json_cannot_read(newsletter: Newsletter, sns: Any) -> None:
     from pipeline.events.sns import SnsVerifier
 
@@ -935,7 +967,7 @@ def test_a_server_error_is_a_plain_page_with_the_security_headers(
     def broken(*args: object) -> None:
         raise RuntimeError("internal detail /srv/letter/state")
 
-    monkeypatch.setattr(site.service, "check_link", broken)
+    monkeypatch.setattr("pipeline.web.links.check_link", broken)
     # Each on a connection of its own: uvicorn closes the connection after an exception.
     for method, path in (("GET", "/unsubscribe/1.abc"), ("POST", "/confirm/1.2.3.abc")):
         answer = httpx.request(method, f"{site.url}{path}", timeout=10)
@@ -982,7 +1014,7 @@ def test_serve_on_a_taken_port_is_one_line(newsletter: Newsletter, taken_port: i
         serve(newsletter.config(), "127.0.0.1", taken_port)
     message = str(caught.value)
     assert message.startswith(f"cannot listen on 127.0.0.1:{taken_port}: ") and "\n" not in message
-    with pytest.raises(ServeError, match="cannot listen on no-such-host.invalid:8025"):
+    with pytest.raises(ServeError, match=r"cannot listen on no-such-host.invalid:8025"):
         serve(newsletter.config(), "no-such-host.invalid", 8025)
 
 

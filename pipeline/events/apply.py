@@ -1,6 +1,7 @@
-"""SES bounce and complaint events, from the webhook or the SQS queue, applied to the subscriber list.
+"""SES bounce and complaint events, from the webhook or the SQS queue (:mod:`pipeline.events.sqs`),
+applied to the subscriber list.
 
-Every SNS message is verified (:mod:`pipeline.sns`) before it is believed, and applied at most once:
+Every SNS message is verified (:mod:`pipeline.events.sns`) before it is believed, and applied at most once:
 its MessageId is stored in ``sns_messages`` in the same transaction as its effect, so a redelivery
 (SNS retries, SQS at-least-once) is acknowledged as a duplicate and changes nothing.
 
@@ -19,17 +20,14 @@ import logging
 import re
 import sqlite3
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import parseaddr
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
 from pipeline.audience.addresses import ascii_address
 from pipeline.audience.subscribers import find, set_status
-from pipeline.config import Config
-from pipeline.db import now, open_db, transaction
-from pipeline.errors import EventsError, NotificationDeferred, NotificationRejected
+from pipeline.db import now, transaction
+from pipeline.errors import NotificationDeferred, NotificationRejected
 from pipeline.events.sns import SnsVerifier
 
 log = logging.getLogger(__name__)
@@ -38,10 +36,6 @@ log = logging.getLogger(__name__)
 # (the stronger signal) overrides a bounce.
 REPLACEABLE = {"bounced": ("pending", "active"), "complained": ("pending", "active", "bounced")}
 PERMANENT_BOUNCE = "Permanent"
-# SQS keeps a message at most 14 days; a queue message is as old as the queue lets it be, and
-# replaying into our own queue needs AWS credentials, so only the MessageId guards against it there.
-SQS_MAX_AGE_SECONDS = 15 * 24 * 3600.0
-SQS_BATCH = 10
 DIAGNOSTIC_LIMIT = 300
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
@@ -66,7 +60,7 @@ def handle_sns(
     """Verify an SNS message, confirm a subscription if asked, apply a notification.
 
     Raises NotificationRejected for bad input (never valid: answer 400, delete from the queue) and its
-    subclass NotificationDeferred when it cannot be handled now (certificate host unreachable, database
+    sibling NotificationDeferred when it cannot be handled now (certificate host unreachable, database
     busy: answer 503, leave it in the queue). A message already applied is a duplicate, however old.
 
     ``db_lock`` is held around each use of ``db``, and only then: the network (the signing
@@ -210,14 +204,14 @@ def _section(message_id: str, event: dict[str, Any], name: str, recipients: str)
 
 
 def _bounce_cause(bounce: dict[str, Any], message_id: str) -> str:
-    kind = _clean(str(bounce.get("bounceType") or "unknown")).lower()
-    subtype = _clean(str(bounce.get("bounceSubType") or "unknown"))
+    kind = one_line(str(bounce.get("bounceType") or "unknown")).lower()
+    subtype = one_line(str(bounce.get("bounceSubType") or "unknown"))
     return f"SES {kind} bounce ({subtype}), SNS message {message_id}"
 
 
 def _complaint_cause(complaint: dict[str, Any], message_id: str) -> str:
     feedback = complaint.get("complaintFeedbackType")
-    detail = f" ({_clean(str(feedback))})" if feedback else ""
+    detail = f" ({one_line(str(feedback))})" if feedback else ""
     return f"SES complaint{detail}, SNS message {message_id}"
 
 
@@ -226,11 +220,12 @@ def _with_diagnostic(cause: str, recipient: dict[str, Any]) -> str:
     if not diagnostic:
         return cause
     head, _, tail = cause.partition(", SNS message ")
-    return f"{head}: {_clean(str(diagnostic))}, SNS message {tail}"
+    return f"{head}: {one_line(str(diagnostic))}, SNS message {tail}"
 
 
-def _clean(text: str) -> str:
-    # Diagnostics are remote servers' words: one line, bounded, in the status history.
+def one_line(text: str) -> str:
+    """``text`` on one line, at most DIAGNOSTIC_LIMIT characters: diagnostics and AWS errors are remote
+    servers' words, and end up in the status history and in one-line reports."""
     text = _CONTROL.sub(" ", text).strip()
     return text if len(text) <= DIAGNOSTIC_LIMIT else text[: DIAGNOSTIC_LIMIT - 1] + "…"
 
@@ -261,157 +256,3 @@ def _insert(db: sqlite3.Connection, message: dict[str, str], kind: str, outcome:
         "INSERT INTO sns_messages (message_id, topic_arn, kind, outcome, received_at) VALUES (?, ?, ?, ?, ?)",
         (message["MessageId"], message.get("TopicArn", ""), kind, outcome, now()),
     )
-
-
-# --- The SQS queue ---------------------------------------------------------------------------------
-
-
-@dataclass
-class PullReport:
-    received: int = 0
-    applied: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    left: int = 0  # kept in the queue after a transient failure
-    details: list[str] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        """Human lines for the CLI: the counts, then one line per rejected or left message."""
-        summary = (
-            f"{self.received} received: {self.applied} applied, {self.duplicates} duplicate(s), "
-            f"{self.rejected} rejected, {self.left} left in the queue"
-        )
-        return [summary, *(f"  {detail}" for detail in self.details)]
-
-
-def pull(
-    config: Config,
-    *,
-    wait_seconds: int = 5,
-    most: int | None = None,
-    verifier: SnsVerifier | None = None,
-    client: object | None = None,
-) -> PullReport:
-    """`newsletter events pull`: receive from SQS, verify each SNS envelope, apply, then delete.
-
-    A message is deleted only after its effect is committed. One that can never be valid (unsigned,
-    tampered, malformed) is logged, counted as rejected and deleted; a transient failure (certificate
-    host unreachable, database locked) leaves it in the queue. Loops until a receive returns nothing
-    new or ``most`` messages were received. The default verifier accepts messages as old as SQS keeps
-    them (the MessageId stops replays). Raises EventsError when events.queue_url is empty or the queue
-    is unreachable or credentials are missing.
-    """
-    queue_url = config.events.queue_url
-    if not queue_url:
-        raise EventsError(
-            f"{config.path}: events.queue_url is empty: set it to the SQS queue SNS delivers SES events to"
-        )
-    sqs: Any = client if client is not None else _sqs_client(config, wait_seconds)
-    verifier = verifier or SnsVerifier(
-        topic_arns=config.events.topic_arns, max_age_seconds=SQS_MAX_AGE_SECONDS
-    )
-    warn_any_topic = not verifier.topic_arns
-    report = PullReport()
-    deferred: set[str] = set()
-    db = open_db(config.paths.state)
-    try:
-        while most is None or report.received < most:
-            batch = min(SQS_BATCH, most - report.received) if most is not None else SQS_BATCH
-            messages = _receive(sqs, queue_url, batch, wait_seconds)
-            fresh = [m for m in messages if m.get("MessageId") not in deferred]
-            if not fresh:
-                break  # empty, or only what we already left in the queue (visibility timeout 0)
-            if warn_any_topic:
-                # The queue is the editor's own: what reaches it, its policy let in. Still, say so once.
-                log.warning(
-                    "%s: [events] topic_arns is empty: accepting SNS messages from any topic in the queue; "
-                    "set it to the ARN of your SES events topic",
-                    config.path,
-                )
-                warn_any_topic = False
-            for queued in fresh:
-                report.received += 1
-                if not _handle_queued(db, sqs, queue_url, verifier, queued, report):
-                    deferred.add(queued.get("MessageId", ""))
-    finally:
-        db.close()
-    return report
-
-
-def _handle_queued(
-    db: sqlite3.Connection,
-    sqs: Any,
-    queue_url: str,
-    verifier: SnsVerifier,
-    queued: dict[str, Any],
-    report: PullReport,
-) -> bool:
-    """Handle one queue message; whether it was deleted."""
-    body = queued.get("Body", "")
-    try:
-        applied = handle_sns(db, verifier, body.encode("utf-8"))
-    except NotificationDeferred as error:
-        report.left += 1
-        report.details.append(f"left in the queue: {error}")
-        return False
-    except NotificationRejected as error:
-        report.rejected += 1
-        report.details.append(f"rejected: {error}")
-    else:
-        if applied.duplicate:
-            report.duplicates += 1
-        else:
-            report.applied += 1
-    _delete(sqs, queue_url, queued)
-    return True
-
-
-def _sqs_client(config: Config, wait_seconds: int) -> Any:
-    import boto3
-    from botocore.config import Config as BotoConfig
-
-    # The read timeout must outlast a long poll; few retries, so an unreachable queue fails in seconds.
-    settings = BotoConfig(
-        connect_timeout=5, read_timeout=wait_seconds + 15, retries={"max_attempts": 2, "mode": "standard"}
-    )
-    try:
-        # A session of its own: boto3's default one keeps the credentials it found first.
-        return boto3.session.Session().client(
-            "sqs", region_name=config.events.region or None, config=settings
-        )
-    except BotoCoreError as error:
-        raise EventsError(f"cannot set up the SQS client: {error}") from None
-
-
-def _receive(sqs: Any, queue_url: str, batch: int, wait_seconds: int) -> list[dict[str, Any]]:
-    try:
-        answer = sqs.receive_message(
-            QueueUrl=queue_url, MaxNumberOfMessages=batch, WaitTimeSeconds=wait_seconds
-        )
-    except (BotoCoreError, ClientError) as error:
-        raise EventsError(f"cannot read the SQS queue {queue_url}: {_aws_reason(error)}") from None
-    messages: list[dict[str, Any]] = answer.get("Messages", [])
-    return messages
-
-
-def _delete(sqs: Any, queue_url: str, queued: dict[str, Any]) -> None:
-    try:
-        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=queued["ReceiptHandle"])
-    except (BotoCoreError, ClientError) as error:
-        # Its effect is committed: when it comes back it is a duplicate, so carry on.
-        log.warning(
-            "could not delete SQS message %s (it will come back as a duplicate): %s",
-            queued.get("MessageId"),
-            _aws_reason(error),
-        )
-
-
-def _aws_reason(error: BotoCoreError | ClientError) -> str:
-    if isinstance(error, NoCredentialsError):
-        return (
-            "no AWS credentials (set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use a role)"
-        )
-    if isinstance(error, ClientError):
-        details = error.response.get("Error", {})
-        return _clean(f"{details.get('Code', 'error')}: {details.get('Message', '')}".rstrip(": "))
-    return _clean(str(error))

@@ -4,8 +4,13 @@ SES reports bounces and complaints through SNS, either to our webhook (HTTP) or 
 queue. Anyone can POST a JSON body that looks like an SNS message, so nothing in one is believed
 before its signature checks out against a certificate fetched from an SNS host of amazonaws.com.
 
+The checks that need no network are pure functions (:func:`parse_message`, :func:`canonical_string`,
+:func:`verify`, :func:`check_age`); :class:`Certificates` fetches signing certificates and remembers
+them, and the failures, for a while; :class:`SnsVerifier` puts them together for the webhook and
+``events pull``, and logs each refusal.
+
 Failures raise :class:`~pipeline.errors.NotificationRejected` with a one-line reason: the message
-is bad and never will be good (answer 400, delete it from the queue). The subclass
+is bad and never will be good (answer 400, delete it from the queue). Its sibling
 :class:`~pipeline.errors.NotificationDeferred` means it could not be checked *now* (the certificate
 host is unreachable or answered 5xx): answer 503 so SNS retries, or leave it in the queue.
 """
@@ -18,9 +23,9 @@ import datetime as dt
 import json
 import logging
 import re
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,12 +36,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from pipeline.errors import NotificationDeferred, NotificationError, NotificationRejected
+from pipeline.events.cache import TTLCache
 
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 10.0
 MAX_FETCH_BYTES = 64 * 1024
 CACHED_CERTIFICATES = 16
+# SNS rotates its signing certificate rarely, under a new URL; a day bounds how long one is believed.
+CERTIFICATE_SECONDS = 24 * 3600.0
 # A certificate URL that failed for good (404, not a certificate) is not asked again for a minute, so a
 # stream of forged messages naming it costs one fetch a minute, not one each. One that failed for now
 # (unreachable, 5xx) only for a few seconds: SNS retries a 503 three times, 20 seconds apart, and
@@ -116,16 +124,162 @@ def http_get(url: str) -> bytes:
         ) from None
 
 
+# --- The message, checked without the network ------------------------------------------------------
+
+
+def parse_message(body: bytes) -> dict[str, str]:
+    """The SNS message in a webhook or queue body, its format checked: a known Type, every field it
+    signs and the envelope's present and strings, a known SignatureVersion, a base64 Signature.
+    NotificationRejected otherwise. Nothing in it is believed yet: see :func:`verify`."""
+    try:
+        raw: Any = json.loads(body)
+    except (ValueError, RecursionError):  # ValueError: also an integer too long to convert
+        raise _rejected("?", "body is not JSON") from None
+    if not isinstance(raw, dict):
+        raise _rejected("?", "body is not a JSON object")
+    message_id = raw["MessageId"] if isinstance(raw.get("MessageId"), str) else "?"
+    kind = raw.get("Type")
+    if kind not in SIGNED_FIELDS:
+        if "eventType" in raw or "notificationType" in raw:
+            # SES JSON straight in the body: raw message delivery is on for the subscription.
+            raise _rejected(
+                message_id, "an SES event without its SNS envelope (turn raw message delivery off)"
+            )
+        raise _rejected(message_id, f"Type {_show(kind)} is not an SNS message type")
+    message: dict[str, str] = {}
+    for name, value in raw.items():
+        if name in OPTIONAL_FIELDS and value is None:
+            continue  # a null Subject is no Subject
+        if isinstance(value, str):
+            message[name] = value
+        elif name in SIGNED_FIELDS[kind] or name in ENVELOPE_FIELDS:
+            raise _rejected(message_id, f"{name} is not a string")
+    for name in (*SIGNED_FIELDS[kind], *ENVELOPE_FIELDS):
+        if name not in message and name not in OPTIONAL_FIELDS:
+            raise _rejected(message_id, f"unsigned or incomplete: no {name}")
+    _hash_of(message)
+    _signature_of(message)
+    return message
+
+
+def canonical_string(message: dict[str, str]) -> str:
+    """The text SNS signs: "Name\\nvalue\\n" for each signed field present, in AWS's order."""
+    return "".join(f"{name}\n{message[name]}\n" for name in SIGNED_FIELDS[message["Type"]] if name in message)
+
+
+def verify(message: dict[str, str], public_key: rsa.RSAPublicKey) -> None:
+    """Check the Signature of a parsed ``message`` against ``public_key`` (that of the certificate at its
+    SigningCertURL); NotificationRejected when it does not match."""
+    signature, algorithm = _signature_of(message), _hash_of(message)
+    try:
+        public_key.verify(signature, canonical_string(message).encode("utf-8"), padding.PKCS1v15(), algorithm)
+    except InvalidSignature:
+        raise _rejected(
+            message.get("MessageId", "?"), "signature does not match (tampered, or signed with another key)"
+        ) from None
+
+
+def check_age(message: dict[str, str], now: float, max_age_seconds: float) -> None:
+    """Refuse a message whose Timestamp is older than ``max_age_seconds`` at ``now`` (a replay), or
+    well in the future."""
+    message_id = message.get("MessageId", "?")
+    try:
+        stamp = dt.datetime.fromisoformat(message["Timestamp"])
+    except (KeyError, ValueError):
+        raise _rejected(message_id, f"Timestamp {_show(message.get('Timestamp'))} is not a date") from None
+    if stamp.tzinfo is None:
+        raise _rejected(message_id, f"Timestamp {_show(message['Timestamp'])} has no time zone")
+    age = now - stamp.timestamp()
+    if age > max_age_seconds:
+        raise _rejected(
+            message_id, f"Timestamp {message['Timestamp']} is {age / 60:.0f} minutes old (a replay?)"
+        )
+    if age < -FUTURE_SKEW_SECONDS:
+        raise _rejected(message_id, f"Timestamp {message['Timestamp']} is in the future")
+
+
+def load_public_key(pem: bytes, url: str) -> rsa.RSAPublicKey:
+    """The RSA public key of the PEM certificate fetched from ``url``; NotificationRejected otherwise."""
+    try:
+        key = x509.load_pem_x509_certificate(pem).public_key()
+    except ValueError:
+        raise NotificationRejected(f"{_show(url)} is not a PEM certificate") from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise NotificationRejected(f"{_show(url)} holds no RSA key")
+    return key
+
+
+def _signature_of(message: dict[str, str]) -> bytes:
+    try:
+        return base64.b64decode(message["Signature"], validate=True)
+    except (binascii.Error, ValueError):
+        raise _rejected(message.get("MessageId", "?"), "Signature is not base64") from None
+
+
+def _hash_of(message: dict[str, str]) -> hashes.HashAlgorithm:
+    version = message["SignatureVersion"]
+    if version not in HASHES:
+        raise _rejected(message.get("MessageId", "?"), f"unknown SignatureVersion {_show(version)}")
+    return HASHES[version]()
+
+
+# --- Signing certificates --------------------------------------------------------------------------
+
+
+class Certificates:
+    """The public keys of the signing certificates fetched so far, by URL. Thread-safe.
+
+    ``fetch`` GETs a URL and returns the body; it may raise NotificationRejected / NotificationDeferred,
+    and an OSError from it counts as deferred. A certificate that could not be had is not fetched again
+    for ``FAILED_FETCH_SECONDS`` (``DEFERRED_FETCH_SECONDS`` when deferred): asking again at once
+    answers the same failure. Both memories are bounded in size; errors carry no message id.
+    """
+
+    def __init__(self, fetch: Callable[[str], bytes], clock: Callable[[], float]) -> None:
+        self.fetch = fetch
+        self._keys: TTLCache[str, rsa.RSAPublicKey] = TTLCache(
+            CACHED_CERTIFICATES, CERTIFICATE_SECONDS, clock
+        )
+        self._failures: TTLCache[str, NotificationError] = TTLCache(
+            REMEMBERED_FAILURES, FAILED_FETCH_SECONDS, clock
+        )
+
+    def public_key(self, url: str) -> rsa.RSAPublicKey:
+        key = self._keys.get(url)
+        if key is not None:
+            return key
+        failure = self._failures.get(url)
+        if failure is not None:
+            raise type(failure)(f"{failure} (a moment ago; not fetched again yet)")
+        try:
+            key = load_public_key(self._fetch(url), url)
+        except NotificationError as error:
+            deferred = isinstance(error, NotificationDeferred)
+            self._failures.put(url, error, DEFERRED_FETCH_SECONDS if deferred else FAILED_FETCH_SECONDS)
+            raise
+        self._keys.put(url, key)
+        return key
+
+    def _fetch(self, url: str) -> bytes:
+        try:
+            return self.fetch(url)
+        except OSError as error:
+            raise NotificationDeferred(f"cannot fetch {_show(url)}: {error}") from None
+
+
+# --- The verifier ----------------------------------------------------------------------------------
+
+
 class SnsVerifier:
-    """Checks SNS messages; keeps the signing certificates it fetched (by URL) in memory. Thread-safe.
+    """Checks SNS messages, with their signing certificates from :class:`Certificates`; logs every
+    refusal. Thread-safe.
 
     By default a SigningCertURL must pass :func:`is_sns_certificate_url` (an SNS host of AWS, the path
     of an SNS signing certificate) and a SubscribeURL :func:`is_sns_host`. ``cert_host_allowed``, when
     given, decides instead for both; it is the only way to relax those rules (tests serve certificates
-    from 127.0.0.1). ``fetch`` GETs a URL and returns the body; it may raise NotificationRejected /
-    NotificationDeferred, and an OSError from it counts as deferred. A certificate that could not be
-    had is not fetched again for ``FAILED_FETCH_SECONDS`` (``DEFERRED_FETCH_SECONDS`` when deferred). ``max_age_seconds`` refuses older messages
-    (replays). ``topic_arns`` empty accepts every topic: the caller decides whether that is acceptable.
+    from 127.0.0.1). ``fetch`` GETs a URL (see :class:`Certificates`). ``max_age_seconds`` refuses older
+    messages (replays). ``topic_arns`` empty accepts every topic: the caller decides whether that is
+    acceptable.
     """
 
     def __init__(
@@ -142,10 +296,7 @@ class SnsVerifier:
         self.fetch = fetch or http_get
         self.max_age_seconds = max_age_seconds
         self.clock = clock
-        self._keys: dict[str, rsa.RSAPublicKey] = {}
-        # URL -> (until when, the failure): answered again without a fetch until then.
-        self._failures: dict[str, tuple[float, NotificationRejected]] = {}
-        self._lock = threading.Lock()
+        self.certificates = Certificates(self.fetch, clock)
 
     def verify(self, body: bytes) -> dict[str, str]:
         """Parse the JSON body and verify it; return the SNS message dict; raise NotificationRejected
@@ -159,95 +310,50 @@ class SnsVerifier:
 
         Split out so a caller can acknowledge an old redelivery of a message it already applied.
         """
-        message = self._parse(body)
-        message_id = message["MessageId"]
-        if self.topic_arns and message["TopicArn"] not in self.topic_arns:
-            raise self._rejected(
-                message_id, f"topic {_show(message['TopicArn'])} is not in events.topic_arns"
-            )
-        cert_url = message["SigningCertURL"]
-        problem = self._certificate_url_problem(cert_url)
-        if problem:
-            raise self._rejected(message_id, f"SigningCertURL {_show(cert_url)} {problem}")
-        try:
-            signature = base64.b64decode(message["Signature"], validate=True)
-        except (binascii.Error, ValueError):
-            raise self._rejected(message_id, "Signature is not base64") from None
-        key = self._public_key(message_id, cert_url)
-        algorithm = HASHES[message["SignatureVersion"]]()
-        try:
-            key.verify(signature, canonical_string(message).encode("utf-8"), padding.PKCS1v15(), algorithm)
-        except InvalidSignature:
-            raise self._rejected(
-                message_id, "signature does not match (tampered, or signed with another key)"
-            ) from None
+        with _logged():
+            message = parse_message(body)
+            message_id = message["MessageId"]
+            if self.topic_arns and message["TopicArn"] not in self.topic_arns:
+                raise _rejected(message_id, f"topic {_show(message['TopicArn'])} is not in events.topic_arns")
+            cert_url = message["SigningCertURL"]
+            problem = self._certificate_url_problem(cert_url)
+            if problem:
+                raise _rejected(message_id, f"SigningCertURL {_show(cert_url)} {problem}")
+            try:
+                key = self.certificates.public_key(cert_url)
+            except NotificationError as error:
+                raise _with_id(message_id, error) from None
+            verify(message, key)
         return message
 
     def check_fresh(self, message: dict[str, str]) -> None:
         """Refuse a message whose Timestamp is older than ``max_age_seconds`` (or well in the future)."""
-        message_id = message.get("MessageId", "?")
-        try:
-            stamp = dt.datetime.fromisoformat(message["Timestamp"])
-        except (KeyError, ValueError):
-            raise self._rejected(
-                message_id, f"Timestamp {_show(message.get('Timestamp'))} is not a date"
-            ) from None
-        if stamp.tzinfo is None:
-            raise self._rejected(message_id, f"Timestamp {_show(message['Timestamp'])} has no time zone")
-        age = self.clock() - stamp.timestamp()
-        if age > self.max_age_seconds:
-            raise self._rejected(
-                message_id, f"Timestamp {message['Timestamp']} is {age / 60:.0f} minutes old (a replay?)"
-            )
-        if age < -FUTURE_SKEW_SECONDS:
-            raise self._rejected(message_id, f"Timestamp {message['Timestamp']} is in the future")
+        with _logged():
+            check_age(message, self.clock(), self.max_age_seconds)
 
     def confirm_subscription(self, message: dict[str, str]) -> None:
         """GET the SubscribeURL of a verified SubscriptionConfirmation (host checked with cert_host_allowed)."""
         message_id = message.get("MessageId", "?")
         url = message.get("SubscribeURL", "")
         allowed = self.cert_host_allowed or is_sns_host
-        if not allowed(url):
-            raise self._rejected(message_id, f"SubscribeURL {_show(url)} is not an https SNS host of AWS")
-        if not self.topic_arns:
-            # Without a topic list, anyone's topic (signed by SNS all the same) can subscribe us.
-            log.warning(
-                "confirming a subscription to %s with events.topic_arns empty: any topic is accepted",
-                message.get("TopicArn"),
-            )
-        self._get(message_id, url)
-        log.info("confirmed the SNS subscription to %s", message.get("TopicArn"))
-
-    def _parse(self, body: bytes) -> dict[str, str]:
-        try:
-            raw: Any = json.loads(body)
-        except (ValueError, RecursionError):  # ValueError: also an integer too long to convert
-            raise self._rejected("?", "body is not JSON") from None
-        if not isinstance(raw, dict):
-            raise self._rejected("?", "body is not a JSON object")
-        message_id = raw["MessageId"] if isinstance(raw.get("MessageId"), str) else "?"
-        kind = raw.get("Type")
-        if kind not in SIGNED_FIELDS:
-            if "eventType" in raw or "notificationType" in raw:
-                # SES JSON straight in the body: raw message delivery is on for the subscription.
-                raise self._rejected(
-                    message_id, "an SES event without its SNS envelope (turn raw message delivery off)"
+        with _logged():
+            if not allowed(url):
+                raise _rejected(message_id, f"SubscribeURL {_show(url)} is not an https SNS host of AWS")
+            if not self.topic_arns:
+                # Without a topic list, anyone's topic (signed by SNS all the same) can subscribe us.
+                log.warning(
+                    "confirming a subscription to %s with events.topic_arns empty: any topic is accepted",
+                    message.get("TopicArn"),
                 )
-            raise self._rejected(message_id, f"Type {_show(kind)} is not an SNS message type")
-        message: dict[str, str] = {}
-        for name, value in raw.items():
-            if name in OPTIONAL_FIELDS and value is None:
-                continue  # a null Subject is no Subject
-            if isinstance(value, str):
-                message[name] = value
-            elif name in SIGNED_FIELDS[kind] or name in ENVELOPE_FIELDS:
-                raise self._rejected(message_id, f"{name} is not a string")
-        for name in (*SIGNED_FIELDS[kind], *ENVELOPE_FIELDS):
-            if name not in message and name not in OPTIONAL_FIELDS:
-                raise self._rejected(message_id, f"unsigned or incomplete: no {name}")
-        if message["SignatureVersion"] not in HASHES:
-            raise self._rejected(message_id, f"unknown SignatureVersion {_show(message['SignatureVersion'])}")
-        return message
+            try:
+                self.fetch(url)
+            except NotificationError as error:
+                raise _with_id(message_id, error) from None
+            except OSError as error:
+                raise _with_id(
+                    message_id, NotificationDeferred(f"cannot fetch {_show(url)}: {error}")
+                ) from None
+        log.info("confirmed the SNS subscription to %s", message.get("TopicArn"))
 
     def _certificate_url_problem(self, url: str) -> str | None:
         if self.cert_host_allowed is not None:
@@ -258,76 +364,24 @@ class SnsVerifier:
             return "is not an SNS signing certificate (/SimpleNotificationService-<hex>.pem)"
         return None
 
-    def _public_key(self, message_id: str, url: str) -> rsa.RSAPublicKey:
-        with self._lock:
-            cached = self._keys.get(url)
-            failed = self._failures.get(url)
-            if failed is not None and failed[0] <= self.clock():
-                del self._failures[url]
-                failed = None
-        if cached is not None:
-            return cached
-        if failed is not None:
-            error = failed[1]
-            deferred = isinstance(error, NotificationDeferred)
-            raise self._rejected(
-                message_id, f"{error} (a moment ago; not fetched again yet)", deferred=deferred
-            )
-        try:
-            key = self._load_key(url)
-        except NotificationError as error:
-            deferred = isinstance(error, NotificationDeferred)
-            remember = DEFERRED_FETCH_SECONDS if deferred else FAILED_FETCH_SECONDS
-            with self._lock:
-                while len(self._failures) >= REMEMBERED_FAILURES:
-                    del self._failures[next(iter(self._failures))]  # oldest first
-                self._failures[url] = (self.clock() + remember, error)
-            raise self._rejected(message_id, str(error), deferred=deferred) from None
-        with self._lock:
-            while len(self._keys) >= CACHED_CERTIFICATES:
-                del self._keys[next(iter(self._keys))]  # oldest first: SNS rotates rarely
-            self._keys[url] = key
-        return key
 
-    def _load_key(self, url: str) -> rsa.RSAPublicKey:
-        """The public key of the certificate at ``url``; NotificationRejected (or Deferred) without message id."""
-        try:
-            pem = self.fetch(url)
-        except NotificationError:
-            raise
-        except OSError as error:
-            raise NotificationDeferred(f"cannot fetch {_show(url)}: {error}") from None
-        try:
-            key = x509.load_pem_x509_certificate(pem).public_key()
-        except ValueError:
-            raise NotificationRejected(f"{_show(url)} is not a PEM certificate") from None
-        if not isinstance(key, rsa.RSAPublicKey):
-            raise NotificationRejected(f"{_show(url)} holds no RSA key")
-        return key
-
-    def _get(self, message_id: str, url: str) -> bytes:
-        try:
-            return self.fetch(url)
-        except NotificationDeferred as error:
-            raise self._rejected(message_id, str(error), deferred=True) from None
-        except NotificationRejected as error:
-            raise self._rejected(message_id, str(error)) from None
-        except OSError as error:
-            raise self._rejected(message_id, f"cannot fetch {_show(url)}: {error}", deferred=True) from None
-
-    @staticmethod
-    def _rejected(message_id: str, reason: str, *, deferred: bool = False) -> NotificationError:
-        text = f"SNS message {_show(message_id, 80, quote=False)}: {reason}"
-        if deferred:
-            log.warning("deferred %s", text)
-            return NotificationDeferred(text)
-        log.warning("rejected %s", text)
-        return NotificationRejected(text)
+@contextmanager
+def _logged() -> Iterator[None]:
+    """Log the NotificationError leaving the block, once, as it goes to the caller."""
+    try:
+        yield
+    except NotificationError as error:
+        log.warning("%s %s", "deferred" if isinstance(error, NotificationDeferred) else "rejected", error)
+        raise
 
 
-def canonical_string(message: dict[str, str]) -> str:
-    """The text SNS signs: "Name\\nvalue\\n" for each signed field present, in AWS's order."""
-    return "".join(f"{name}\n{message[name]}\n" for name in SIGNED_FIELDS[message["Type"]] if name in message)
+def _rejected(message_id: str, reason: str) -> NotificationRejected:
+    return NotificationRejected(f"SNS message {_show(message_id, 80, quote=False)}: {reason}")
+
+
+def _with_id(message_id: str, error: NotificationError) -> NotificationError:
+    """``error`` (from a fetch, which knows no message), of the same kind, saying which message it is about."""
+    return type(error)(f"SNS message {_show(message_id, 80, quote=False)}: {error}")
 
 
 def _show(value: object, limit: int = 120, *, quote: bool = True) -> str:
