@@ -45,7 +45,9 @@ from pipeline.issue.build import build_issue
 from pipeline.publish import send_rate
 from pipeline.send.campaign import Campaign, content_hash, find_campaign
 from pipeline.send.message import MessageTemplate, Recipient
-from pipeline.send.transports import Envelope, SesTransport, open_transport
+from pipeline.send.transports import open_transport
+from pipeline.send.transports.base import Envelope
+from pipeline.send.transports.ses import SesTransport
 
 from .conftest import Newsletter
 from .fault_proxy import INTERNAL, THROTTLED, THROTTLING, Call, Fault, FaultProxy, rejected

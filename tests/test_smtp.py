@@ -846,7 +846,8 @@ def test_a_session_the_server_dropped_while_idle_is_reopened(smtp_server) -> Non
     come minutes apart on one kept connection. Here aiosmtpd closes sessions idle for 1 s."""
     import time
 
-    from pipeline.send.transports import Envelope, SmtpTransport
+    from pipeline.send.transports.base import Envelope
+    from pipeline.send.transports.smtp import SmtpTransport
 
     server = smtp_server(timeout=1)
     transport = SmtpTransport("127.0.0.1", server.port, "none", "", "", 10)

@@ -91,7 +91,8 @@ from pipeline.errors import (
     TransportUnavailable,
 )
 from pipeline.send.message import sender_address, service_message
-from pipeline.send.transports import Envelope, Transport, open_transport
+from pipeline.send.transports import open_transport
+from pipeline.send.transports.base import Envelope, Transport
 
 if TYPE_CHECKING:
     from pipeline.events.sns import SnsVerifier
