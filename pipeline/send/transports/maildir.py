@@ -7,10 +7,10 @@ import socket
 from pathlib import Path
 
 from pipeline.errors import TemporaryFailure, TransportUnavailable
-from pipeline.send.transports.base import Envelope
+from pipeline.send.transports.base import Envelope, Transport
 
 
-class MaildirTransport:
+class MaildirTransport(Transport):
     """Delivers into a local Maildir: tmp/ then an atomic rename into new/."""
 
     name = "maildir"
@@ -34,19 +34,15 @@ class MaildirTransport:
             os.replace(temporary, self.path / "new" / name)
         except OSError as error:
             temporary.unlink(missing_ok=True)
-            raise TemporaryFailure(f"maildir {self.path}: {error.strerror}") from None
+            raise TemporaryFailure(
+                f"maildir {self.path}: {error.strerror}", recipient=envelope.recipient
+            ) from None
         return name
-
-    def max_rate(self) -> float | None:
-        return None
 
     def was_delivered(self, key: str) -> bool:
         # Any host name: the resume may run in another container. A mail client moves read
         # messages to cur/ and appends ":2,<flags>". Keys hold no dot, so "s5.*" never matches "s50".
         return any((self.path / "new").glob(f"{key}.*")) or any((self.path / "cur").glob(f"{key}.*"))
-
-    def close(self) -> None:
-        pass
 
 
 def _maildir_name(key: str) -> str:
