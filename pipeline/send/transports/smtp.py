@@ -1,4 +1,8 @@
-"""The SMTP transport: one connection per worker thread, SMTP replies translated into the error tree."""
+"""The SMTP transport: one connection per worker thread, SMTP replies translated into the error tree.
+
+Every error raised carries the SMTP reply code (``code`` as text, ``status`` as a number) when the
+server gave one, and the recipient when one message failed.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,11 @@ import smtplib
 import ssl
 import threading
 
-from pipeline.errors import DeliveryUnknown, Rejected, TemporaryFailure, TransportUnavailable
-from pipeline.send.transports.base import Envelope
+from pipeline.errors import DeliveryUnknown, Rejected, TemporaryFailure, TransportError, TransportUnavailable
+from pipeline.send.transports.base import Envelope, Transport
 
 
-class SmtpTransport:
+class SmtpTransport(Transport):
     """One SMTP connection per worker thread, reused across messages and reopened when dropped."""
 
     name = "smtp"
@@ -51,7 +55,9 @@ class SmtpTransport:
                     ) from None
         except smtplib.SMTPAuthenticationError as error:
             raise TransportUnavailable(
-                f"{where} refused the login for {self.username!r}: {_reply(error)}"
+                f"{where} refused the login for {self.username!r}: {_reply(error)}",
+                code=str(error.smtp_code),
+                status=error.smtp_code,
             ) from None
         except (OSError, smtplib.SMTPException) as error:
             raise TemporaryFailure(f"cannot connect to {where}: {error}") from None
@@ -64,7 +70,7 @@ class SmtpTransport:
         try:
             self._connection()
         except TemporaryFailure as error:
-            raise TransportUnavailable(str(error)) from None
+            raise TransportUnavailable(str(error), code=error.code, status=error.status) from None
 
     def _connection(self) -> smtplib.SMTP:
         connection: smtplib.SMTP | None = getattr(self._local, "connection", None)
@@ -78,13 +84,13 @@ class SmtpTransport:
             return self._send(envelope)
         except _StaleConnection as stale:
             if not reused:
-                raise TemporaryFailure(str(stale)) from None
+                raise TemporaryFailure(str(stale), recipient=envelope.recipient) from None
         # Servers close idle sessions (after minutes, silently): a connection kept since the last
         # message may be gone. Nothing was handed over on it, so one try on a new one cannot send twice.
         try:
             return self._send(envelope)
         except _StaleConnection as stale:
-            raise TemporaryFailure(str(stale)) from None
+            raise TemporaryFailure(str(stale), recipient=envelope.recipient) from None
 
     def _send(self, envelope: Envelope) -> str:
         connection = self._connection()
@@ -105,29 +111,33 @@ class SmtpTransport:
             return reply.decode("utf-8", "replace")
         except smtplib.SMTPRecipientsRefused as error:
             code, reply = next(iter(error.recipients.values()))
-            if code == 421:  # the server is closing this connection: the next try needs a new one
-                self._drop()
-            failure = Rejected if code >= 500 else TemporaryFailure
-            raise failure(f"{envelope.recipient}: {code} {reply.decode('utf-8', 'replace')}") from None
+            text = f"{envelope.recipient}: {code} {reply.decode('utf-8', 'replace')}"
+            raise self._refused(code, text, envelope.recipient, of_sender=False) from None
         except smtplib.SMTPSenderRefused as error:
-            if error.smtp_code == 421:
-                self._drop()
-            if error.smtp_code >= 500:
-                raise TransportUnavailable(f"sender {envelope.sender} refused: {_reply(error)}") from None
-            raise TemporaryFailure(f"sender refused for now: {_reply(error)}") from None
+            text = (
+                f"sender {envelope.sender} refused: {_reply(error)}"
+                if error.smtp_code >= 500
+                else f"sender refused for now: {_reply(error)}"
+            )
+            raise self._refused(error.smtp_code, text, envelope.recipient, of_sender=True) from None
         except smtplib.SMTPResponseException as error:
-            if error.smtp_code == 421:
-                self._drop()
-            failure = Rejected if error.smtp_code >= 500 else TemporaryFailure
-            raise failure(f"{envelope.recipient}: {_reply(error)}") from None
+            text = f"{envelope.recipient}: {_reply(error)}"
+            raise self._refused(error.smtp_code, text, envelope.recipient, of_sender=False) from None
         except (OSError, smtplib.SMTPException) as error:
             self._drop()
             if handed_over:
                 # The reply to DATA was lost: the server may have queued it. Resending could mean two copies.
                 raise DeliveryUnknown(
-                    f"SMTP connection lost while the server took the message: {error}"
+                    f"SMTP connection lost while the server took the message: {error}",
+                    recipient=envelope.recipient,
                 ) from None
             raise _StaleConnection(f"SMTP connection lost: {error}") from None
+
+    def _refused(self, code: int, text: str, recipient: str, *, of_sender: bool) -> TransportError:
+        if code == 421:  # the server is closing this connection: the next try needs a new one
+            self._drop()
+        failure = refusal(code, of_sender=of_sender)
+        return failure(text, recipient=recipient, code=str(code), status=code)
 
     def _drop(self) -> None:
         connection = getattr(self._local, "connection", None)
@@ -138,12 +148,6 @@ class SmtpTransport:
             except OSError:
                 pass
 
-    def max_rate(self) -> float | None:
-        return None
-
-    def was_delivered(self, key: str) -> bool | None:
-        return None
-
     def close(self) -> None:
         with self._lock:
             connections, self._all = self._all, []
@@ -152,6 +156,21 @@ class SmtpTransport:
                 connection.quit()
             except (OSError, smtplib.SMTPException):
                 connection.close()
+
+
+def refusal(code: int, *, of_sender: bool) -> type[TransportError]:
+    """What an SMTP reply refusing a message means for the campaign (RFC 5321, 4.2.1).
+
+    ====  ==========================  =====================================================
+    4xx   TemporaryFailure            transient (greylisting, mailbox busy, 421 closing): retry
+    5xx   Rejected                    the recipient or the message is refused for good
+    5xx   TransportUnavailable        ``of_sender``: MAIL FROM refused for good; every
+                                      message has that sender, so nothing can be sent
+    ====  ==========================  =====================================================
+    """
+    if code < 500:
+        return TemporaryFailure
+    return TransportUnavailable if of_sender else Rejected
 
 
 class _StaleConnection(Exception):
