@@ -76,7 +76,8 @@ from pipeline.send.campaign import (
     prepare_campaign,
 )
 from pipeline.send.message import MessageTemplate, Recipient, sender_domain
-from pipeline.send.transports import DiscardTransport, Transport
+from pipeline.send.transports.base import Transport
+from pipeline.send.transports.discard import DiscardTransport
 
 ISSUE = 2
 SECRET = b"bench-secret-0123456789abcdef"
@@ -771,7 +772,8 @@ def ses_send_cost(config: Config, rendered: Rendered, impl: str, sends: int) -> 
     """CPU per SesTransport.send on one thread (no other threads, stand-in answers at once)."""
     from ses_standin import StandIn
 
-    from pipeline.send.transports import Envelope, SesTransport
+    from pipeline.send.transports.base import Envelope
+    from pipeline.send.transports.ses import SesTransport
 
     data = MessageTemplate(config, rendered).build(
         Recipient(
@@ -810,7 +812,7 @@ def bench_ses(
 ) -> dict[str, Any]:
     from ses_standin import StandIn
 
-    from pipeline.send.transports import SesTransport
+    from pipeline.send.transports.ses import SesTransport
 
     try:
         from pipeline.publish import send_rate

@@ -195,7 +195,7 @@ def send(
     from pipeline.publish import SendOptions, checked, send_issue, send_test
     from pipeline.send.campaign import Plan
     from pipeline.send.progress import ProgressBar
-    from pipeline.send.transports import Transport
+    from pipeline.send.transports.base import Transport
 
     config = _config(ctx)
     options = SendOptions(

@@ -47,7 +47,8 @@ from pipeline.send.message import (
     sender_address,
     sender_domain,
 )
-from pipeline.send.transports import Envelope, Transport, open_transport
+from pipeline.send.transports import open_transport
+from pipeline.send.transports.base import Envelope, Transport
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from pipeline.send.campaign import (
     prepare_campaign,
 )
 from pipeline.send.message import MessageTemplate
-from pipeline.send.transports import Envelope
+from pipeline.send.transports.base import Envelope
 
 from .conftest import Newsletter
 

@@ -199,7 +199,7 @@ def send_in_process(newsletter: Newsletter, transport: Any = None) -> Any:
     from pipeline.issue.build import build_issue
     from pipeline.send.campaign import CampaignRunner, SendSettings, content_hash, prepare_campaign
     from pipeline.send.message import MessageTemplate
-    from pipeline.send.transports import MaildirTransport
+    from pipeline.send.transports.maildir import MaildirTransport
 
     config = newsletter.config()
     transport = transport or MaildirTransport(config.maildir)

@@ -825,7 +825,7 @@ def test_a_stop_that_lands_while_outcomes_are_recorded_is_reported_as_interrupte
     from pipeline.issue.build import build_issue
     from pipeline.send.campaign import CampaignRunner, SendSettings, content_hash, prepare_campaign
     from pipeline.send.message import MessageTemplate
-    from pipeline.send.transports import MaildirTransport
+    from pipeline.send.transports.maildir import MaildirTransport
 
     from .test_crash import SECRET
 

@@ -40,12 +40,14 @@ import pytest
 from pipeline.audience.subscribers import import_csv
 from pipeline.audience.tokens import make_token, verify_token
 from pipeline.db import DB_NAME, open_db
-from pipeline.errors import Rejected, TemporaryFailure, TransportUnavailable
+from pipeline.errors import DeliveryUnknown, Rejected, TemporaryFailure, TransportError, TransportUnavailable
 from pipeline.issue.build import build_issue
 from pipeline.publish import send_rate
 from pipeline.send.campaign import Campaign, content_hash, find_campaign
 from pipeline.send.message import MessageTemplate, Recipient
-from pipeline.send.transports import Envelope, SesTransport, open_transport
+from pipeline.send.transports import open_transport
+from pipeline.send.transports.base import Envelope
+from pipeline.send.transports.ses import SesTransport, classify, ses_error
 
 from .conftest import Newsletter
 from .fault_proxy import INTERNAL, THROTTLED, THROTTLING, Call, Fault, FaultProxy, rejected
@@ -1007,3 +1009,207 @@ def test_sending_trusts_the_ca_bundle_the_boto3_chain_names(
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+# --- classify: what an SES error answer means, without a server ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "message", "expected"),
+    [
+        ("TooManyRequestsException", 429, "Maximum sending rate exceeded.", TemporaryFailure),
+        ("ThrottlingException", 400, "Maximum sending rate exceeded.", TemporaryFailure),  # the code wins
+        ("Throttling", 400, "Rate exceeded", TemporaryFailure),
+        ("InternalFailure", 500, "We encountered an internal error.", TemporaryFailure),
+        ("ServiceUnavailable", 503, "Service unavailable", TemporaryFailure),
+        ("MessageRejected", 400, "Email address is on the suppression list: x@example.com", Rejected),
+        (
+            "MessageRejected",
+            400,
+            "Email address is not verified. The following identities failed",
+            TransportUnavailable,
+        ),
+        (
+            "MessageRejected",
+            400,
+            "Did not have authority to send from email editor@example.org",
+            TransportUnavailable,
+        ),
+        ("BadRequestException", 400, "Illegal address", Rejected),
+        ("InvalidParameterValue", 400, "Missing final '@domain'", Rejected),
+        ("SendingPausedException", 400, "Sending is paused for this account.", TransportUnavailable),
+        ("AccountSuspendedException", 400, "Account suspended.", TransportUnavailable),
+        (
+            "AccessDeniedException",
+            403,
+            "User is not authorized to perform: ses:SendEmail",
+            TransportUnavailable,
+        ),
+        (
+            "SignatureDoesNotMatch",
+            403,
+            "The request signature we calculated does not match",
+            TransportUnavailable,
+        ),
+        ("NotFoundException", 404, "Configuration set weekly does not exist.", TransportUnavailable),
+        ("SomethingNewException", 400, "a code this table does not know", Rejected),
+        ("SomethingNewException", 500, "a code this table does not know", TemporaryFailure),
+        (None, 401, "", TransportUnavailable),
+        (None, 403, "<h1>Forbidden</h1>", TransportUnavailable),
+        (None, 429, "", TemporaryFailure),
+        (None, 502, "<html>proxy error</html>", TemporaryFailure),
+        (None, 400, "[1, 2]", Rejected),
+        (None, 413, "too big", Rejected),
+        (None, 200, "", DeliveryUnknown),
+        (None, None, "", Rejected),
+    ],
+)
+def test_classify(code: str | None, status: int | None, message: str, expected: type[TransportError]) -> None:
+    assert classify(code, status, message) is expected
+
+
+def test_ses_error_carries_its_fields() -> None:
+    rejected_one = ses_error("MessageRejected", 400, "on the suppression list", "x@example.com")
+    throttled = ses_error(None, 429, "slow down", "y@example.com")
+
+    assert isinstance(rejected_one, Rejected)
+    assert str(rejected_one) == "x@example.com: SES MessageRejected: on the suppression list"
+    assert (rejected_one.recipient, rejected_one.code, rejected_one.status) == (
+        "x@example.com",
+        "MessageRejected",
+        400,
+    )
+    assert isinstance(throttled, TemporaryFailure)
+    assert str(throttled) == "SES 429: slow down"
+    assert (throttled.recipient, throttled.code, throttled.status) == ("y@example.com", None, 429)
+
+
+# --- The fallback: client.send_email when botocore's internals are not as the fast path expects ---
+
+
+def without_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make building the fast path fail the way a botocore release that moved its internals would."""
+
+    def moved(*args: object, **kwargs: object) -> None:
+        raise AttributeError("module 'botocore.httpsession' has no attribute 'URLLib3Session'")
+
+    monkeypatch.setattr("pipeline.send.transports.ses.SignedPost", moved)
+
+
+def test_the_fast_path_is_used_when_botocore_is_as_expected(ses: Ses) -> None:
+    """A botocore upgrade that breaks the fast path must show here, not only as a slower campaign."""
+    transport = SesTransport(REGION, ses.endpoint, "", 2)
+    try:
+        assert transport._fast is not None
+    finally:
+        transport.close()
+
+
+def test_the_fallback_sends_our_exact_bytes_through_send_email(
+    ses: Ses, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    without_fast_path(monkeypatch)
+    data = "From: editor@example.org\r\nSubject: caf\u00e9\r\n\r\nThe fallback, with \u00fcn\u00efc\u00f6d\u00e9.\r\n".encode()
+
+    transport = SesTransport(REGION, ses.endpoint, "", 2)
+    try:
+        assert transport._fast is None
+        provider_id = transport.send(Envelope(SENDER, "reader@example.org", data, "k1"))
+    finally:
+        transport.close()
+
+    assert provider_id
+    assert ses.by_recipient() == {"reader@example.org": [data]}
+    assert "sending through boto3's send_email" in caplog.text
+
+
+FAILURES = [
+    THROTTLED,
+    THROTTLING,
+    INTERNAL,
+    rejected("x@example.com"),
+    Fault(400, "BadRequestException", "Illegal address"),
+    Fault(400, "SendingPausedException", "Sending is paused for this account."),
+    Fault(403, "AccessDeniedException", "User is not authorized to perform: ses:SendEmail"),
+    Fault(404, "NotFoundException", "Configuration set weekly does not exist."),
+]
+
+
+@pytest.mark.parametrize("fault", FAILURES, ids=lambda fault: fault.code)
+def test_both_paths_raise_the_same_error_for_the_same_answer(
+    ses: Ses, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch, fault: Fault
+) -> None:
+    proxy.reset(lambda call: fault)
+    fast = SesTransport(REGION, proxy.url, "", 2)
+    without_fast_path(monkeypatch)
+    fallback = SesTransport(REGION, proxy.url, "", 2)
+    raised: list[TransportError] = []
+    try:
+        assert fast._fast is not None and fallback._fast is None
+        for transport in (fast, fallback):
+            with pytest.raises(TransportError) as caught:
+                transport.send(Envelope(SENDER, "x@example.com", b"Subject: x\r\n\r\nx\r\n", "k1"))
+            raised.append(caught.value)
+    finally:
+        fast.close()
+        fallback.close()
+    by_fast, by_fallback = raised
+    assert type(by_fast) is type(by_fallback) is classify(fault.code, fault.status, fault.message)
+    assert (by_fast.recipient, by_fast.code, by_fast.status) == ("x@example.com", fault.code, fault.status)
+    assert (by_fallback.recipient, by_fallback.code, by_fallback.status) == (
+        by_fast.recipient,
+        by_fast.code,
+        by_fast.status,
+    )
+    assert str(by_fast) == str(by_fallback)
+    assert proxy.send_calls == 2  # one each: botocore did not retry on either path
+    assert ses.messages() == []
+
+
+def test_both_paths_stop_on_an_unverified_sender(ses: Ses, monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto itself refuses, as SES does: MessageRejected that blames the sender."""
+    ses.reset(verify=False)
+    fast = SesTransport(REGION, ses.endpoint, "", 2)
+    without_fast_path(monkeypatch)
+    fallback = SesTransport(REGION, ses.endpoint, "", 2)
+    try:
+        for transport in (fast, fallback):
+            with pytest.raises(TransportUnavailable, match="Did not have authority to send from email"):
+                transport.send(Envelope(SENDER, "reader@example.org", b"Subject: x\r\n\r\nx\r\n", "k1"))
+    finally:
+        fast.close()
+        fallback.close()
+    assert ses.messages() == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (_answer("403 Forbidden", "text/html", b"<h1>Forbidden</h1>"), TransportUnavailable),
+        (_answer("502 Bad Gateway", "text/html", b"<html>proxy error</html>"), TemporaryFailure),
+        (_answer("413 Payload Too Large", "text/plain", b"too big"), Rejected),
+        (_answer("200 OK", "text/html", b"<html>Welcome to the hotel wifi</html>"), DeliveryUnknown),
+        (None, DeliveryUnknown),  # the request went out, the connection closed with no answer
+    ],
+    ids=["html-403", "proxy-502", "plain-413", "html-200", "no-answer"],
+)
+def test_both_paths_treat_answers_that_are_not_ses_alike(
+    monkeypatch: pytest.MonkeyPatch, answer: bytes | None, expected: type[TransportError]
+) -> None:
+    _scrub_aws_env(monkeypatch)
+    raised: list[TransportError] = []
+    for fast in (True, False):
+        if not fast:
+            without_fast_path(monkeypatch)
+        server = OneShotServer(answer)
+        transport = SesTransport(REGION, server.url, "", 2)
+        try:
+            assert (transport._fast is not None) is fast
+            with pytest.raises(expected) as caught:
+                transport.send(Envelope(SENDER, "reader@example.org", b"Subject: x\r\n\r\nx\r\n", "k1"))
+            raised.append(caught.value)
+        finally:
+            transport.close()
+            server.close()
+    by_fast, by_fallback = raised
+    assert (by_fast.code, by_fast.status) == (by_fallback.code, by_fallback.status)

@@ -34,6 +34,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from pipeline.audience.subscribers import import_csv
 from pipeline.audience.tokens import verify_token
 from pipeline.db import open_db
+from pipeline.errors import Rejected, TemporaryFailure, TransportUnavailable
 from pipeline.issue.build import build_issue
 from pipeline.send.message import MessageTemplate, Recipient
 
@@ -846,7 +847,8 @@ def test_a_session_the_server_dropped_while_idle_is_reopened(smtp_server) -> Non
     come minutes apart on one kept connection. Here aiosmtpd closes sessions idle for 1 s."""
     import time
 
-    from pipeline.send.transports import Envelope, SmtpTransport
+    from pipeline.send.transports.base import Envelope
+    from pipeline.send.transports.smtp import SmtpTransport
 
     server = smtp_server(timeout=1)
     transport = SmtpTransport("127.0.0.1", server.port, "none", "", "", 10)
@@ -858,3 +860,56 @@ def test_a_session_the_server_dropped_while_idle_is_reopened(smtp_server) -> Non
     finally:
         transport.close()
     assert server.handler.recipients() == Counter({f"r{n}@example.org": 1 for n in range(3)})
+
+
+# --- The transport's reply translation, and the fields its errors carry -----------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "of_sender", "expected"),
+    [
+        (421, False, TemporaryFailure),
+        (450, False, TemporaryFailure),
+        (451, True, TemporaryFailure),
+        (550, False, Rejected),
+        (554, False, Rejected),
+        (553, True, TransportUnavailable),
+    ],
+)
+def test_refusal_by_reply_code(code: int, of_sender: bool, expected: type[Exception]) -> None:
+    from pipeline.send.transports.smtp import refusal
+
+    assert refusal(code, of_sender=of_sender) is expected
+
+
+def test_refusals_carry_the_recipient_and_reply_code(smtp_server) -> None:  # type: ignore[no-untyped-def]
+    from pipeline.send.transports.base import Envelope
+    from pipeline.send.transports.smtp import SmtpTransport
+
+    def envelope(recipient: str) -> Envelope:
+        return Envelope("a@example.org", recipient, b"Subject: x\r\n\r\nx\r\n", "k1")
+
+    picky = SmtpTransport("127.0.0.1", smtp_server(PickyServer()).port, "none", "", "", 10)
+    refusing = SmtpTransport("127.0.0.1", smtp_server(SenderRefusingServer()).port, "none", "", "", 10)
+    try:
+        with pytest.raises(Rejected) as unknown:
+            picky.send(envelope(UNKNOWN_USER))
+        with pytest.raises(TemporaryFailure) as greylisted:
+            picky.send(envelope(GREYLISTED))
+        with pytest.raises(TransportUnavailable) as sender:
+            refusing.send(envelope("reader@example.org"))
+    finally:
+        picky.close()
+        refusing.close()
+    assert (unknown.value.recipient, unknown.value.code, unknown.value.status) == (UNKNOWN_USER, "550", 550)
+    assert (greylisted.value.recipient, greylisted.value.code, greylisted.value.status) == (
+        GREYLISTED,
+        "451",
+        451,
+    )
+    assert (sender.value.recipient, sender.value.code, sender.value.status) == (
+        "reader@example.org",
+        "553",
+        553,
+    )
+    assert str(unknown.value) == f"{UNKNOWN_USER}: 550 5.1.1 no such user"

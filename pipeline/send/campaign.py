@@ -38,7 +38,7 @@ from pipeline.errors import (
 from pipeline.issue.render import Rendered
 from pipeline.send.message import MessageTemplate, recipient_for, sender_address, sender_domain
 from pipeline.send.ratelimit import RateLimiter, Unlimited
-from pipeline.send.transports import Envelope, Transport
+from pipeline.send.transports.base import Envelope, Transport
 
 LEDGER_STATUSES = ("queued", "sending", "sent", "failed", "skipped")
 
