@@ -119,3 +119,22 @@ def test_long_hyphenated_urls_are_never_broken_in_the_text_part(newsletter: News
     newsletter.write_issue(1, f"- [{url}]({url})\n- words words words words words words words {url}\n")
     text = build_issue(newsletter.config(), 1).text
     assert text.count(url) >= 2
+
+
+def test_tables_sit_in_a_fixed_layout_frame_in_the_email_only(newsletter: Newsletter) -> None:
+    # The frame keeps a wide table from widening the email's column (see frame_tables); the
+    # text part and the Markdown HTML (also the archive feed's) have no use for a layout table.
+    newsletter.write_issue(
+        1, "Intro.\n\n| Benchmark | Before | After |\n|---|---|---|\n| check | 41 s | 28 s |\n\nAfter.\n"
+    )
+    config = newsletter.config()
+    rendered = render_issue(config, read_issue(config.paths.issues, 1))
+    frame = re.search(r'<table class="table-frame"[^>]*>', rendered.html)
+    assert frame and 'width="100%"' in frame.group() and "table-layout:fixed" in frame.group()
+    after = rendered.html[frame.end() :]
+    assert re.match(r'<tbody><tr><td><div class="table-wrap" style="overflow-x:auto', after)
+    # The frame's cell is not styled as a data cell; the data cells still are.
+    assert re.search(r"<td[^>]*border:1px solid #d0d7de[^>]*>check</td>", rendered.html)
+    assert after.index("</table></div></td></tr></tbody></table>") < after.index("After.")
+    assert "table-frame" not in "".join(section.html for section in rendered.document.sections)
+    assert "table-frame" not in rendered.text and "check" in rendered.text

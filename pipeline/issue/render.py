@@ -21,6 +21,7 @@ import html2text
 import jinja2
 import mjml
 import premailer
+from lxml import etree
 from markupsafe import Markup
 
 from pipeline.config import Config
@@ -79,7 +80,7 @@ def render_issue(config: Config, issue: Issue, after_intro: Sequence[str] = ()) 
         issue=issue,
         document=document,
         mjml=source,
-        html=inline_css(compile_mjml(source), inline_stylesheet(config.paths.templates)),
+        html=inline_css(frame_tables(compile_mjml(source)), inline_stylesheet(config.paths.templates)),
         text=render_text(config.paths.templates, context),
     )
 
@@ -153,6 +154,51 @@ def compile_mjml(source: str) -> str:
         return mjml.mjml2html(source, fonts={})
     except ValueError as error:
         raise RenderError(f"MJML error: {error}") from None
+
+
+_TABLE_WRAP = "//div[contains(concat(' ', normalize-space(@class), ' '), ' table-wrap ')]"
+
+
+def frame_tables(document: str) -> str:
+    """Put each table's scroller (``div.table-wrap``) in a one-cell ``table-layout: fixed`` frame.
+
+    A scroller alone does not keep a wide table off a phone: the email's column is itself a
+    table cell, a table cell is never narrower than its content's min-content width, and the
+    content of a scroller counts in that. So a table a few pixels too wide for the phone (say,
+    because the fallback font is wider than the one the issue was checked with) widened the
+    whole email, and the phone zoomed out. A fixed-layout table takes its width from its own
+    ``width``, never from its content (with no column widths its min-content is zero), so the
+    frame gives the scroller exactly the column's width and the table scrolls inside it. Fixed
+    layout is CSS 2 plus HTML attributes, which mail clients keep, unlike ``contain`` or
+    ``width: 0; min-width: 100%`` tricks that webmail may drop (leaving a zero-width box).
+
+    Only the email gets the frame: the text part and the archive's feed read the same Markdown
+    HTML, and a layout table would only be noise there.
+    """
+    if "table-wrap" not in document:
+        return document  # no tables: no second parse
+    root = etree.fromstring(document.strip(), etree.HTMLParser())
+    wraps = root.xpath(_TABLE_WRAP)
+    if not wraps:
+        return document
+    for wrap in wraps:
+        frame = etree.Element(
+            "table",
+            {
+                "class": "table-frame",
+                "role": "presentation",
+                "width": "100%",  # Outlook reads the attribute, not the style
+                "cellpadding": "0",
+                "cellspacing": "0",
+                "border": "0",
+            },
+        )
+        cell = etree.SubElement(etree.SubElement(etree.SubElement(frame, "tbody"), "tr"), "td")
+        frame.tail, wrap.tail = wrap.tail, None  # the text after the scroller stays after the frame
+        wrap.addprevious(frame)
+        cell.append(wrap)
+    # The root element only: premailer then sees no doctype and inline_css puts the usual one back.
+    return str(etree.tostring(root, method="html", encoding="unicode"))
 
 
 def inline_stylesheet(templates: Path) -> str:
