@@ -12,10 +12,21 @@ changes ``paths``. Watching the config's folder would mean watching the whole
 project (``.venv`` included) recursively, and a watch on a single file loses
 track of it when an editor saves by renaming a new file over it. A dozen
 ``stat`` calls a few times a second have none of those problems.
+
+Why the watcher also hashes each file's content: most editors save in place
+(truncate, then write), so a round can fall between the two and build from a
+half-written file. That build is superseded only if the finished save looks
+different from what the watcher last recorded, and ``stat`` alone cannot
+promise that: where timestamps come from a clock tick (a few ms on many
+Linux kernels, 2 s on FAT), two saves of the same length in one tick leave
+mtime, size and inode unchanged, and the preview would keep the half-written
+build's error until the next save. The content does differ, and the files
+are a few dozen small ones, so reading them each round costs next to nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import threading
 import time
@@ -40,8 +51,12 @@ DESKTOP_WIDTH = 640
 POLL_SECONDS = 0.25
 """How often the watcher looks at the files, in seconds; the page asks ``/version`` half as often."""
 
-Fingerprint = tuple[tuple[str, int, int, int] | tuple[str], ...]
+RECENT_SECONDS = 3.0
+"""A file modified less than this long ago may still change within the same timestamp tick (FAT's 2 s
+granularity, plus a margin)."""
 
+Entry = tuple[str, int, int, int, bytes, bool] | tuple[str]
+Fingerprint = tuple[Entry, ...]
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -165,7 +180,8 @@ class PreviewServer:
         )
 
     def _watch(self, fingerprint: Fingerprint) -> None:
-        # The fingerprint is taken before each build: a save during a build is caught next round.
+        # The fingerprint is taken before each build, so one that read a save half-way is redone next
+        # round: the finished save changes the content hash, if not the mtime or size.
         while not self._stopping.wait(self._poll_seconds):
             try:
                 current = self._fingerprint()
@@ -186,20 +202,27 @@ class PreviewServer:
             self._config_error = str(error)
 
     def _fingerprint(self) -> Fingerprint:
-        """Name, mtime, size and inode of every watched file: any save changes at least one."""
+        """An entry for every watched file: any save changes its content hash, mtime, size or inode."""
         templates = self.config.paths.templates
         files = [self.config.path, issue_path(self.config.paths.issues, self.number)]
         if templates.is_dir():
             files += sorted(path for path in templates.rglob("*") if path.is_file())
-        return tuple(_entry(path) for path in files)
+        recent = time.time_ns() - int(RECENT_SECONDS * 1e9)
+        return tuple(_entry(path, recent) for path in files)
 
 
-def _entry(path: Path) -> tuple[str, int, int, int] | tuple[str]:
+def _entry(path: Path, recent: int) -> Entry:
+    """Name, mtime, size, inode, content hash and whether the mtime is after ``recent`` (in ns)."""
     try:
         stat = path.stat()
+        content = path.read_bytes()
     except OSError:  # missing for now (e.g. mid-save): its return is a change too
         return (str(path),)
-    return (str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    # The last field turns False once no save can share this mtime any more. That change triggers one
+    # more build, for the one case the hash cannot see: a build that read a save half-way, when the
+    # finished save wrote back the very bytes hashed before it, within the same tick.
+    digest = hashlib.blake2b(content, digest_size=16).digest()
+    return (str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino, digest, stat.st_mtime_ns > recent)
 
 
 def serve_preview(config: Config, number: int, port: int = 8000, open_browser: bool = False) -> None:
