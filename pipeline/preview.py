@@ -58,6 +58,7 @@ granularity, plus a margin)."""
 Entry = tuple[str, int, int, int, bytes, bool] | tuple[str]
 Fingerprint = tuple[Entry, ...]
 
+
 @dataclass(frozen=True)
 class Snapshot:
     """One build's outcome. Replaced whole, never mutated, so request threads need no lock."""
@@ -138,11 +139,13 @@ class PreviewServer:
             thread.start()
 
     def stop(self) -> None:
+        """Stop whatever has started: a Ctrl-C can land between the two threads' starts."""
         self._stopping.set()
-        if self._threads:
-            self._httpd.shutdown()  # waits for serve_forever to return; only valid once it runs
+        started = [thread for thread in self._threads if thread.ident is not None]
+        if any(thread.name == "preview-http" for thread in started):
+            self._httpd.shutdown()  # waits for serve_forever to return; only valid once its thread runs
         self._httpd.server_close()
-        for thread in self._threads:
+        for thread in started:
             thread.join(timeout=5)
 
     def rebuild(self) -> None:
