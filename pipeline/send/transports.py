@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.config import Config
+from pipeline.config import Config, Environment
 from pipeline.errors import DeliveryUnknown, Rejected, TemporaryFailure, TransportError, TransportUnavailable
 
 
@@ -505,7 +505,7 @@ def open_transport(config: Config, *, dry_run: bool = False) -> Transport:
         return MaildirTransport(config.maildir)
     if config.transport == "smtp":
         settings = config.smtp
-        password = os.environ.get(settings.password_env, "") if settings.username else ""
+        password = Environment.from_os(settings.password_env).smtp_password if settings.username else ""
         if settings.username and not password:
             raise TransportUnavailable(
                 f"transport.smtp.username is set but ${settings.password_env} (transport.smtp.password_env) is empty"

@@ -35,7 +35,6 @@ import hashlib
 import ipaddress
 import logging
 import math
-import os
 import re
 import secrets
 import socket
@@ -81,7 +80,7 @@ from pipeline.audience.tokens import (
     token_subscriber_id,
     verify_token,
 )
-from pipeline.config import Config
+from pipeline.config import Config, Environment
 from pipeline.db import open_db
 from pipeline.errors import (
     NewsletterError,
@@ -773,7 +772,7 @@ def make_server(app: Starlette) -> Any:
         uvicorn.Config(
             app,
             proxy_headers=True,
-            forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+            forwarded_allow_ips=Environment.from_os().forwarded_allow_ips,
             server_header=False,
             access_log=False,  # its lines carry whole URLs, tokens included; we log our own
             log_config=None,
