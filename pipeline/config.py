@@ -17,7 +17,7 @@ import os
 import tomllib
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from email.utils import parseaddr
 from functools import reduce
 from pathlib import Path
@@ -58,20 +58,20 @@ def table(toml: str | None = None) -> Any:
 # --- checks: each returns the value to keep, or raises Invalid -------------------------------------
 
 
-def positive(value: float) -> float:
+def _positive(value: float) -> float:
     if value <= 0:
         raise Invalid(f"must be positive, got {value}")
     return value
 
 
 def _port(value: int) -> int:
-    if positive(value) > 65535:
+    if _positive(value) > 65535:
         raise Invalid(f"must be a port number (1-65535), got {value}")
     return value
 
 
 def _positive_or_auto(value: int) -> int:
-    return value if value == 0 else int(positive(value))
+    return value if value == 0 else int(_positive(value))
 
 
 def _one_of(*choices: str) -> Check:
@@ -151,10 +151,10 @@ class Paths:
 @dataclass(frozen=True, kw_only=True)
 class LinkSettings:
     enabled: bool = key(True, help="check links over HTTP in check and send")
-    timeout: float = key(10.0, help="seconds per request", check=positive)
-    cache_hours: float = key(24.0, help="how long a working link is not asked again", check=positive)
-    per_host: int = key(2, help="connections per host at once", check=positive)
-    concurrency: int = key(16, help="requests in flight", check=positive)
+    timeout: float = key(10.0, help="seconds per request", check=_positive)
+    cache_hours: float = key(24.0, help="how long a working link is not asked again", check=_positive)
+    per_host: int = key(2, help="connections per host at once", check=_positive)
+    concurrency: int = key(16, help="requests in flight", check=_positive)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,7 +168,7 @@ class SmtpSettings:
     password_env: str = key(
         SMTP_PASSWORD_ENV, help="the name of the environment variable holding the password"
     )
-    timeout: float = key(30.0, help="seconds per network operation", check=positive)
+    timeout: float = key(30.0, help="seconds per network operation", check=_positive)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,10 +182,10 @@ class SesSettings:
 class SendConfig:
     """The [send] table. Not the campaign runner's ``pipeline.send.campaign.SendSettings``, built from it."""
 
-    concurrency: int = key(8, help="messages in flight", check=positive)
-    max_rate: float = key(14.0, help="messages per second", check=positive)
-    max_attempts: int = key(5, help="tries per message before it is marked failed", check=positive)
-    max_consecutive_failures: int = key(10, help="failures in a row that pause the campaign", check=positive)
+    concurrency: int = key(8, help="messages in flight", check=_positive)
+    max_rate: float = key(14.0, help="messages per second", check=_positive)
+    max_attempts: int = key(5, help="tries per message before it is marked failed", check=_positive)
+    max_consecutive_failures: int = key(10, help="failures in a row that pause the campaign", check=_positive)
     processes: int = key(
         0,
         help="sender processes; 0: one per core (at most 4) for SES, one otherwise",
@@ -197,14 +197,14 @@ class SendConfig:
 class ServeSettings:
     host: str = key("127.0.0.1", help="the address the subscriber web service listens on")
     port: int = key(8025, help="its port", check=_port)
-    confirm_hours: float = key(48.0, help="how long a confirmation link works", check=positive)
+    confirm_hours: float = key(48.0, help="how long a confirmation link works", check=_positive)
     resend_minutes: float = key(
-        15.0, help="at most one confirmation email per address in this time", check=positive
+        15.0, help="at most one confirmation email per address in this time", check=_positive
     )
     signups_per_ip_per_hour: int = key(
-        20, help="sign-ups one client address may make per hour", check=positive
+        20, help="sign-ups one client address may make per hour", check=_positive
     )
-    signups_per_address_per_day: int = key(5, help="sign-ups for one email address per day", check=positive)
+    signups_per_address_per_day: int = key(5, help="sign-ups for one email address per day", check=_positive)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,7 +248,7 @@ class Config:
         102_000,
         toml="check.max_html_bytes",
         help="HTML size budget (Gmail clips past ~102 KB)",
-        check=positive,
+        check=_positive,
     )
     archive_filename: str = key(
         "{number}.md",
@@ -385,7 +385,7 @@ class Environment:
         return result
 
 
-def _variables() -> list[Any]:
+def _variables() -> list[Field[Any]]:
     return [spec for spec in fields(Environment) if "variable" in spec.metadata]
 
 
