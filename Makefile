@@ -7,7 +7,7 @@ ISSUE ?= 1
 
 .DEFAULT_GOAL := help
 CSV ?= subscribers.sample.csv
-.PHONY: lint lock help demo build check preview send status subscribers serve events archive links links-archive errata test golden bench bench-send clean
+.PHONY: lint lock help demo build check preview send status config subscribers serve events archive links links-archive errata test golden bench bench-send clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ send: $(READY) ## Check issue ISSUE, then send it to every active subscriber (re
 
 status: $(READY) ## Show the progress of issue ISSUE's campaign, also while it runs
 	$(BIN)/newsletter status $(ISSUE)
+
+config: $(READY) ## Print the effective configuration: each key, its value and where it came from (secrets masked)
+	$(BIN)/newsletter config show
 
 subscribers: $(READY) ## Import subscribers from CSV=file.csv and show the counts
 	$(BIN)/newsletter subscribers import $(CSV)

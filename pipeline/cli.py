@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Self
+from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 import click
+from click.core import ParameterSource
 
 from pipeline import __version__
 from pipeline.check.content import Problem
-from pipeline.config import Config, load_config
+from pipeline.config import CONFIG_ENV, MASK, Config, Environment, Setting, load_config, settings
 from pipeline.errors import ArchiveError, CheckFailed, ErrataError, NewsletterError, NotConfirmed
 from pipeline.files import display_path
 from pipeline.issue.build import build_issue
@@ -44,7 +46,7 @@ def _fail(error: NewsletterError) -> NoReturn:
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    envvar="NEWSLETTER_CONFIG",
+    envvar=CONFIG_ENV,
     help="Config file (default: ./newsletter.toml, or $NEWSLETTER_CONFIG).",
 )
 @click.version_option(__version__)
@@ -498,3 +500,50 @@ def events_pull(ctx: click.Context, wait_seconds: int, most: int | None) -> None
     report = pull(_config(ctx), wait_seconds=wait_seconds, most=most)
     for line in report.lines():
         click.echo(line)
+
+
+@main.group("config")
+def config_group() -> None:
+    """The configuration: newsletter.toml and the environment."""
+
+
+# Where --config came from, in the words `config show` uses for every value.
+_CONFIG_FILE_SOURCES: dict[ParameterSource | None, str] = {
+    ParameterSource.COMMANDLINE: "option",
+    ParameterSource.ENVIRONMENT: "env",
+}
+
+
+@config_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: each key with its value, source and help.")
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Print every key with its effective value and where it came from (file, env, default); secrets masked."""
+    config = _config(ctx)
+    file_source = _CONFIG_FILE_SOURCES.get(ctx.find_root().get_parameter_source("config_path"), "default")
+    shown = [*settings(config), *Environment.from_os(config.smtp.password_env).settings()]
+    if as_json:
+        document: dict[str, Any] = {"config_file": {"value": str(config.path), "source": file_source}}
+        for setting in shown:
+            name = setting.name if setting.section == "environment" else f"{setting.section}.{setting.name}"
+            document[name] = {"value": _plain(setting.value), "source": setting.source, "help": setting.help}
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"# config file: {config.path} ({file_source})")
+    width = max(len(setting.name) for setting in shown)
+    section = ""
+    for setting in shown:
+        if setting.section != section:
+            section = setting.section
+            click.echo(f"\n[{section}]")
+        click.echo(f"{setting.name:<{width}} = {_shown(setting)} ({setting.source})")
+
+
+def _plain(value: object) -> object:
+    """A value as JSON holds it: paths as text, tuples as lists."""
+    return str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+
+
+def _shown(setting: Setting) -> str:
+    # As TOML writes it (quoted, escaped): a value with spaces or line breaks still reads as one.
+    return MASK if setting.value == MASK else json.dumps(_plain(setting.value), ensure_ascii=False)

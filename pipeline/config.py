@@ -1,198 +1,279 @@
-"""Load and validate ``newsletter.toml``.
+"""Load and validate ``newsletter.toml``; read the environment variables the program uses.
 
-Every relative path in the file is resolved against the file's own folder, so
-a whole newsletter (config, issues, templates, archive) can live anywhere.
-Unknown sections and keys are errors: a typo must never pass silently.
+Every key is declared once, as a dataclass field made with :func:`key`: its type, default, check and
+help text. Loading walks those dataclasses, so the file, the defaults and ``newsletter config show``
+cannot drift apart. Every relative path in the file is resolved against the file's own folder, so a
+whole newsletter (config, issues, templates, archive) can live anywhere. Unknown sections and keys are
+errors: a typo must never pass silently.
+
+Environment variables are read only here, by :meth:`Environment.from_os` (boto3 and git read their
+own, such as ``AWS_PROFILE``; the archive mirror hands git its ``PATH``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
-from dataclasses import dataclass
+import unicodedata
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from email.utils import parseaddr
+from functools import reduce
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 from pipeline.errors import ConfigError
 
-CONFIG_ENV = "NEWSLETTER_CONFIG"
 CONFIG_NAME = "newsletter.toml"
-
-REQUIRED = object()
-_KIND_NAMES = {
-    str: "text in quotes",
-    int: "a whole number",
-    float: "a number",
-    bool: "true or false",
-    list: "a list of texts in quotes",
-}
-
-# section -> key -> (type, default). REQUIRED marks keys without a default.
-SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
-    "newsletter": {
-        "name": (str, REQUIRED),
-        "from": (str, REQUIRED),
-        "reply_to": (str, ""),
-        "postal_address": (str, REQUIRED),
-        "archive_base_url": (str, REQUIRED),
-        "public_url": (str, "https://news.example.org"),
-        "language": (str, "en"),
-    },
-    "paths": {
-        "issues": (str, "issues"),
-        "templates": (str, "email_templates"),
-        "archive": (str, "archive"),
-        "build": (str, "build"),
-        "state": (str, "state"),
-    },
-    "check": {
-        "max_html_bytes": (int, 102_000),
-    },
-    "archive": {
-        "filename": (str, "{number}.md"),
-        "remote": (str, ""),
-        "branch": (str, "main"),
-    },
-    "links": {
-        "enabled": (bool, True),
-        "timeout": (float, 10.0),
-        "cache_hours": (float, 24.0),
-        "per_host": (int, 2),
-        "concurrency": (int, 16),
-    },
-    "transport": {
-        "kind": (str, "maildir"),
-    },
-    "transport.maildir": {
-        "path": (str, "outbox"),
-    },
-    "transport.smtp": {
-        "host": (str, "localhost"),
-        "port": (int, 587),
-        "security": (str, "starttls"),
-        "username": (str, ""),
-        "password_env": (str, "SMTP_PASSWORD"),
-        "timeout": (float, 30.0),
-    },
-    "transport.ses": {
-        "region": (str, "us-east-1"),
-        "endpoint_url": (str, ""),
-        "configuration_set": (str, ""),
-    },
-    "send": {
-        "concurrency": (int, 8),
-        "max_rate": (float, 14.0),
-        "max_attempts": (int, 5),
-        "max_consecutive_failures": (int, 10),
-        "processes": (int, 0),
-    },
-    "serve": {
-        "host": (str, "127.0.0.1"),
-        "port": (int, 8025),
-        "confirm_hours": (float, 48.0),
-        "resend_minutes": (float, 15.0),
-        "signups_per_ip_per_hour": (int, 20),
-        "signups_per_address_per_day": (int, 5),
-    },
-    "events": {
-        "queue_url": (str, ""),
-        "region": (str, ""),
-        "topic_arns": (list, []),
-    },
-}
+CONFIG_ENV = "NEWSLETTER_CONFIG"
+SECRET_ENV = "NEWSLETTER_SECRET"
+SMTP_PASSWORD_ENV = "SMTP_PASSWORD"
 TRANSPORTS = ("maildir", "smtp", "ses")
 SMTP_SECURITY = ("starttls", "tls", "none")
 
 
-@dataclass(frozen=True)
+class Invalid(ValueError):
+    """Raised by a key's check with the reason, worded to follow the key's name."""
+
+
+Check = Callable[[Any], Any]
+"""Takes the value as written (paths already resolved), returns the value to keep or raises Invalid."""
+
+
+def key(default: Any = MISSING, *, help: str, check: Check | None = None, toml: str | None = None) -> Any:
+    """A config key: a dataclass field whose place in newsletter.toml is ``toml`` ("section.key"),
+    by default its own name in the table its dataclass is declared for. No default: the key is required.
+    """
+    metadata = {"help": help, "check": check, "toml": toml}
+    return field(metadata=metadata) if default is MISSING else field(default=default, metadata=metadata)
+
+
+def table(toml: str | None = None) -> Any:
+    """A field holding a whole table (a dataclass of keys), ``[toml]`` in the file, by default its name."""
+    return field(metadata={"table": toml})
+
+
+# --- checks: each returns the value to keep, or raises Invalid -------------------------------------
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise Invalid(f"must be positive, got {value}")
+    return value
+
+
+def _port(value: int) -> int:
+    if _positive(value) > 65535:
+        raise Invalid(f"must be a port number (1-65535), got {value}")
+    return value
+
+
+def _positive_or_auto(value: int) -> int:
+    return value if value == 0 else int(_positive(value))
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise Invalid(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _one_line(value: str) -> str:
+    # Category Cc: control characters, tab included; Zl, Zp: the Unicode line and paragraph separators.
+    # Any of them in a header-bound value would break or forge mail headers.
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
+        raise Invalid(f"must be on one line, without control characters, got {value!r}")
+    return value
+
+
+def _address(value: str) -> str:
+    address = parseaddr(_one_line(value))[1]
+    local, _, domain = address.partition("@")
+    if not local or "." not in domain:
+        raise Invalid(f"is not an email address: {value!r}")
+    return value
+
+
+def _named_address(value: str) -> str:
+    if not parseaddr(_address(value))[0]:
+        raise Invalid(f"must look like 'Name <address>', got {value!r}")
+    return value
+
+
+def _optional_address(value: str) -> str:
+    return _address(value) if value else ""
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise Invalid(f"must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _filename_pattern(pattern: str) -> str:
+    try:
+        name = pattern.format(number=1)
+    except (KeyError, IndexError, ValueError):
+        raise Invalid(f"may only use {{number}}, got {pattern!r}") from None
+    if name == pattern.format(number=2) or "/" in name or not name.endswith(".md"):
+        raise Invalid(f"must contain {{number}}, no '/', and end in .md, got {pattern!r}")
+    return pattern
+
+
+def _main_if_empty(branch: str) -> str:
+    return branch or "main"
+
+
+def _texts(value: list[Any]) -> tuple[str, ...]:
+    if not all(isinstance(item, str) and item.strip() for item in value):
+        raise Invalid(f"must be a list of non-empty texts in quotes, got {value!r}")
+    return tuple(item.strip() for item in value)
+
+
+# --- the schema ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
 class Paths:
-    issues: Path
-    templates: Path
-    archive: Path
-    build: Path
-    state: Path
+    issues: Path = key(Path("issues"), help="issue sources, one N.md per issue, and errata.yaml")
+    templates: Path = key(Path("email_templates"), help="the email's Jinja2/MJML templates and CSS")
+    archive: Path = key(Path("archive"), help="the Markdown archive (with index and feed)")
+    build: Path = key(Path("build"), help="where `build` writes each issue")
+    state: Path = key(Path("state"), help="the subscriber and campaign database")
 
 
-@dataclass(frozen=True)
-class SmtpSettings:
-    host: str
-    port: int
-    security: str
-    username: str
-    password_env: str
-    timeout: float
-
-
-@dataclass(frozen=True)
-class SesSettings:
-    region: str
-    endpoint_url: str
-    configuration_set: str
-
-
-@dataclass(frozen=True)
-class SendSettings:
-    concurrency: int
-    max_rate: float
-    max_attempts: int
-    max_consecutive_failures: int
-    processes: int
-    """Sender processes; 0: one per core (at most 4) for SES, one for the other transports."""
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    host: str
-    port: int
-    confirm_hours: float
-    resend_minutes: float
-    signups_per_ip_per_hour: int
-    signups_per_address_per_day: int
-
-
-@dataclass(frozen=True)
-class EventSettings:
-    queue_url: str
-    region: str
-    """Empty: the SES transport's region."""
-    topic_arns: tuple[str, ...]
-    """When set, notifications from any other SNS topic are refused."""
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LinkSettings:
-    enabled: bool
-    timeout: float
-    cache_hours: float
-    per_host: int
-    concurrency: int
+    enabled: bool = key(True, help="check links over HTTP in check and send")
+    timeout: float = key(10.0, help="seconds per request", check=_positive)
+    cache_hours: float = key(24.0, help="how long a working link is not asked again", check=_positive)
+    per_host: int = key(2, help="connections per host at once", check=_positive)
+    concurrency: int = key(16, help="requests in flight", check=_positive)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class SmtpSettings:
+    host: str = key("localhost", help="the SMTP server")
+    port: int = key(587, help="its port", check=_port)
+    security: str = key(
+        "starttls", help="starttls, tls (implicit, port 465) or none", check=_one_of(*SMTP_SECURITY)
+    )
+    username: str = key("", help="empty: no login")
+    password_env: str = key(
+        SMTP_PASSWORD_ENV, help="the name of the environment variable holding the password"
+    )
+    timeout: float = key(30.0, help="seconds per network operation", check=_positive)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SesSettings:
+    region: str = key("us-east-1", help="the AWS region")
+    endpoint_url: str = key("", help="empty: the real AWS endpoint")
+    configuration_set: str = key("", help="the SES configuration set publishing bounce/complaint events")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SendConfig:
+    """The [send] table. Not the campaign runner's ``pipeline.send.campaign.SendSettings``, built from it."""
+
+    concurrency: int = key(8, help="messages in flight", check=_positive)
+    max_rate: float = key(14.0, help="messages per second", check=_positive)
+    max_attempts: int = key(5, help="tries per message before it is marked failed", check=_positive)
+    max_consecutive_failures: int = key(10, help="failures in a row that pause the campaign", check=_positive)
+    processes: int = key(
+        0,
+        help="sender processes; 0: one per core (at most 4) for SES, one otherwise",
+        check=_positive_or_auto,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeSettings:
+    host: str = key("127.0.0.1", help="the address the subscriber web service listens on")
+    port: int = key(8025, help="its port", check=_port)
+    confirm_hours: float = key(48.0, help="how long a confirmation link works", check=_positive)
+    resend_minutes: float = key(
+        15.0, help="at most one confirmation email per address in this time", check=_positive
+    )
+    signups_per_ip_per_hour: int = key(
+        20, help="sign-ups one client address may make per hour", check=_positive
+    )
+    signups_per_address_per_day: int = key(5, help="sign-ups for one email address per day", check=_positive)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventSettings:
+    queue_url: str = key("", help="the SQS queue `newsletter events pull` reads")
+    region: str = key("", help="empty: [transport.ses] region")
+    topic_arns: tuple[str, ...] = key(
+        (), help="the SNS topics whose notifications are accepted; any other is refused", check=_texts
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     path: Path
-    name: str
-    sender: str
-    reply_to: str
-    postal_address: str
-    archive_base_url: str
-    public_url: str
-    language: str
-    paths: Paths
-    max_html_bytes: int
-    archive_filename: str
-    archive_remote: str
-    archive_branch: str
-    links: LinkSettings
-    transport: str
-    maildir: Path
-    smtp: SmtpSettings
-    ses: SesSettings
-    send: SendSettings
-    serve: ServeSettings
-    events: EventSettings
+    """The config file, resolved."""
+    written: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    """The keys set in the file ("section.key"); every other key has its default."""
+
+    name: str = key(toml="newsletter.name", help="the newsletter's name", check=_one_line)
+    sender: str = key(toml="newsletter.from", help="the From header, 'Name <address>'", check=_named_address)
+    reply_to: str = key(
+        "", toml="newsletter.reply_to", help="empty: replies go to from", check=_optional_address
+    )
+    postal_address: str = key(
+        toml="newsletter.postal_address", help="printed in every issue (anti-spam laws)"
+    )
+    archive_base_url: str = key(
+        toml="newsletter.archive_base_url",
+        help="where the archive is browsed; issue links resolve against it",
+        check=_url,
+    )
+    public_url: str = key(
+        "https://news.example.org",
+        toml="newsletter.public_url",
+        help="the subscriber web service (unsubscribe links)",
+        check=_url,
+    )
+    language: str = key("en", toml="newsletter.language", help="the email's lang attribute")
+    paths: Paths = table()
+    max_html_bytes: int = key(
+        102_000,
+        toml="check.max_html_bytes",
+        help="HTML size budget (Gmail clips past ~102 KB)",
+        check=_positive,
+    )
+    archive_filename: str = key(
+        "{number}.md",
+        toml="archive.filename",
+        help="an issue's file name in the archive",
+        check=_filename_pattern,
+    )
+    archive_remote: str = key(
+        "", toml="archive.remote", help="git URL or path of a bare repository; empty: the archive stays local"
+    )
+    archive_branch: str = key(
+        "main", toml="archive.branch", help="the archive's branch", check=_main_if_empty
+    )
+    links: LinkSettings = table()
+    transport: str = key(
+        "maildir", toml="transport.kind", help="maildir, smtp or ses", check=_one_of(*TRANSPORTS)
+    )
+    maildir: Path = key(
+        Path("outbox"), toml="transport.maildir.path", help="the Maildir messages are written to"
+    )
+    smtp: SmtpSettings = table("transport.smtp")
+    ses: SesSettings = table("transport.ses")
+    send: SendConfig = table()
+    serve: ServeSettings = table()
+    events: EventSettings = table()
 
     def archive_url(self, number: int) -> str:
         """Where issue ``number`` can be read in the public archive."""
@@ -202,12 +283,124 @@ class Config:
         return self.archive_filename.format(number=number)
 
 
+@dataclass(frozen=True)
+class Key:
+    """One key of newsletter.toml, as its field declares it."""
+
+    section: str
+    name: str
+    attribute: tuple[str, ...]
+    """Where the value is on Config: ("smtp", "port") for config.smtp.port."""
+    kind: Any
+    default: Any
+    help: str
+    check: Check | None
+
+    @property
+    def location(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def required(self) -> bool:
+        return self.default is MISSING
+
+
+def _keys(cls: type, section: str = "", attribute: tuple[str, ...] = ()) -> Iterator[Key]:
+    kinds = get_type_hints(cls)
+    for spec in fields(cls):
+        if "table" in spec.metadata:
+            yield from _keys(kinds[spec.name], spec.metadata["table"] or spec.name, (*attribute, spec.name))
+        elif "help" in spec.metadata:
+            place_section, _, name = (spec.metadata["toml"] or f"{section}.{spec.name}").rpartition(".")
+            yield Key(
+                place_section,
+                name,
+                (*attribute, spec.name),
+                kinds[spec.name],
+                spec.default,
+                spec.metadata["help"],
+                spec.metadata["check"],
+            )
+
+
+KEYS: tuple[Key, ...] = tuple(_keys(Config))
+SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(k.section for k in KEYS))
+
+# What TOML writes for each Python type of a key, and how an error names it.
+_TOML_KINDS: dict[Any, type] = {Path: str, tuple[str, ...]: list}
+_KIND_NAMES = {
+    str: "text in quotes",
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    list: "a list of texts in quotes",
+}
+
+
+# --- the environment --------------------------------------------------------------------------------
+
+
+def variable(name: str | None, purpose: str, *, secret: bool = False, default: str = "") -> Any:
+    """An environment variable the program reads. No name: the one [transport.smtp] password_env names."""
+    return field(default=default, metadata={"variable": name, "purpose": purpose, "secret": secret})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Environment:
+    """The environment variables the program reads, each read with its default applied.
+
+    Read where it is needed (``Environment.from_os().secret``), as it was before: a config loaded
+    earlier must not pin a secret that has been set since.
+    """
+
+    config_path: str = variable(CONFIG_ENV, "the config file, when --config is not given")
+    secret: str = variable(SECRET_ENV, "signs unsubscribe and confirmation links", secret=True)
+    forwarded_allow_ips: str = variable(
+        "FORWARDED_ALLOW_IPS",
+        "proxies whose X-Forwarded-For `newsletter serve` believes",
+        default="127.0.0.1",
+    )
+    smtp_password: str = variable(
+        None, "the SMTP password (its name: transport.smtp.password_env)", secret=True
+    )
+    smtp_password_env: str = SMTP_PASSWORD_ENV
+    given: frozenset[str] = frozenset()
+    """The names of the variables that are set."""
+
+    @classmethod
+    def from_os(cls, smtp_password_env: str = SMTP_PASSWORD_ENV) -> Environment:
+        names = {spec.name: _name(spec.metadata, smtp_password_env) for spec in _variables()}
+        found = {attribute: os.environ[name] for attribute, name in names.items() if name in os.environ}
+        return cls(**found, smtp_password_env=smtp_password_env, given=frozenset(names[a] for a in found))
+
+    def settings(self) -> list[Setting]:
+        """Each variable with its value (secrets masked) and whether it is set ("env") or not ("default")."""
+        result = []
+        for spec in _variables():
+            name = _name(spec.metadata, self.smtp_password_env)
+            value = getattr(self, spec.name)
+            shown = MASK if spec.metadata["secret"] and value else value
+            source = "env" if name in self.given else "default"
+            result.append(Setting("environment", name, shown, source, spec.metadata["purpose"]))
+        return result
+
+
+def _variables() -> list[Field[Any]]:
+    return [spec for spec in fields(Environment) if "variable" in spec.metadata]
+
+
+def _name(metadata: Mapping[str, Any], smtp_password_env: str) -> str:
+    return metadata["variable"] or smtp_password_env
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
 def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     if explicit:
         return Path(explicit)
-    if os.environ.get(CONFIG_ENV):
-        return Path(os.environ[CONFIG_ENV])
-    return Path.cwd() / CONFIG_NAME
+    from_environment = Environment.from_os().config_path
+    return Path(from_environment) if from_environment else Path.cwd() / CONFIG_NAME
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -223,118 +416,81 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(config_path, f"invalid TOML: {error}") from None
 
-    values = _validate(config_path, raw)
-    base = config_path.parent
-    news = values["newsletter"]
-    return Config(
-        path=config_path,
-        name=news["name"],
-        sender=_address(config_path, "newsletter.from", news["from"], with_name=True),
-        reply_to=_address(config_path, "newsletter.reply_to", news["reply_to"]) if news["reply_to"] else "",
-        postal_address=news["postal_address"],
-        archive_base_url=_url(config_path, "newsletter.archive_base_url", news["archive_base_url"]),
-        public_url=_url(config_path, "newsletter.public_url", news["public_url"]),
-        language=news["language"],
-        paths=Paths(**{key: (base / value).resolve() for key, value in values["paths"].items()}),
-        max_html_bytes=_positive(config_path, "check.max_html_bytes", values["check"]["max_html_bytes"]),
-        archive_filename=_filename_pattern(config_path, values["archive"]["filename"]),
-        archive_remote=_remote(base, values["archive"]["remote"]),
-        archive_branch=values["archive"]["branch"] or "main",
-        links=LinkSettings(
-            **{
-                key: value if isinstance(value, bool) else _positive(config_path, f"links.{key}", value)
-                for key, value in values["links"].items()
-            }
-        ),
-        transport=_choice(config_path, "transport.kind", values["transport"]["kind"], TRANSPORTS),
-        maildir=(base / values["transport.maildir"]["path"]).resolve(),
-        smtp=SmtpSettings(
-            **dict(
-                values["transport.smtp"],
-                security=_choice(
-                    config_path,
-                    "transport.smtp.security",
-                    values["transport.smtp"]["security"],
-                    SMTP_SECURITY,
-                ),
-                port=_positive(config_path, "transport.smtp.port", values["transport.smtp"]["port"]),
-            )
-        ),
-        ses=SesSettings(**values["transport.ses"]),
-        send=SendSettings(
-            **{
-                key: value
-                if key == "processes" and value == 0
-                else _positive(config_path, f"send.{key}", value)
-                for key, value in values["send"].items()
-            }
-        ),
-        serve=ServeSettings(
-            **{
-                key: value if key == "host" else _positive(config_path, f"serve.{key}", value)
-                for key, value in values["serve"].items()
-            }
-        ),
-        events=EventSettings(
-            queue_url=values["events"]["queue_url"],
-            region=values["events"]["region"] or values["transport.ses"]["region"],
-            topic_arns=_texts(config_path, "events.topic_arns", values["events"]["topic_arns"]),
-        ),
+    tables = _tables(config_path, raw)
+    values = {k.attribute: _value(config_path, k, tables[k.section]) for k in KEYS}
+    written = frozenset(k.location for k in KEYS if k.name in tables[k.section])
+    config: Config = _build(Config, values, path=config_path, written=written)
+    # The two values that depend on another: a local archive remote resolves against the config's
+    # folder like every path, and the events region defaults to the SES transport's.
+    return replace(
+        config,
+        archive_remote=_remote(config_path.parent, config.archive_remote),
+        events=replace(config.events, region=config.events.region or config.ses.region),
     )
 
 
-def _validate(path: Path, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    top_level = [name for name in SCHEMA if "." not in name]
+def _tables(path: Path, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each section's table as written ({} when absent), once unknown sections and keys are refused."""
+    top_level = [section for section in SECTIONS if "." not in section]
     for section in raw:
-        if section not in SCHEMA:
+        if section not in top_level:
             raise ConfigError(path, f"unknown section [{section}] (known: {', '.join(top_level)})")
-    values: dict[str, dict[str, Any]] = {}
-    for section, keys in SCHEMA.items():
+    tables: dict[str, dict[str, Any]] = {}
+    for section in SECTIONS:
         given: Any = raw
         for part in section.split("."):
             given = given.get(part, {}) if isinstance(given, dict) else given
         if not isinstance(given, dict):
             raise ConfigError(path, f"{section} must be a table ([{section}])")
-        subsections = {name.rpartition(".")[2] for name in SCHEMA if name.startswith(section + ".")}
-        for key in given:
-            if key not in keys and key not in subsections:
-                known = ", ".join([*keys, *sorted(subsections)])
-                raise ConfigError(path, f"unknown key {section}.{key} (known: {known})")
-        values[section] = {}
-        for key, (kind, default) in keys.items():
-            if key not in given:
-                if default is REQUIRED:
-                    raise ConfigError(path, f"missing key {section}.{key}")
-                values[section][key] = default
-                continue
-            value = given[key]
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise ConfigError(path, f"{section}.{key} must be {_KIND_NAMES[kind]}, got {value!r}")
-            if kind is str and key not in ("reply_to",) and default is REQUIRED and not value.strip():
-                raise ConfigError(path, f"{section}.{key} must not be empty")
-            values[section][key] = value
-    return values
+        keys = [k.name for k in KEYS if k.section == section]
+        subsections = sorted(s.rpartition(".")[2] for s in SECTIONS if s.startswith(section + "."))
+        for name in given:
+            if name not in keys and name not in subsections:
+                known = ", ".join([*keys, *subsections])
+                raise ConfigError(path, f"unknown key {section}.{name} (known: {known})")
+        tables[section] = given
+    return tables
 
 
-def _address(path: Path, key: str, value: str, with_name: bool = False) -> str:
-    if any(ord(ch) < 32 for ch in value):
-        raise ConfigError(path, f"{key} must be on one line")
-    name, address = parseaddr(value)
-    local, _, domain = address.partition("@")
-    if not local or "." not in domain:
-        raise ConfigError(path, f"{key} is not an email address: {value!r}")
-    if with_name and not name:
-        raise ConfigError(path, f"{key} must look like 'Name <address>', got {value!r}")
-    return value
+def _value(path: Path, spec: Key, written: dict[str, Any]) -> Any:
+    if spec.name in written:
+        value = written[spec.name]
+        kind = _TOML_KINDS.get(spec.kind, spec.kind)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(path, f"{spec.location} must be {_KIND_NAMES[kind]}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise ConfigError(path, f"{spec.location} must be a finite number, got {value}")
+        if kind is str and spec.required and not value.strip():
+            raise ConfigError(path, f"{spec.location} must not be empty")
+    elif spec.required:
+        raise ConfigError(path, f"missing key {spec.location}")
+    else:
+        value = spec.default
+    if spec.kind is Path:
+        value = (path.parent / value).resolve()
+    if spec.check is None:
+        return value
+    try:
+        return spec.check(value)
+    except Invalid as invalid:
+        raise ConfigError(path, f"{spec.location} {invalid}") from None
 
 
-def _url(path: Path, key: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(path, f"{key} must be an http(s) URL, got {value!r}")
-    return value.rstrip("/")
+def _build(
+    cls: type, values: Mapping[tuple[str, ...], Any], attribute: tuple[str, ...] = (), **extra: Any
+) -> Any:
+    """An instance of ``cls`` with its keys from ``values`` and its tables built the same way."""
+    kinds = get_type_hints(cls)
+    arguments = dict(extra)
+    for spec in fields(cls):
+        here = (*attribute, spec.name)
+        if "table" in spec.metadata:
+            arguments[spec.name] = _build(kinds[spec.name], values, here)
+        elif here in values:
+            arguments[spec.name] = values[here]
+    return cls(**arguments)
 
 
 def _remote(base: Path, remote: str) -> str:
@@ -344,31 +500,32 @@ def _remote(base: Path, remote: str) -> str:
     return str((base / remote).resolve())
 
 
-def _choice(path: Path, key: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(path, f"{key} must be one of {', '.join(choices)}, got {value!r}")
-    return value
+# --- showing ---------------------------------------------------------------------------------------
+
+MASK = "********"
 
 
-def _positive(path: Path, key: str, value: Any) -> Any:
-    if value <= 0:
-        raise ConfigError(path, f"{key} must be positive, got {value}")
-    return value
+@dataclass(frozen=True)
+class Setting:
+    """One line of ``newsletter config show``: a key or an environment variable, secrets already masked."""
+
+    section: str
+    name: str
+    value: Any
+    source: str
+    """"file", "env" or "default"."""
+    help: str
 
 
-def _texts(path: Path, key: str, value: list[Any]) -> tuple[str, ...]:
-    if not all(isinstance(item, str) and item.strip() for item in value):
-        raise ConfigError(path, f"{key} must be a list of non-empty texts in quotes, got {value!r}")
-    return tuple(item.strip() for item in value)
-
-
-def _filename_pattern(path: Path, pattern: str) -> str:
-    try:
-        name = pattern.format(number=1)
-    except (KeyError, IndexError, ValueError):
-        raise ConfigError(path, f"archive.filename may only use {{number}}, got {pattern!r}") from None
-    if name == pattern.format(number=2) or "/" in name or not name.endswith(".md"):
-        raise ConfigError(
-            path, f"archive.filename must contain {{number}}, no '/', and end in .md, got {pattern!r}"
+def settings(config: Config) -> list[Setting]:
+    """Every key's effective value (paths resolved), and whether the file set it or it is the default."""
+    return [
+        Setting(
+            k.section,
+            k.name,
+            reduce(getattr, k.attribute, config),
+            "file" if k.location in config.written else "default",
+            k.help,
         )
-    return pattern
+        for k in KEYS
+    ]

@@ -13,12 +13,11 @@ import base64
 import hashlib
 import hmac
 import logging
-import os
 import time
 
+from pipeline.config import SECRET_ENV, Environment
 from pipeline.errors import MissingSecret
 
-SECRET_ENV = "NEWSLETTER_SECRET"
 # Only for the local maildir transport: nothing leaves the machine, so links need not be unforgeable.
 DEVELOPMENT_SECRET = "development-secret-not-for-real-mail"
 MIN_SECRET_LENGTH = 16
@@ -27,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def load_secret(allow_development: bool) -> bytes:
-    secret = os.environ.get(SECRET_ENV, "")
+    secret = Environment.from_os().secret
     if secret:
         if len(secret) < MIN_SECRET_LENGTH:
             raise MissingSecret(

@@ -25,7 +25,6 @@ sign-up limit counts) is believed only from the addresses in ``$FORWARDED_ALLOW_
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -40,7 +39,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from pipeline.audience.tokens import load_secret
-from pipeline.config import Config
+from pipeline.config import Config, Environment
 from pipeline.errors import ServeError
 from pipeline.events.sns import SnsVerifier
 from pipeline.send.transports import Transport
@@ -149,7 +148,7 @@ def make_server(app: Starlette) -> Any:
         uvicorn.Config(
             app,
             proxy_headers=True,
-            forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+            forwarded_allow_ips=Environment.from_os().forwarded_allow_ips,
             server_header=False,
             access_log=False,  # its lines carry whole URLs, tokens included; we log our own
             log_config=None,

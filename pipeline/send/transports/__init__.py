@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import os
-
-from pipeline.config import Config
+from pipeline.config import Config, Environment
 from pipeline.errors import TransportUnavailable
 from pipeline.send.transports.base import Envelope, Transport
 from pipeline.send.transports.discard import DiscardTransport
@@ -30,7 +28,7 @@ def open_transport(config: Config, *, dry_run: bool = False) -> Transport:
         return MaildirTransport(config.maildir)
     if config.transport == "smtp":
         settings = config.smtp
-        password = os.environ.get(settings.password_env, "") if settings.username else ""
+        password = Environment.from_os(settings.password_env).smtp_password if settings.username else ""
         if settings.username and not password:
             raise TransportUnavailable(
                 f"transport.smtp.username is set but ${settings.password_env} (transport.smtp.password_env) is empty"
