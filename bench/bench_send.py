@@ -65,17 +65,10 @@ from pipeline.config import Config, load_config
 from pipeline.db import DB_NAME, open_db
 from pipeline.issue.render import Rendered, render_issue
 from pipeline.issue.source import read_issue
-from pipeline.send.campaign import (
-    Campaign,
-    CampaignRunner,
-    Outcome,
-    SendSettings,
-    Summary,
-    content_hash,
-    delivery_key,
-    prepare_campaign,
-)
+from pipeline.send.delivery import Outcome, SendSettings
+from pipeline.send.ledger import Campaign, content_hash, delivery_key, prepare_campaign
 from pipeline.send.message import MessageTemplate, Recipient, sender_domain
+from pipeline.send.runner import CampaignRunner, Summary
 from pipeline.send.transports import DiscardTransport, Transport
 
 ISSUE = 2

@@ -21,24 +21,20 @@ from pipeline.files import write_atomically
 from pipeline.issue.build import Build
 from pipeline.issue.errata import mark_announced
 from pipeline.issue.render import sample_recipient
-from pipeline.send.campaign import (
+from pipeline.send.control import campaign_lock, is_locked
+from pipeline.send.delivery import SendSettings
+from pipeline.send.fanout import run_in_processes, sender_processes
+from pipeline.send.ledger import (
     Campaign,
-    CampaignRunner,
     Plan,
-    Reporter,
-    SendSettings,
-    Summary,
-    campaign_lock,
     campaign_state,
     content_hash,
     find_campaign,
-    is_locked,
     ledger_counts,
     plan_campaign,
     prepare_campaign,
     recent_rate,
 )
-from pipeline.send.fanout import run_in_processes, sender_processes
 from pipeline.send.message import (
     MessageTemplate,
     build_message,
@@ -47,6 +43,7 @@ from pipeline.send.message import (
     sender_address,
     sender_domain,
 )
+from pipeline.send.runner import CampaignRunner, Reporter, Summary
 from pipeline.send.transports import Envelope, Transport, open_transport
 
 

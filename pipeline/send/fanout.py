@@ -36,18 +36,11 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.db import open_db
 from pipeline.errors import CampaignError, NewsletterError
-from pipeline.send.campaign import (
-    Campaign,
-    CampaignRunner,
-    Outcome,
-    Reporter,
-    SendSettings,
-    SilentReporter,
-    Summary,
-    close_campaign,
-    on_stop_signals,
-)
+from pipeline.send.control import on_stop_signals
+from pipeline.send.delivery import Outcome, SendSettings
+from pipeline.send.ledger import Campaign
 from pipeline.send.message import MessageTemplate
+from pipeline.send.runner import CampaignRunner, Reporter, SilentReporter, Summary, close_campaign
 from pipeline.send.transports import open_transport
 
 # Below this many recipients, starting the processes (about a second) costs more than it saves.
