@@ -26,14 +26,13 @@ from pipeline.send.delivery import SendSettings
 from pipeline.send.fanout import run_in_processes, sender_processes
 from pipeline.send.ledger import (
     Campaign,
+    Ledger,
     Plan,
     campaign_state,
     content_hash,
     find_campaign,
-    ledger_counts,
     plan_campaign,
     prepare_campaign,
-    recent_rate,
 )
 from pipeline.send.message import (
     MessageTemplate,
@@ -120,7 +119,7 @@ def send_issue(
                     "(--include-new also sends it to subscribers who joined since)"
                 )
                 campaign = find_campaign(db, number)
-                counts = ledger_counts(db, campaign.id) if campaign else {}
+                counts = Ledger(db, campaign).counts() if campaign else {}
                 return Summary(counts, 0.0, 0, "done", note=note, archived=archived)
             rate = send_rate(config, transport, options.dry_run)
             if not confirm(plan, transport, rate):
@@ -216,17 +215,16 @@ def campaign_status(config: Config, number: int) -> CampaignStatus:
     campaign = find_campaign(db, number)
     if campaign is None:
         return CampaignStatus(None, {}, False, 0.0, "", active, "")
-    row = db.execute(
-        "SELECT note, history, updated_at FROM campaigns WHERE id = ?", (campaign.id,)
-    ).fetchone()
+    ledger = Ledger(db, campaign)
+    notes = ledger.notes()
     return CampaignStatus(
         campaign,
-        ledger_counts(db, campaign.id),
+        ledger.counts(),
         is_locked(config.paths.state, number),
-        recent_rate(db, campaign.id),
-        " ".join(filter(None, (row["note"], row["history"].strip()))),
+        ledger.recent_rate(),
+        " ".join(filter(None, (notes.note, notes.history.strip()))),
         active,
-        row["updated_at"],
+        notes.updated_at,
     )
 
 

@@ -9,14 +9,17 @@ with the transport where it can tell, and never resent unless the editor asks.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.config import Config
 from pipeline.db import DB_NAME, now, open_db, transaction
 from pipeline.errors import CampaignError
 from pipeline.issue.render import Rendered
+from pipeline.send.delivery import Outcome
 from pipeline.send.transports import Transport
 
 LEDGER_STATUSES = ("queued", "sending", "sent", "failed", "skipped")
@@ -49,6 +52,36 @@ class Preparation:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """A queued delivery, with the address it goes to: read before it is claimed."""
+
+    subscriber_id: int
+    attempts: int
+    email: str
+    name: str
+    status: str
+    """The subscriber's status when the row was read."""
+
+
+@dataclass(frozen=True)
+class Closing:
+    """How a run left the campaign: 'done' or 'paused' (and why), and the ledger's counts then."""
+
+    status: str
+    reason: str
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Notes:
+    """What ``status`` shows about a campaign besides its counts."""
+
+    note: str
+    history: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
 class Plan:
     """What ``send`` is about to do, read before anything is written, so the editor can say no."""
 
@@ -72,7 +105,7 @@ def plan_campaign(
     active = "SELECT COUNT(*) FROM subscribers WHERE status = 'active'"
     if campaign is None:
         return Plan(False, int(db.execute(active).fetchone()[0]), 0)
-    counts = ledger_counts(db, campaign.id)
+    counts = Ledger(db, campaign).counts()
     newcomers = 0
     if include_new:
         newcomers = int(
@@ -102,19 +135,10 @@ def campaign_state(config: Config, number: int) -> str | None:
         return None
     db = open_db(config.paths.state)
     try:
-        row = db.execute("SELECT status FROM campaigns WHERE issue = ?", (number,)).fetchone()
-        return str(row["status"]) if row else None
+        campaign = find_campaign(db, number)
+        return campaign.status if campaign else None
     finally:
         db.close()
-
-
-def ledger_counts(db: sqlite3.Connection, campaign_id: int) -> dict[str, int]:
-    found = dict(
-        db.execute(
-            "SELECT status, COUNT(*) FROM deliveries WHERE campaign_id = ? GROUP BY status", (campaign_id,)
-        ).fetchall()
-    )
-    return {status: found.get(status, 0) for status in LEDGER_STATUSES}
 
 
 def prepare_campaign(
@@ -163,8 +187,9 @@ def prepare_campaign(
             )
     campaign = find_campaign(db, issue)
     assert campaign is not None
-    reconciled = _reconcile_unknown(db, campaign, transport, resend_unknown)
-    counts = ledger_counts(db, campaign.id)
+    ledger = Ledger(db, campaign)
+    reconciled = ledger.reconcile_unknown(transport, resend_unknown)
+    counts = ledger.counts()
     return Preparation(campaign, created, counts["queued"], counts["sending"], reconciled, added)
 
 
@@ -185,44 +210,153 @@ def _enqueue_active(db: sqlite3.Connection, campaign_id: int) -> int:
     return cursor.rowcount
 
 
-def _reconcile_unknown(db: sqlite3.Connection, campaign: Campaign, transport: Transport, resend: bool) -> int:
-    """Rows left ``sending`` by a crash: ask the transport; requeue them only if the editor said so."""
-    rows = db.execute(
-        "SELECT subscriber_id FROM deliveries WHERE campaign_id = ? AND status = 'sending'", (campaign.id,)
-    ).fetchall()
-    settled = 0
-    with transaction(db):
-        for (subscriber_id,) in rows:
+def delivery_key(campaign: Campaign, subscriber_id: int) -> str:
+    return f"nl{campaign.issue}-c{campaign.id}-s{subscriber_id}"
+
+
+# What an outcome leaves its row as: sent, failed and skipped are final; an unknown fate stays
+# "sending" (never resent blindly); anything else goes back to the queue for a later run.
+_ROW_STATUS = {"sent": "sent", "failed": "failed", "skipped": "skipped", "unknown": "sending"}
+
+
+class Ledger:
+    """One campaign's rows in ``deliveries`` (and its row in ``campaigns``), on one connection."""
+
+    def __init__(self, db: sqlite3.Connection, campaign: Campaign) -> None:
+        self.db = db
+        self.campaign = campaign
+
+    def counts(self) -> dict[str, int]:
+        found = dict(
+            self.db.execute(
+                "SELECT status, COUNT(*) FROM deliveries WHERE campaign_id = ? GROUP BY status",
+                (self.campaign.id,),
+            ).fetchall()
+        )
+        return {status: found.get(status, 0) for status in LEDGER_STATUSES}
+
+    def progress(self) -> tuple[int, int]:
+        """(all rows, rows handled for good): where a progress bar starts."""
+        counts = self.counts()
+        return sum(counts.values()), counts["sent"] + counts["failed"] + counts["skipped"]
+
+    def recent_rate(self, seconds: int = 60) -> float:
+        """Messages per second over the last ``seconds``, for ``status`` while a send runs."""
+        since = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)).isoformat(timespec="seconds")
+        count = self.db.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND status = 'sent' AND updated_at >= ?",
+            (self.campaign.id, since),
+        ).fetchone()[0]
+        return float(count) / seconds
+
+    def notes(self) -> Notes:
+        row = self.db.execute(
+            "SELECT note, history, updated_at FROM campaigns WHERE id = ?", (self.campaign.id,)
+        ).fetchone()
+        return Notes(row["note"], row["history"], row["updated_at"])
+
+    def reconcile_unknown(self, transport: Transport, resend: bool) -> int:
+        """Rows left ``sending`` by a crash: ask the transport; requeue them only if the editor said so."""
+        campaign = self.campaign
+        in_doubt = [
+            subscriber_id
+            for (subscriber_id,) in self.db.execute(
+                "SELECT subscriber_id FROM deliveries WHERE campaign_id = ? AND status = 'sending'",
+                (campaign.id,),
+            )
+        ]
+        settled: list[tuple[str, str, int]] = []
+        for subscriber_id in in_doubt:  # asked before the transaction: the transport may take a while
             delivered = (
                 transport.was_delivered(delivery_key(campaign, subscriber_id))
                 if transport.name == campaign.transport
                 else None
             )
             if delivered is True:
-                status, note = "sent", "found delivered after an interruption"
+                settled.append(("sent", "found delivered after an interruption", subscriber_id))
             elif delivered is False or resend:
-                status, note = "queued", "requeued after an interruption"
-            else:
-                continue
-            db.execute(
-                "UPDATE deliveries SET status = ?, last_error = ?, updated_at = ? WHERE campaign_id = ? AND subscriber_id = ?",
-                (status, note, now(), campaign.id, subscriber_id),
+                settled.append(("queued", "requeued after an interruption", subscriber_id))
+        stamp = now()
+        with transaction(self.db):
+            for status, note, subscriber_id in settled:
+                self.db.execute(
+                    "UPDATE deliveries SET status = ?, last_error = ?, updated_at = ? WHERE campaign_id = ? AND subscriber_id = ?",
+                    (status, note, stamp, campaign.id, subscriber_id),
+                )
+        return len(settled)
+
+    def queued(self, *, after: int, limit: int, partition: tuple[int, int] = (0, 1)) -> list[Candidate]:
+        """The next ``limit`` queued rows after subscriber ``after``, in id order, of share ``k`` of
+        ``n`` (``subscriber_id % n == k``). Only read: :meth:`record_and_claim` decides who is sent."""
+        share, shares = partition
+        rows = self.db.execute(
+            "SELECT d.subscriber_id, d.attempts, s.email, s.name, s.status FROM deliveries d"
+            " JOIN subscribers s ON s.id = d.subscriber_id"
+            " WHERE d.campaign_id = ? AND d.status = 'queued' AND d.subscriber_id > ? AND d.subscriber_id % ? = ?"
+            " ORDER BY d.subscriber_id LIMIT ?",
+            (self.campaign.id, after, shares, share, limit),
+        ).fetchall()
+        return [Candidate(*row) for row in rows]
+
+    def record_and_claim(
+        self, outcomes: Sequence[Outcome], candidates: Sequence[Candidate] = ()
+    ) -> list[Candidate]:
+        """Record what finished and claim what starts, in one short write transaction (one fsync a round).
+
+        A candidate whose subscriber was active is claimed (marked ``sending``); the others are
+        marked ``skipped``. Returns the claimed candidates: from now on, these may be handed to the
+        transport.
+        """
+        stamp = now()
+        campaign_id = self.campaign.id
+        claimed = []
+        with transaction(self.db):
+            for outcome in outcomes:
+                self.db.execute(
+                    "UPDATE deliveries SET status = ?, provider_id = ?, attempts = ?, last_error = ?, updated_at = ?"
+                    " WHERE campaign_id = ? AND subscriber_id = ?",
+                    (
+                        _ROW_STATUS.get(outcome.kind, "queued"),
+                        outcome.provider_id or None,
+                        outcome.attempts,
+                        outcome.error or None,
+                        stamp,
+                        campaign_id,
+                        outcome.subscriber_id,
+                    ),
+                )
+            for candidate in candidates:
+                # Unsubscribed or bounced since the campaign started: never mail them.
+                status = "sending" if candidate.status == "active" else "skipped"
+                self.db.execute(
+                    "UPDATE deliveries SET status = ?, updated_at = ?, last_error = ? WHERE campaign_id = ? AND subscriber_id = ?",
+                    (
+                        status,
+                        stamp,
+                        None if status == "sending" else f"subscriber is {candidate.status}",
+                        campaign_id,
+                        candidate.subscriber_id,
+                    ),
+                )
+                if status == "sending":
+                    claimed.append(candidate)
+        return claimed
+
+    def close(self, pause_reason: str) -> Closing:
+        """Record whether the campaign is done or paused (and why), from what the ledger now says."""
+        counts = self.counts()
+        if not pause_reason and counts["queued"]:
+            pause_reason = (
+                f"{counts['queued']} message(s) could not be sent yet (temporary errors); run again to retry"
             )
-            settled += 1
-    return settled
-
-
-def delivery_key(campaign: Campaign, subscriber_id: int) -> str:
-    return f"nl{campaign.issue}-c{campaign.id}-s{subscriber_id}"
-
-
-def recent_rate(db: sqlite3.Connection, campaign_id: int, seconds: int = 60) -> float:
-    """Messages per second over the last ``seconds``, for ``status`` while a send runs."""
-    import datetime as dt
-
-    since = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)).isoformat(timespec="seconds")
-    count = db.execute(
-        "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND status = 'sent' AND updated_at >= ?",
-        (campaign_id, since),
-    ).fetchone()[0]
-    return count / seconds
+        if not pause_reason and counts["sending"]:
+            pause_reason = f"{counts['sending']} message(s) in an unknown state"
+        status = "paused" if pause_reason else "done"
+        stamp = now()
+        with transaction(self.db):
+            self.db.execute(
+                "UPDATE campaigns SET status = ?, note = ?, updated_at = ?,"
+                " finished_at = CASE WHEN ? = 'done' THEN ? ELSE NULL END WHERE id = ?",
+                (status, pause_reason, stamp, status, stamp, self.campaign.id),
+            )
+        return Closing(status, pause_reason, counts)

@@ -1,13 +1,14 @@
 """Send one issue to every active subscriber, exactly once, resumably: the campaign loop.
 
-What the loop relies on is in :mod:`pipeline.send.ledger`: a row is committed ``sending``
-before its message is handed to the transport.
+Each round, the loop takes in what the workers delivered, records it and claims the next
+recipients in one ledger transaction, and hands those to the workers. What makes it exactly
+once is the ledger's (:mod:`pipeline.send.ledger`): a row is committed ``sending`` before its
+message is handed to the transport.
 """
 
 from __future__ import annotations
 
 import queue
-import random
 import signal
 import sqlite3
 import threading
@@ -17,21 +18,16 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pipeline.config import Config
-from pipeline.db import now, transaction
-from pipeline.errors import (
-    DeliveryUnknown,
-    MessageError,
-    Rejected,
-    TemporaryFailure,
-    TransportError,
-    TransportUnavailable,
-)
+from pipeline.errors import MessageError
 from pipeline.send.control import on_stop_signals
-from pipeline.send.delivery import Outcome, SendSettings
-from pipeline.send.ledger import Campaign, delivery_key, ledger_counts
+from pipeline.send.delivery import FailureBreaker, Outcome, SendSettings, deliver_with_retry
+from pipeline.send.ledger import Campaign, Candidate, Ledger, delivery_key
 from pipeline.send.message import MessageTemplate, recipient_for, sender_address, sender_domain
 from pipeline.send.ratelimit import RateLimiter, Unlimited
 from pipeline.send.transports import Envelope, Transport
+
+WAKE_INTERVAL = 0.25
+"""The longest the loop waits for outcomes before it looks at the stop flag again."""
 
 
 class Reporter(Protocol):
@@ -80,8 +76,8 @@ class _Workers:
     outcome: the message may have been handed over, so it must not be retried blindly.
     """
 
-    def __init__(self, count: int, deliver: Callable[[int, str, str, int], Outcome]) -> None:
-        self._jobs: queue.SimpleQueue[tuple[int, str, str, int] | None] = queue.SimpleQueue()
+    def __init__(self, count: int, deliver: Callable[[Candidate], Outcome]) -> None:
+        self._jobs: queue.SimpleQueue[Candidate | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._deliver = deliver
         self._threads = [
@@ -93,12 +89,14 @@ class _Workers:
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             try:
-                outcome = self._deliver(*job)
+                outcome = self._deliver(job)
             except BaseException as error:
-                outcome = Outcome(job[0], "unknown", job[3], error=f"internal error: {error!r}")
+                outcome = Outcome(
+                    job.subscriber_id, "unknown", job.attempts, error=f"internal error: {error!r}"
+                )
             self._done.put(outcome)
 
-    def submit(self, job: tuple[int, str, str, int]) -> None:
+    def submit(self, job: Candidate) -> None:
         self._jobs.put(job)
 
     def ready(self) -> list[Outcome]:
@@ -125,6 +123,26 @@ class _Workers:
             thread.join()
 
 
+@dataclass
+class _Run:
+    """Where one ``send_all`` stands; kept in one place so an interrupt can record all of it."""
+
+    breaker: FailureBreaker
+    in_flight: set[int] = field(default_factory=set)
+    """Subscriber ids handed to a worker, outcome not back yet."""
+    arrived: list[Outcome] = field(default_factory=list)
+    """Back from the workers, not taken in yet."""
+    finished: list[Outcome] = field(default_factory=list)
+    """Taken in, not recorded in the ledger yet."""
+    not_handed_over: list[int] = field(default_factory=list)
+    """Claimed (``sending``) but not handed to a worker yet: certainly not sent."""
+    tally: dict[str, int] = field(default_factory=dict)
+    cursor: int = 0
+    """The last subscriber id read from the queue: a row requeued by this run waits for the next."""
+    exhausted: bool = False
+    pause_reason: str = ""
+
+
 class CampaignRunner:
     def __init__(
         self,
@@ -140,123 +158,131 @@ class CampaignRunner:
         partition: tuple[int, int] | None = None,
     ) -> None:
         self.db, self.config, self.campaign = db, config, campaign
-        self.partition = partition
+        self.ledger = Ledger(db, campaign)
+        self.partition = partition or (0, 1)
         """(k, n): send only to subscribers whose id % n == k (one of n sender processes)."""
         self.template, self.transport, self.secret = template, transport, secret
         self.settings = settings
         self.reporter = reporter or SilentReporter()
         self.stopping = threading.Event()
         self._sleep = sleep or self.stopping.wait
-        self._sender = config.sender
         self._envelope_sender = sender_address(config)
         self._domain = sender_domain(config)
+
+    interrupted = False
+    """Set by the stop signal's handler, and only there: see :meth:`stop_on_signals`."""
 
     def run(self) -> Summary:
         restore_signals = self.stop_on_signals((signal.SIGINT, signal.SIGTERM))
         try:
             pause_reason, elapsed, tally = self.send_all()
-            return close_campaign(self.db, self.campaign, pause_reason, elapsed, tally)
+            return close_campaign(self.ledger, pause_reason, elapsed, tally)
         finally:
             restore_signals()
 
     def send_all(self) -> tuple[str, float, dict[str, int]]:
         """Send to every queued recipient (of this runner's partition); returns why it stopped early
         (or ""), the time taken and how many outcomes of each kind. The campaign row is not touched."""
-        settings = self.settings
-        limiter = RateLimiter(settings.max_rate) if settings.max_rate else Unlimited()
-        counts = ledger_counts(self.db, self.campaign.id)
-        self.reporter.start(sum(counts.values()), counts["sent"] + counts["failed"] + counts["skipped"])
-        in_flight: set[int] = set()  # subscriber ids handed to a worker, outcome not back yet
-        arrived: list[Outcome] = []
-        finished: list[Outcome] = []
-        tally: dict[str, int] = {}
-        consecutive_failures = 0
-        cursor = 0
-        exhausted = False
-        pause_reason = ""
-        not_handed_over: list[int] = []
+        limiter = RateLimiter(self.settings.max_rate) if self.settings.max_rate else Unlimited()
+        run = _Run(FailureBreaker(self.settings.max_consecutive_failures))
+        self.reporter.start(*self.ledger.progress())
         started = time.monotonic()
-        pool = _Workers(settings.concurrency, self._deliver)
+        pool = _Workers(self.settings.concurrency, self._deliver)
         try:
             while True:
-                arrived.extend(pool.ready())
-                for outcome in arrived:
-                    in_flight.discard(outcome.subscriber_id)
-                    finished.append(outcome)
-                    tally[outcome.kind] = tally.get(outcome.kind, 0) + 1
-                    if outcome.kind == "sent":
-                        consecutive_failures = 0
-                    elif outcome.kind in ("failed", "retry", "unknown"):
-                        consecutive_failures += 1
-                    elif outcome.kind == "fatal" and not pause_reason:
-                        pause_reason = outcome.error
-                arrived = []
-                if consecutive_failures >= settings.max_consecutive_failures and not pause_reason:
-                    last = next((o.error for o in reversed(finished) if o.error), "")
-                    pause_reason = f"{consecutive_failures} failures in a row (last: {last})"
-                if self.interrupted and not pause_reason:
-                    pause_reason = "interrupted"
-                if pause_reason:
-                    self.stopping.set()
-
-                claimed: list[sqlite3.Row] = []
-                free = settings.concurrency - len(in_flight)
-                if not self.stopping.is_set() and not self.interrupted and not exhausted and free > 0:
-                    wanted = limiter.take(free)
-                    if wanted:
-                        claimed = self._next_recipients(cursor, wanted)
-                        if len(claimed) < wanted:
-                            exhausted = True
-                        if claimed:
-                            cursor = claimed[-1]["subscriber_id"]
-                # One transaction records what finished and claims what starts: one fsync per round.
-                if finished or claimed:
-                    self._commit(finished, claimed)
-                    not_handed_over = [row["subscriber_id"] for row in claimed if row["status"] == "active"]
-                    recorded, finished = finished, []
-                    for outcome in recorded:
-                        self.reporter.advance(outcome)
-                for row in claimed:
-                    if row["status"] != "active":
-                        continue
-                    # Off the list before the hand-over: an interrupt in between leaves the row
-                    # "sending" (unknown, never resent blindly), not "queued" (possibly sent twice).
-                    not_handed_over.remove(row["subscriber_id"])
-                    pool.submit((row["subscriber_id"], row["email"], row["name"], row["attempts"]))
-                    in_flight.add(row["subscriber_id"])
-                if not in_flight and (exhausted or self.stopping.is_set() or self.interrupted):
+                self._take_in(run, pool.ready())
+                claimed = self._record_and_claim(run, limiter)
+                self._hand_over(run, claimed, pool)
+                if not run.in_flight and (run.exhausted or self._stop_requested()):
                     break
-                timeout = limiter.delay() if not exhausted and free > 0 else None
-                if in_flight:
-                    arrived.extend(pool.wait(min(timeout, 0.25) if timeout is not None else 0.25))
-                elif timeout:
-                    time.sleep(timeout)
+                self._wait(run, limiter, pool)
         except KeyboardInterrupt:
             # Only reached on a second Ctrl-C, or one that landed outside the loop's checks.
-            self.stopping.set()
-            pause_reason = pause_reason or "interrupted"
-            # Claimed but never handed to the transport: certainly not sent.
-            finished.extend(
-                Outcome(sid, "retry", 0, error="interrupted before sending") for sid in not_handed_over
-            )
-            finished.extend(arrived)
-            in_flight.difference_update(outcome.subscriber_id for outcome in arrived)
-            while in_flight:
-                # Let the messages already handed over finish, so their results are recorded, not unknown.
-                outcomes = pool.wait(30.0)
-                if not outcomes:
-                    break  # an outcome lost to the interrupt itself: its row stays "sending" (unknown)
-                in_flight.difference_update(outcome.subscriber_id for outcome in outcomes)
-                finished.extend(outcomes)
-            self._commit(finished, [])
+            self._stop_at_once(run, pool)
         finally:
             pool.shutdown()
             self.reporter.finish()
-        if self.interrupted and not pause_reason:  # a stop that landed after the loop's last check
-            pause_reason = "interrupted"
-        return pause_reason, time.monotonic() - started, tally
+        if self.interrupted and not run.pause_reason:  # a stop that landed after the loop's last check
+            run.pause_reason = "interrupted"
+        return run.pause_reason, time.monotonic() - started, run.tally
 
-    interrupted = False
+    def _stop_requested(self) -> bool:
+        return self.stopping.is_set() or self.interrupted
+
+    def _take_in(self, run: _Run, outcomes: list[Outcome]) -> None:
+        """Count what came back; decide whether the campaign must pause (the first reason stands)."""
+        run.arrived.extend(outcomes)
+        for outcome in run.arrived:
+            run.in_flight.discard(outcome.subscriber_id)
+            run.finished.append(outcome)
+            run.tally[outcome.kind] = run.tally.get(outcome.kind, 0) + 1
+            run.breaker.record(outcome)
+            if outcome.kind == "fatal" and not run.pause_reason:
+                run.pause_reason = outcome.error
+        run.arrived = []
+        if not run.pause_reason:
+            run.pause_reason = run.breaker.reason or ("interrupted" if self.interrupted else "")
+        if run.pause_reason:
+            self.stopping.set()
+
+    def _record_and_claim(self, run: _Run, limiter: RateLimiter | Unlimited) -> list[Candidate]:
+        """Read as many queued rows as there are free workers and tokens; then record what finished
+        and claim those, in one transaction (one fsync a round). Returns the claimed ones."""
+        candidates: list[Candidate] = []
+        free = self.settings.concurrency - len(run.in_flight)
+        if not self._stop_requested() and not run.exhausted and free > 0:
+            wanted = limiter.take(free)
+            if wanted:
+                candidates = self.ledger.queued(after=run.cursor, limit=wanted, partition=self.partition)
+                run.exhausted = len(candidates) < wanted
+                if candidates:
+                    run.cursor = candidates[-1].subscriber_id
+        if not run.finished and not candidates:
+            return []
+        claimed = self.ledger.record_and_claim(run.finished, candidates)
+        run.not_handed_over = [candidate.subscriber_id for candidate in claimed]
+        recorded, run.finished = run.finished, []
+        for outcome in recorded:
+            self.reporter.advance(outcome)
+        return claimed
+
+    def _hand_over(self, run: _Run, claimed: list[Candidate], pool: _Workers) -> None:
+        for candidate in claimed:
+            # Off the list before the hand-over: an interrupt in between leaves the row "sending"
+            # (unknown, never resent blindly), not "queued" (possibly sent twice).
+            run.not_handed_over.remove(candidate.subscriber_id)
+            pool.submit(candidate)
+            run.in_flight.add(candidate.subscriber_id)
+
+    def _wait(self, run: _Run, limiter: RateLimiter | Unlimited, pool: _Workers) -> None:
+        """Until an outcome arrives or the rate limit lets the next message go (at most WAKE_INTERVAL)."""
+        free = self.settings.concurrency - len(run.in_flight)
+        timeout = limiter.delay() if not run.exhausted and free > 0 else None
+        if run.in_flight:
+            run.arrived.extend(
+                pool.wait(min(timeout, WAKE_INTERVAL) if timeout is not None else WAKE_INTERVAL)
+            )
+        elif timeout:
+            time.sleep(timeout)
+
+    def _stop_at_once(self, run: _Run, pool: _Workers) -> None:
+        """After a KeyboardInterrupt: record everything whose fate is known, and nothing more."""
+        self.stopping.set()
+        run.pause_reason = run.pause_reason or "interrupted"
+        # Claimed but never handed to the transport: certainly not sent.
+        finished = run.finished + [
+            Outcome(sid, "retry", 0, error="interrupted before sending") for sid in run.not_handed_over
+        ]
+        finished.extend(run.arrived)
+        run.in_flight.difference_update(outcome.subscriber_id for outcome in run.arrived)
+        while run.in_flight:
+            # Let the messages already handed over finish, so their results are recorded, not unknown.
+            outcomes = pool.wait(30.0)
+            if not outcomes:
+                break  # an outcome lost to the interrupt itself: its row stays "sending" (unknown)
+            run.in_flight.difference_update(outcome.subscriber_id for outcome in outcomes)
+            finished.extend(outcomes)
+        self.ledger.record_and_claim(finished)
 
     def stop_on_signals(self, signals: tuple[signal.Signals, ...]) -> Callable[[], None]:
         """First Ctrl-C (or SIGTERM): finish what is in flight, record it, stop. The second one: stop now."""
@@ -268,103 +294,28 @@ class CampaignRunner:
 
         return on_stop_signals(signals, first)
 
-    def _next_recipients(self, after: int, limit: int) -> list[sqlite3.Row]:
-        share, shares = self.partition or (0, 1)
-        return self.db.execute(
-            "SELECT d.subscriber_id, d.attempts, s.email, s.name, s.status FROM deliveries d"
-            " JOIN subscribers s ON s.id = d.subscriber_id"
-            " WHERE d.campaign_id = ? AND d.status = 'queued' AND d.subscriber_id > ? AND d.subscriber_id % ? = ?"
-            " ORDER BY d.subscriber_id LIMIT ?",
-            (self.campaign.id, after, shares, share, limit),
-        ).fetchall()
-
-    def _commit(self, finished: list[Outcome], claimed: list[sqlite3.Row]) -> None:
-        stamp = now()
-        campaign_id = self.campaign.id
-        with transaction(self.db):
-            for outcome in finished:
-                status = {"sent": "sent", "failed": "failed", "skipped": "skipped", "unknown": "sending"}.get(
-                    outcome.kind, "queued"
-                )
-                self.db.execute(
-                    "UPDATE deliveries SET status = ?, provider_id = ?, attempts = ?, last_error = ?, updated_at = ?"
-                    " WHERE campaign_id = ? AND subscriber_id = ?",
-                    (
-                        status,
-                        outcome.provider_id or None,
-                        outcome.attempts,
-                        outcome.error or None,
-                        stamp,
-                        campaign_id,
-                        outcome.subscriber_id,
-                    ),
-                )
-            for row in claimed:
-                # Unsubscribed or bounced since the campaign started: never mail them.
-                status = "sending" if row["status"] == "active" else "skipped"
-                self.db.execute(
-                    "UPDATE deliveries SET status = ?, updated_at = ?, last_error = ? WHERE campaign_id = ? AND subscriber_id = ?",
-                    (
-                        status,
-                        stamp,
-                        None if status == "sending" else f"subscriber is {row['status']}",
-                        campaign_id,
-                        row["subscriber_id"],
-                    ),
-                )
-
-    def _deliver(self, subscriber_id: int, email: str, name: str, attempts: int) -> Outcome:
+    def _deliver(self, candidate: Candidate) -> Outcome:
+        """Build ``candidate``'s own message and deliver it (on a worker thread)."""
+        key = delivery_key(self.campaign, candidate.subscriber_id)
         try:
-            message_id = f"<{delivery_key(self.campaign, subscriber_id)}.{self.campaign.content_hash[:10]}@{self._domain}>"
-            recipient = recipient_for(self.config, self.secret, subscriber_id, email, name, message_id)
+            message_id = f"<{key}.{self.campaign.content_hash[:10]}@{self._domain}>"
+            recipient = recipient_for(
+                self.config, self.secret, candidate.subscriber_id, candidate.email, candidate.name, message_id
+            )
             data = self.template.build(recipient)
         except MessageError as error:  # one bad row must not stop the campaign
-            return Outcome(subscriber_id, "failed", attempts, error=str(error))
-        envelope = Envelope(
-            self._envelope_sender, recipient.email, data, delivery_key(self.campaign, subscriber_id)
+            return Outcome(candidate.subscriber_id, "failed", candidate.attempts, error=str(error))
+        return deliver_with_retry(
+            self.transport,
+            Envelope(self._envelope_sender, recipient.email, data, key),
+            self.settings,
+            subscriber_id=candidate.subscriber_id,
+            attempts=candidate.attempts,
+            sleep=self._sleep,
         )
-        settings = self.settings
-        for attempt in range(1, settings.max_attempts + 1):
-            try:
-                provider_id = self.transport.send(envelope)
-                return Outcome(subscriber_id, "sent", attempts + attempt, provider_id=provider_id)
-            except Rejected as error:
-                return Outcome(subscriber_id, "failed", attempts + attempt, error=str(error))
-            except DeliveryUnknown as error:  # it may have arrived: retrying could send it twice
-                return Outcome(subscriber_id, "unknown", attempts + attempt, error=str(error))
-            except TransportUnavailable as error:
-                return Outcome(subscriber_id, "fatal", attempts + attempt, error=str(error))
-            except TemporaryFailure as error:
-                if attempt == settings.max_attempts:
-                    return Outcome(subscriber_id, "retry", attempts + attempt, error=str(error))
-                delay = random.uniform(
-                    0, min(settings.backoff_cap, settings.backoff_base * 2 ** (attempt - 1))
-                )
-                if self._sleep(delay):  # stopping: leave it queued for the next run
-                    return Outcome(subscriber_id, "retry", attempts + attempt, error=str(error))
-            except TransportError as error:
-                return Outcome(subscriber_id, "fatal", attempts + attempt, error=str(error))
-        raise AssertionError("unreachable")
 
 
-def close_campaign(
-    db: sqlite3.Connection, campaign: Campaign, pause_reason: str, elapsed: float, tally: dict[str, int]
-) -> Summary:
-    """Record whether the campaign is done or paused (and why), from what the ledger now says."""
-    counts = ledger_counts(db, campaign.id)
-    handled = sum(tally.values())
-    if not pause_reason and counts["queued"]:
-        pause_reason = (
-            f"{counts['queued']} message(s) could not be sent yet (temporary errors); run again to retry"
-        )
-    if not pause_reason and counts["sending"]:
-        pause_reason = f"{counts['sending']} message(s) in an unknown state"
-    status = "paused" if pause_reason else "done"
-    stamp = now()
-    with transaction(db):
-        db.execute(
-            "UPDATE campaigns SET status = ?, note = ?, updated_at = ?,"
-            " finished_at = CASE WHEN ? = 'done' THEN ? ELSE NULL END WHERE id = ?",
-            (status, pause_reason, stamp, status, stamp, campaign.id),
-        )
-    return Summary(counts, elapsed, handled, status, pause_reason, tally)
+def close_campaign(ledger: Ledger, pause_reason: str, elapsed: float, tally: dict[str, int]) -> Summary:
+    """Record whether the campaign is done or paused (and why); sum up the run."""
+    closing = ledger.close(pause_reason)
+    return Summary(closing.counts, elapsed, sum(tally.values()), closing.status, closing.reason, tally)
