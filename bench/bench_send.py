@@ -475,7 +475,7 @@ def bench_build(config: Config, rendered: Rendered, messages: int, runs: int) ->
         gc.collect()
         wall, cpu = time.perf_counter(), time.process_time()
         for subscriber_id, email, name in rows:
-            runner._deliver(Candidate(subscriber_id, 0, email, name, "active"))
+            runner._deliver(Candidate(subscriber_id, 0, email, name))
         return time.perf_counter() - wall, time.process_time() - cpu
 
     build_only(None)  # warm-up

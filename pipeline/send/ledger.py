@@ -59,8 +59,6 @@ class Candidate:
     attempts: int
     email: str
     name: str
-    status: str
-    """The subscriber's status when the row was read."""
 
 
 @dataclass(frozen=True)
@@ -290,7 +288,7 @@ class Ledger:
         ``n`` (``subscriber_id % n == k``). Only read: :meth:`record_and_claim` decides who is sent."""
         share, shares = partition
         rows = self.db.execute(
-            "SELECT d.subscriber_id, d.attempts, s.email, s.name, s.status FROM deliveries d"
+            "SELECT d.subscriber_id, d.attempts, s.email, s.name FROM deliveries d"
             " JOIN subscribers s ON s.id = d.subscriber_id"
             " WHERE d.campaign_id = ? AND d.status = 'queued' AND d.subscriber_id > ? AND d.subscriber_id % ? = ?"
             " ORDER BY d.subscriber_id LIMIT ?",
@@ -303,9 +301,10 @@ class Ledger:
     ) -> list[Candidate]:
         """Record what finished and claim what starts, in one short write transaction (one fsync a round).
 
-        A candidate whose subscriber was active is claimed (marked ``sending``); the others are
-        marked ``skipped``. Returns the claimed candidates: from now on, these may be handed to the
-        transport.
+        A candidate is claimed (marked ``sending``) only if its row is still queued and its subscriber
+        still active, checked by the very statement that marks it: an unsubscribe committed after
+        :meth:`queued` read the candidate is never ignored. The others are marked ``skipped``. Returns
+        the claimed candidates: from now on, these may be handed to the transport.
         """
         stamp = now()
         campaign_id = self.campaign.id
@@ -326,20 +325,22 @@ class Ledger:
                     ),
                 )
             for candidate in candidates:
-                # Unsubscribed or bounced since the campaign started: never mail them.
-                status = "sending" if candidate.status == "active" else "skipped"
-                self.db.execute(
-                    "UPDATE deliveries SET status = ?, updated_at = ?, last_error = ? WHERE campaign_id = ? AND subscriber_id = ?",
-                    (
-                        status,
-                        stamp,
-                        None if status == "sending" else f"subscriber is {candidate.status}",
-                        campaign_id,
-                        candidate.subscriber_id,
-                    ),
+                marked = self.db.execute(
+                    "UPDATE deliveries SET status = 'sending', last_error = NULL, updated_at = ?"
+                    " WHERE campaign_id = ? AND subscriber_id = ? AND status = 'queued'"
+                    " AND EXISTS (SELECT 1 FROM subscribers WHERE id = ? AND status = 'active')",
+                    (stamp, campaign_id, candidate.subscriber_id, candidate.subscriber_id),
                 )
-                if status == "sending":
+                if marked.rowcount:
                     claimed.append(candidate)
+                    continue
+                # Unsubscribed or bounced since the campaign started: never mail them.
+                self.db.execute(
+                    "UPDATE deliveries SET status = 'skipped', updated_at = ?,"
+                    " last_error = 'subscriber is ' || (SELECT status FROM subscribers WHERE id = ?)"
+                    " WHERE campaign_id = ? AND subscriber_id = ? AND status = 'queued'",
+                    (stamp, candidate.subscriber_id, campaign_id, candidate.subscriber_id),
+                )
         return claimed
 
     def close(self, pause_reason: str) -> Closing:
