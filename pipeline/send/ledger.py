@@ -5,6 +5,11 @@ The ledger (table ``deliveries``) holds one row per recipient. A row is marked
 ``sent`` (with the provider's id) after. So after any crash, a row still
 ``sending`` is the only kind whose fate is unknown; it is reported, reconciled
 with the transport where it can tell, and never resent unless the editor asks.
+
+A row becomes ``sending`` only by :meth:`Ledger.record_and_claim`, whose UPDATE itself
+requires the subscriber to be active still: whatever was read before, nobody who left is mailed.
+Nothing else in the pipeline writes SQL for these tables (the one exception: erasing a
+subscriber on request, in :mod:`pipeline.audience.subscribers`, deletes their rows too).
 """
 
 from __future__ import annotations
