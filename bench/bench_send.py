@@ -51,7 +51,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,17 +65,10 @@ from pipeline.config import Config, load_config
 from pipeline.db import DB_NAME, open_db
 from pipeline.issue.render import Rendered, render_issue
 from pipeline.issue.source import read_issue
-from pipeline.send.campaign import (
-    Campaign,
-    CampaignRunner,
-    Outcome,
-    SendSettings,
-    Summary,
-    content_hash,
-    delivery_key,
-    prepare_campaign,
-)
+from pipeline.send.delivery import Outcome, SendSettings
+from pipeline.send.ledger import Campaign, Candidate, content_hash, delivery_key, prepare_campaign
 from pipeline.send.message import MessageTemplate, Recipient, sender_domain
+from pipeline.send.runner import CampaignRunner, Summary
 from pipeline.send.transports.base import Transport
 from pipeline.send.transports.discard import DiscardTransport
 
@@ -231,19 +224,24 @@ class Probe:
                     profiles.append(local.profile)
             return found
 
-        commit, next_recipients, template = runner._commit, runner._next_recipients, runner.template
+        commit, next_recipients, template = (
+            runner.ledger.record_and_claim,
+            runner.ledger.queued,
+            runner.template,
+        )
         deliver, transport = runner._deliver, runner.transport
 
-        def timed_commit(finished: list[Outcome], claimed: list[sqlite3.Row]) -> None:
+        def timed_commit(finished: Sequence[Outcome], claimed: Sequence[Candidate] = ()) -> list[Candidate]:
             start = time.perf_counter()
-            commit(finished, claimed)
+            started = commit(finished, claimed)
             self.commit_wall += time.perf_counter() - start
             self.commits += 1
             self.commit_rows += len(finished) + len(claimed)
+            return started
 
-        def timed_next(after: int, limit: int) -> list[sqlite3.Row]:
+        def timed_next(*, after: int, limit: int, partition: tuple[int, int] = (0, 1)) -> list[Candidate]:
             start = time.perf_counter()
-            rows = next_recipients(after, limit)
+            rows = next_recipients(after=after, limit=limit, partition=partition)
             self.query_wall += time.perf_counter() - start
             self.queries += 1
             return rows
@@ -284,8 +282,8 @@ class Probe:
             finally:
                 local.profile.disable()
 
-        runner._commit = timed_commit  # type: ignore[method-assign]
-        runner._next_recipients = timed_next  # type: ignore[method-assign]
+        runner.ledger.record_and_claim = timed_commit  # type: ignore[method-assign]
+        runner.ledger.queued = timed_next  # type: ignore[method-assign]
         runner.template = TimedTemplate()  # type: ignore[assignment]
         runner.transport = TimedTransport()  # type: ignore[assignment]
         if profile:
@@ -478,7 +476,7 @@ def bench_build(config: Config, rendered: Rendered, messages: int, runs: int) ->
         gc.collect()
         wall, cpu = time.perf_counter(), time.process_time()
         for subscriber_id, email, name in rows:
-            runner._deliver(subscriber_id, email, name, 0)
+            runner._deliver(Candidate(subscriber_id, 0, email, name))
         return time.perf_counter() - wall, time.process_time() - cpu
 
     build_only(None)  # warm-up

@@ -71,7 +71,7 @@ def _size(size: int) -> str:
 def build(ctx: click.Context, number: int) -> None:
     """Render issue N into build/N/: email.html, email.txt, message.eml."""
     from pipeline.publish import write_build
-    from pipeline.send.campaign import campaign_state
+    from pipeline.send.ledger import campaign_state
 
     config = _config(ctx)
     result = build_issue(config, number, pinned=campaign_state(config, number) is not None)
@@ -91,7 +91,7 @@ OFFLINE = click.option("--offline", is_flag=True, help="Do not check links over 
 def check(ctx: click.Context, number: int, offline: bool) -> None:
     """Validate issue N and its config, build it, check its links, and fail on what would break it in an inbox."""
     from pipeline.check.gate import check_issue
-    from pipeline.send.campaign import campaign_state
+    from pipeline.send.ledger import campaign_state
 
     config = _config(ctx)
     pinned = campaign_state(config, number) is not None
@@ -195,7 +195,7 @@ def send(
 ) -> None:
     """Check issue N, then send it to every active subscriber (or resume its campaign); archive it when done."""
     from pipeline.publish import SendOptions, checked, send_issue, send_test
-    from pipeline.send.campaign import Plan
+    from pipeline.send.ledger import Plan
     from pipeline.send.progress import ProgressBar
     from pipeline.send.transports.base import Transport
 
@@ -412,7 +412,7 @@ def archive(ctx: click.Context, number: int) -> None:
 def links(ctx: click.Context, number: int | None, whole_archive: bool) -> None:
     """Check the links of issue N over HTTP, or of every archived issue (--archive)."""
     from pipeline.check.report import check_archive_links, check_issue_links
-    from pipeline.send.campaign import campaign_state
+    from pipeline.send.ledger import campaign_state
 
     config = _config(ctx)
     if whole_archive == (number is not None):
@@ -443,7 +443,7 @@ def errata_add(ctx: click.Context, number: int, text: str, replace: tuple[str, s
     """Record a correction to issue N (which must have been sent)."""
     from pipeline.issue.errata import add_erratum
     from pipeline.issue.source import read_issue
-    from pipeline.send.campaign import campaign_state
+    from pipeline.send.ledger import campaign_state
 
     config = _config(ctx)
     issue = read_issue(config.paths.issues, number)

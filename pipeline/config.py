@@ -180,7 +180,7 @@ class SesSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class SendConfig:
-    """The [send] table. Not the campaign runner's ``pipeline.send.campaign.SendSettings``, built from it."""
+    """The [send] table. Not the campaign runner's ``pipeline.send.delivery.SendSettings``, built from it."""
 
     concurrency: int = key(8, help="messages in flight", check=_positive)
     max_rate: float = key(14.0, help="messages per second", check=_positive)

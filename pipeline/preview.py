@@ -43,7 +43,7 @@ from pipeline.config import Config, load_config
 from pipeline.errors import NewsletterError, PreviewError
 from pipeline.issue.build import build_issue
 from pipeline.issue.source import issue_path
-from pipeline.send.campaign import campaign_state
+from pipeline.send.ledger import campaign_state
 
 HOST = "127.0.0.1"  # never another interface: the preview shows unsent mail
 PHONE_WIDTH = 375

@@ -21,24 +21,19 @@ from pipeline.files import write_atomically
 from pipeline.issue.build import Build
 from pipeline.issue.errata import mark_announced
 from pipeline.issue.render import sample_recipient
-from pipeline.send.campaign import (
+from pipeline.send.control import campaign_lock, is_locked
+from pipeline.send.delivery import SendSettings
+from pipeline.send.fanout import run_in_processes, sender_processes
+from pipeline.send.ledger import (
     Campaign,
-    CampaignRunner,
+    Ledger,
     Plan,
-    Reporter,
-    SendSettings,
-    Summary,
-    campaign_lock,
     campaign_state,
     content_hash,
     find_campaign,
-    is_locked,
-    ledger_counts,
     plan_campaign,
     prepare_campaign,
-    recent_rate,
 )
-from pipeline.send.fanout import run_in_processes, sender_processes
 from pipeline.send.message import (
     MessageTemplate,
     build_message,
@@ -47,6 +42,7 @@ from pipeline.send.message import (
     sender_address,
     sender_domain,
 )
+from pipeline.send.runner import CampaignRunner, Reporter, Summary
 from pipeline.send.transports import open_transport
 from pipeline.send.transports.base import Envelope, Transport
 
@@ -124,7 +120,7 @@ def send_issue(
                     "(--include-new also sends it to subscribers who joined since)"
                 )
                 campaign = find_campaign(db, number)
-                counts = ledger_counts(db, campaign.id) if campaign else {}
+                counts = Ledger(db, campaign).counts() if campaign else {}
                 return Summary(counts, 0.0, 0, "done", note=note, archived=archived)
             rate = send_rate(config, transport, options.dry_run)
             if not confirm(plan, transport, rate):
@@ -220,17 +216,16 @@ def campaign_status(config: Config, number: int) -> CampaignStatus:
     campaign = find_campaign(db, number)
     if campaign is None:
         return CampaignStatus(None, {}, False, 0.0, "", active, "")
-    row = db.execute(
-        "SELECT note, history, updated_at FROM campaigns WHERE id = ?", (campaign.id,)
-    ).fetchone()
+    ledger = Ledger(db, campaign)
+    notes = ledger.notes()
     return CampaignStatus(
         campaign,
-        ledger_counts(db, campaign.id),
+        ledger.counts(),
         is_locked(config.paths.state, number),
-        recent_rate(db, campaign.id),
-        " ".join(filter(None, (row["note"], row["history"].strip()))),
+        ledger.recent_rate(),
+        " ".join(filter(None, (notes.note, notes.history.strip()))),
         active,
-        row["updated_at"],
+        notes.updated_at,
     )
 
 

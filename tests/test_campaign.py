@@ -15,19 +15,13 @@ from pipeline.audience.subscribers import add, set_status
 from pipeline.audience.tokens import verify_token
 from pipeline.config import Config
 from pipeline.db import open_db
-from pipeline.errors import Rejected, TemporaryFailure, TransportUnavailable
+from pipeline.errors import CampaignError, Rejected, TemporaryFailure, TransportUnavailable
 from pipeline.issue.render import Rendered, render_issue
 from pipeline.issue.source import read_issue
-from pipeline.send.campaign import (
-    CampaignError,
-    CampaignRunner,
-    Outcome,
-    SendSettings,
-    SilentReporter,
-    content_hash,
-    prepare_campaign,
-)
+from pipeline.send.delivery import Outcome, SendSettings
+from pipeline.send.ledger import content_hash, prepare_campaign
 from pipeline.send.message import MessageTemplate
+from pipeline.send.runner import CampaignRunner, SilentReporter
 from pipeline.send.transports.base import Envelope
 
 from .conftest import Newsletter
@@ -294,7 +288,7 @@ def test_unsubscribe_token_signs_the_stored_address_not_its_punycode(setup) -> N
 
 STOP_WHILE_THE_LOOP_HOLDS_A_LOCK = """
 import os, signal, sys
-from pipeline.send.campaign import CampaignRunner
+from pipeline.send.runner import CampaignRunner
 runner = CampaignRunner.__new__(CampaignRunner)
 runner.interrupted = False
 import threading
@@ -330,7 +324,7 @@ def test_a_stop_signal_never_waits_for_a_lock_the_loop_may_hold() -> None:
 
 SECOND_STOP_AFTER_THE_RUN = """
 import os, signal, sys, time
-from pipeline.send.campaign import on_stop_signals
+from pipeline.send.control import on_stop_signals
 restore = on_stop_signals((signal.SIGINT,), lambda: None)
 os.kill(os.getpid(), signal.SIGINT)   # the first Ctrl-C: the run stops gracefully and returns
 time.sleep(0.05)

@@ -197,8 +197,10 @@ def send_in_process(newsletter: Newsletter, transport: Any = None) -> Any:
     """Run issue 1's campaign with the library, as ``newsletter send 1`` would (``transport``: the maildir)."""
     from pipeline.db import open_db
     from pipeline.issue.build import build_issue
-    from pipeline.send.campaign import CampaignRunner, SendSettings, content_hash, prepare_campaign
+    from pipeline.send.delivery import SendSettings
+    from pipeline.send.ledger import content_hash, prepare_campaign
     from pipeline.send.message import MessageTemplate
+    from pipeline.send.runner import CampaignRunner
     from pipeline.send.transports.maildir import MaildirTransport
 
     config = newsletter.config()
@@ -760,7 +762,7 @@ def test_smtp_reply_lost_after_the_message_was_taken_is_not_sent_again(
 def test_second_ctrl_c_just_after_a_hand_over_does_not_requeue_it(
     newsletter: Newsletter, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    from pipeline.send.campaign import _Workers
+    from pipeline.send.runner import _Workers
 
     handed_over = 0
     submit = _Workers.submit

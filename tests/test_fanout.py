@@ -823,8 +823,10 @@ def test_a_stop_that_lands_while_outcomes_are_recorded_is_reported_as_interrupte
     while the runner records outcomes, between rate-limited hand-overs (nothing in flight)."""
     from pipeline.db import open_db
     from pipeline.issue.build import build_issue
-    from pipeline.send.campaign import CampaignRunner, SendSettings, content_hash, prepare_campaign
+    from pipeline.send.delivery import SendSettings
+    from pipeline.send.ledger import content_hash, prepare_campaign
     from pipeline.send.message import MessageTemplate
+    from pipeline.send.runner import CampaignRunner
     from pipeline.send.transports.maildir import MaildirTransport
 
     from .test_crash import SECRET
@@ -887,8 +889,8 @@ def test_a_sender_that_has_reported_its_end_is_not_signalled() -> None:
     import threading
     from multiprocessing import Pipe
 
-    from pipeline.send.campaign import SilentReporter
     from pipeline.send.fanout import _Senders
+    from pipeline.send.runner import SilentReporter
 
     reporting, other = _Child(), _Child()
     senders = _Senders(None, None, None, b"", None, 2)  # type: ignore[arg-type]  # never started

@@ -43,7 +43,7 @@ from pipeline.db import DB_NAME, open_db
 from pipeline.errors import DeliveryUnknown, Rejected, TemporaryFailure, TransportError, TransportUnavailable
 from pipeline.issue.build import build_issue
 from pipeline.publish import send_rate
-from pipeline.send.campaign import Campaign, content_hash, find_campaign
+from pipeline.send.ledger import Campaign, content_hash, find_campaign
 from pipeline.send.message import MessageTemplate, Recipient
 from pipeline.send.transports import open_transport
 from pipeline.send.transports.base import Envelope

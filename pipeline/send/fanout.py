@@ -36,18 +36,11 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.db import open_db
 from pipeline.errors import CampaignError, NewsletterError
-from pipeline.send.campaign import (
-    Campaign,
-    CampaignRunner,
-    Outcome,
-    Reporter,
-    SendSettings,
-    SilentReporter,
-    Summary,
-    close_campaign,
-    on_stop_signals,
-)
+from pipeline.send.control import on_stop_signals
+from pipeline.send.delivery import Outcome, SendSettings
+from pipeline.send.ledger import Campaign, Ledger
 from pipeline.send.message import MessageTemplate
+from pipeline.send.runner import CampaignRunner, Reporter, SilentReporter, Summary, close_campaign
 from pipeline.send.transports import open_transport
 
 # Below this many recipients, starting the processes (about a second) costs more than it saves.
@@ -82,6 +75,7 @@ def run_in_processes(
     reporter: Reporter | None = None,
 ) -> Summary:
     reporter = reporter or SilentReporter()
+    ledger = Ledger(db, campaign)
     share_settings = replace(
         settings,
         concurrency=max(1, math.ceil(settings.concurrency / processes)),
@@ -96,12 +90,8 @@ def run_in_processes(
         try:
             senders.start()
         except CampaignError as error:
-            return close_campaign(db, campaign, str(error), time.monotonic() - started, {})
-        counts = db.execute(
-            "SELECT COUNT(*), SUM(status IN ('sent', 'failed', 'skipped')) FROM deliveries WHERE campaign_id = ?",
-            (campaign.id,),
-        ).fetchone()
-        reporter.start(int(counts[0]), int(counts[1] or 0))
+            return close_campaign(ledger, str(error), time.monotonic() - started, {})
+        reporter.start(*ledger.progress())
         reasons, tally = senders.collect(reporter)
     finally:
         senders.stop()  # a no-op after a normal end; after an error here, the senders must not go on alone
@@ -111,7 +101,7 @@ def run_in_processes(
     # An early stop of one share (a paused account, failures in a row) is the campaign's reason;
     # the other shares then only say they were stopped.
     reason = next((r for r in reasons if r and r != "interrupted"), "") or next((r for r in reasons if r), "")
-    return close_campaign(db, campaign, reason, time.monotonic() - started, tally)
+    return close_campaign(ledger, reason, time.monotonic() - started, tally)
 
 
 LIVENESS_INTERVAL = 0.5
@@ -194,7 +184,7 @@ class _Senders:
         tally: dict[str, int] = {}
         open_readers = {self.readers[self.processes.index(p)]: self.processes.index(p) for p in self.started}
         while open_readers:
-            for reader in wait(list(open_readers), timeout=LIVENESS_INTERVAL):
+            for reader in _ready(list(open_readers), LIVENESS_INTERVAL):
                 share = open_readers[reader]
                 try:
                     kind, payload = reader.recv()
@@ -229,7 +219,7 @@ class _Senders:
         """Wait for the senders to end, reading what they still write so none blocks on a full pipe."""
         pending = [self.readers[self.processes.index(p)] for p in self.started]
         while pending:
-            for reader in wait(pending, timeout=LIVENESS_INTERVAL):
+            for reader in _ready(pending, LIVENESS_INTERVAL):
                 try:
                     reader.recv()
                 except (EOFError, OSError):
@@ -238,6 +228,12 @@ class _Senders:
             process.join()
         for reader in self.readers:
             reader.close()
+
+
+def _ready(readers: list[Connection], timeout: float) -> list[Connection]:
+    """Those of ``readers`` with something to read (or at EOF), after at most ``timeout`` seconds."""
+    ready = wait(readers, timeout=timeout)
+    return [reader for reader in readers if reader in ready]
 
 
 @contextmanager
@@ -298,7 +294,8 @@ def _sender_main(
     _die_with(parent)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` shows where a stuck sender is
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; see the module's docstring
-    reason, tally = "", {}
+    reason = ""
+    tally: dict[str, int] = {}
     try:
         db = open_db(config.paths.state)
         transport = open_transport(config)

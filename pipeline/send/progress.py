@@ -7,7 +7,7 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from pipeline.send.campaign import Outcome
+from pipeline.send.delivery import Outcome
 
 
 class ProgressBar:
