@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.errors import DeliveryUnknown, Rejected, TemporaryFailure, TransportError, TransportUnavailable
@@ -298,12 +299,13 @@ class SesTransport(Transport):
     def max_rate(self) -> float | None:
         from botocore.exceptions import ClientError
 
-        for call in (
+        readers: tuple[Callable[[], Any], ...] = (
             lambda: self._client.get_account()["SendQuota"]["MaxSendRate"],
             lambda: self._v1.get_send_quota()["MaxSendRate"],
-        ):
+        )
+        for read in readers:
             try:
-                return float(call())
+                return float(read())
             except ClientError as error:
                 status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
                 if status in (401, 403):
