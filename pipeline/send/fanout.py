@@ -21,6 +21,7 @@ import ctypes
 import faulthandler
 import math
 import multiprocessing
+import multiprocessing.resource_tracker
 import os
 import signal
 import sqlite3
@@ -153,12 +154,16 @@ class _Senders:
         self._asked: set[int] = set()
 
     def start(self) -> None:
+        # The first spawn would start multiprocessing's resource tracker, and launching it unblocks
+        # SIGINT and SIGTERM (SIG_UNBLOCK, not the mask it found): inside _sigint_held_back() that
+        # would let the first sender start with SIGINT deliverable. Started here, it is not started again.
+        multiprocessing.resource_tracker.ensure_running()
         for number, process in enumerate(self.processes, start=1):
             if self.stopping:  # Ctrl-C while starting: the rest need not start at all
                 self.reasons[number - 1] = "interrupted"
                 continue
             try:
-                with _sigint_ignored_by_children():
+                with _sigint_held_back():
                     process.start()
             except OSError as error:
                 self.stop()
@@ -167,6 +172,11 @@ class _Senders:
                 ) from None
             self._writers[number - 1].close()  # ours; the sender has its own copy: EOF when it ends
             self.started.append(process)
+            if self.stopping:
+                # The stop came while this one started (a Ctrl-C held back runs our handler as soon as
+                # it is let through; a SIGTERM at any point of process.start()), when stop() did not
+                # count it as started yet: it would send its whole share. Ask it now.
+                self.stop()
 
     def stop(self) -> None:
         """Ask every sender still at work, once, to finish what it has in flight and stop."""
@@ -237,19 +247,22 @@ def _ready(readers: list[Connection], timeout: float) -> list[Connection]:
 
 
 @contextmanager
-def _sigint_ignored_by_children() -> Iterator[None]:
-    """A process starts with the SIGINT disposition it inherits when that is "ignore", and keeps it:
-    so the terminal's Ctrl-C never interrupts a sender, not even while it starts up (this process
-    relays it as a SIGTERM). Blocked meanwhile here, so a Ctrl-C in between waits for our handler."""
+def _sigint_held_back() -> Iterator[None]:
+    """SIGINT blocked while a sender starts: a process inherits the signal mask across fork and exec,
+    so the terminal's Ctrl-C cannot interrupt the sender while it starts up (it ignores SIGINT before
+    unblocking it; this process relays the Ctrl-C as a SIGTERM). Here a Ctrl-C in between stays
+    pending and reaches our handler when the block ends.
+
+    Only blocked, never ignored here: with the disposition "ignore", a Ctrl-C that found SIGINT
+    unblocked meanwhile (multiprocessing's resource tracker unblocks it when it starts) was discarded
+    by the kernel, and the campaign ran to its end."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
@@ -291,9 +304,12 @@ def _sender_main(
     parent: int,
     pipe: Connection,
 ) -> None:
+    # The parent decides; see the module's docstring. We started with SIGINT blocked (_sigint_held_back):
+    # ignoring it drops a Ctrl-C already pending, and only then may it be unblocked.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _die_with(parent)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` shows where a stuck sender is
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; see the module's docstring
     reason = ""
     tally: dict[str, int] = {}
     try:
