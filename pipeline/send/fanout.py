@@ -149,9 +149,15 @@ class _Senders:
                 )
             )
         self.started: list[Any] = []
-        self.stopping = False
+        self._stopping = False
         self.reasons: dict[int, str] = {}
         self._asked: set[int] = set()
+
+    def stopping(self) -> bool:
+        """A stop was asked for, perhaps by a signal handler that ran between two lines of ours
+        (a method, not an attribute, so no reader assumes it unchanged since its last look; a plain
+        flag, not an Event, because a signal handler sets it)."""
+        return self._stopping
 
     def start(self) -> None:
         # The first spawn would start multiprocessing's resource tracker, and launching it unblocks
@@ -159,7 +165,7 @@ class _Senders:
         # would let the first sender start with SIGINT deliverable. Started here, it is not started again.
         multiprocessing.resource_tracker.ensure_running()
         for number, process in enumerate(self.processes, start=1):
-            if self.stopping:  # Ctrl-C while starting: the rest need not start at all
+            if self.stopping():  # Ctrl-C while starting: the rest need not start at all
                 self.reasons[number - 1] = "interrupted"
                 continue
             try:
@@ -172,7 +178,7 @@ class _Senders:
                 ) from None
             self._writers[number - 1].close()  # ours; the sender has its own copy: EOF when it ends
             self.started.append(process)
-            if self.stopping:
+            if self.stopping():
                 # The stop came while this one started (a Ctrl-C held back runs our handler as soon as
                 # it is let through; a SIGTERM at any point of process.start()), when stop() did not
                 # count it as started yet: it would send its whole share. Ask it now.
@@ -180,7 +186,7 @@ class _Senders:
 
     def stop(self) -> None:
         """Ask every sender still at work, once, to finish what it has in flight and stop."""
-        self.stopping = True
+        self._stopping = True
         for share, process in enumerate(self.processes):
             if process in self.started and share not in self.reasons and process.pid not in self._asked:
                 self._asked.add(process.pid)
