@@ -17,29 +17,22 @@ never used.
 from __future__ import annotations
 
 import functools
-import os
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import playwright.sync_api as sync_api
 import pytest
-
-CHROMIUM = Path("/usr/bin/chromium")
-if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-    pytest.skip(
-        f"{CHROMIUM} not found: install Debian's chromium package (apt-get install chromium)",
-        allow_module_level=True,
-    )
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="Python Playwright is not installed (pip install -e '.[test]')"
-)
 
 from pipeline.config import load_config
 from pipeline.issue.build import Build, build_issue
 from pipeline.issue.markdown import Link
 from pipeline.issue.source import available_numbers
 
+from .support.browser import CHROMIUM, require_chromium
+
+require_chromium()  # the one thing a clone may lack (apt, not pip): skip, saying how to get it
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]

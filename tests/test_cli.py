@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from .conftest import Newsletter
-
-NEWSLETTER = Path(sys.executable).with_name("newsletter")
+from .support.cli import clean_env, run_cli
 
 
 def run(newsletter: Newsletter, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "NEWSLETTER_CONFIG"}
-    return subprocess.run(
-        [str(NEWSLETTER), *args], cwd=newsletter.root, env=env, capture_output=True, text=True, timeout=60
-    )
+    return run_cli(newsletter.root, *args, timeout=60)
 
 
 def test_build_writes_three_files_and_prints_sizes(newsletter: Newsletter) -> None:
@@ -93,10 +87,8 @@ def test_bad_input_is_one_line_and_nonzero(newsletter: Newsletter, setup, args, 
 
 def test_config_from_environment(newsletter: Newsletter, tmp_path: Path) -> None:
     newsletter.write_issue(3)
-    env = dict(os.environ, NEWSLETTER_CONFIG=str(newsletter.config_path))
-    result = subprocess.run(
-        [str(NEWSLETTER), "build", "3"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    env = clean_env({"NEWSLETTER_CONFIG": str(newsletter.config_path)})
+    result = run_cli(tmp_path, "build", "3", env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert (newsletter.root / "build" / "3" / "email.html").exists()
 

@@ -9,7 +9,6 @@ what a path answers (``server.overrides``) to make an archived link break.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import shlex
 import socket
@@ -34,6 +33,7 @@ from pipeline.config import LinkSettings
 from pipeline.db import DB_NAME, open_db
 
 from .conftest import Newsletter
+from .support.cli import run_cli
 
 NEWSLETTER = Path(sys.executable).with_name("newsletter")
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -454,16 +454,7 @@ def test_a_transient_failure_is_not_cached(server: LinkServer, tmp_path: Path) -
 
 def run_script(newsletter: Newsletter, *args: str) -> subprocess.CompletedProcess[str]:
     """The real console script, as the editor runs it."""
-    env = {k: v for k, v in os.environ.items() if k != "NEWSLETTER_CONFIG"}
-    return subprocess.run(
-        [str(NEWSLETTER), *args],
-        cwd=newsletter.root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(newsletter.root, *args, timeout=60)
 
 
 @pytest.fixture

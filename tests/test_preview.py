@@ -18,6 +18,7 @@ from pipeline.config import load_config
 from pipeline.preview import PreviewServer, Snapshot, render_page
 
 from .conftest import REPO
+from .support.browser import CHROMIUM, require_chromium
 
 DEADLINE = 10.0
 """Seconds a rebuild may take to show up; a generous ceiling, the poll returns as soon as it does."""
@@ -204,10 +205,10 @@ def test_cli_prints_the_url_and_exits_cleanly_on_ctrl_c(letter: Path) -> None:
 
 @pytest.mark.browser
 def test_the_page_reloads_itself_in_a_browser(server: PreviewServer, letter: Path) -> None:
-    chromium = Path("/usr/bin/chromium")
-    if not chromium.is_file():
-        pytest.skip(f"{chromium} not found: install Debian's chromium package")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    import playwright.sync_api as sync_api  # a declared test dependency: missing is a failure
+
+    require_chromium()
+    chromium = CHROMIUM
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"]

@@ -11,7 +11,6 @@ import email
 import email.policy
 import itertools
 import json
-import os
 import re
 import socket
 import sqlite3
@@ -38,6 +37,7 @@ from pipeline.issue.build import build_issue
 from pipeline.send.message import MessageTemplate, Recipient
 
 from .conftest import Newsletter
+from .support.cli import clean_env, run_cli
 
 NEWSLETTER = Path(sys.executable).with_name("newsletter")
 # aiosmtpd's auth_require_tls only knows STARTTLS; with implicit TLS it must be off, and it warns.
@@ -316,25 +316,15 @@ def run(
     cert: Certificate | None = None,
     password: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("NEWSLETTER_CONFIG", "SSL_CERT_FILE", "SSL_CERT_DIR", PASSWORD_ENV)
-    }
-    env["NEWSLETTER_SECRET"] = SECRET
-    if cert is not None:
-        env["SSL_CERT_FILE"] = str(cert.ca)
-    if password is not None:
-        env[PASSWORD_ENV] = password
-    return subprocess.run(
-        [str(NEWSLETTER), *args],
-        cwd=newsletter.root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    env = clean_env(
+        {
+            "NEWSLETTER_SECRET": SECRET,
+            "SSL_CERT_FILE": str(cert.ca) if cert else None,
+            PASSWORD_ENV: password,
+        },
+        drop=("SSL_CERT_DIR",),
     )
+    return run_cli(newsletter.root, *args, env=env)
 
 
 @dataclass
