@@ -72,6 +72,8 @@ The second issue opens here.
 Nothing new under the sun.
 """
 
+pytestmark = pytest.mark.slow  # the console script and real git repositories
+
 
 # --- helpers ---------------------------------------------------------------------------------
 

@@ -33,7 +33,11 @@ from pipeline.issue.source import available_numbers
 from .support.browser import CHROMIUM, require_chromium
 
 require_chromium()  # the one thing a clone may lack (apt, not pip): skip, saying how to get it
-pytestmark = pytest.mark.browser
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("chromium"),
+]  # one chromium per run
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = load_config(REPO / "newsletter.toml")

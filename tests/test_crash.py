@@ -46,6 +46,8 @@ MESSAGE_FILE = re.compile(
 )
 DEADLINE = 60.0  # the longest any one wait may take before the test fails instead of hanging
 
+pytestmark = pytest.mark.slow  # every test runs real campaigns through the console script
+
 
 # --- Running the console script --------------------------------------------------------------------
 

@@ -63,6 +63,8 @@ FAST = 2000.0  # messages a second, when nothing needs to be interrupted
 SLOW = 300.0  # slow enough to interrupt part-way: 2,000 subscribers take about 6.5 s
 GONE_WITHIN = 5.0  # seconds in which every process of a stopped send must be gone
 
+pytestmark = pytest.mark.slow  # real multi-process campaigns through the console script
+
 
 # --- Processes, as /proc shows them -------------------------------------------------------------------
 

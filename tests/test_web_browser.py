@@ -26,7 +26,11 @@ from .support.browser import CHROMIUM, require_chromium
 from .test_web import link_in, list_unsubscribe, running_site, send_issue_one
 
 require_chromium()  # the one thing a clone may lack (apt, not pip): skip, saying how to get it
-pytestmark = pytest.mark.browser
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("chromium"),
+]  # one chromium per run
 
 LAUNCH_ARGS = [
     "--no-sandbox",
