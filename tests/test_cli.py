@@ -15,6 +15,7 @@ def run(newsletter: Newsletter, *args: str) -> subprocess.CompletedProcess[str]:
     return run_cli(newsletter.root, *args, timeout=60)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_build_writes_three_files_and_prints_sizes(newsletter: Newsletter) -> None:
     newsletter.write_issue(3, "Hello [there](https://example.org/).\n")
     result = run(newsletter, "build", "3")
@@ -25,6 +26,7 @@ def test_build_writes_three_files_and_prints_sizes(newsletter: Newsletter) -> No
     assert "of the 102,000-byte budget" in result.stdout
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_check_passes_a_good_issue(newsletter: Newsletter) -> None:
     newsletter.write_issue(3, "Hello [there](https://example.org/).\n")
     result = run(newsletter, "check", "3")
@@ -32,6 +34,7 @@ def test_check_passes_a_good_issue(newsletter: Newsletter) -> None:
     assert "issues/3.md: 1 links, 0 error(s), 0 warning(s): ready to send" in result.stdout
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_check_fails_listing_each_problem_with_its_line(newsletter: Newsletter) -> None:
     newsletter.write_issue(
         3,
@@ -49,6 +52,7 @@ def test_check_fails_listing_each_problem_with_its_line(newsletter: Newsletter) 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # the console script in a subprocess
 @pytest.mark.parametrize(
     ("setup", "args", "expected"),
     [
@@ -85,6 +89,7 @@ def test_bad_input_is_one_line_and_nonzero(newsletter: Newsletter, setup, args, 
     assert not (newsletter.root / "build").exists()
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_config_from_environment(newsletter: Newsletter, tmp_path: Path) -> None:
     newsletter.write_issue(3)
     env = clean_env({"NEWSLETTER_CONFIG": str(newsletter.config_path)})
@@ -93,6 +98,7 @@ def test_config_from_environment(newsletter: Newsletter, tmp_path: Path) -> None
     assert (newsletter.root / "build" / "3" / "email.html").exists()
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_not_a_number(newsletter: Newsletter) -> None:
     result = run(newsletter, "build", "latest")
     assert result.returncode == 2 and "'latest' is not a valid integer" in result.stderr

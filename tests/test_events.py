@@ -417,6 +417,7 @@ def run(newsletter: Newsletter, *args: str, **env: str) -> subprocess.CompletedP
     return run_cli(newsletter.root, *args, env=cli_env(**env))
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_a_bounced_subscriber_is_not_sent_the_next_issue(newsletter: Newsletter) -> None:
     config = newsletter.config()
     db = open_db(config.paths.state)
@@ -665,11 +666,13 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_cli_pull_without_a_queue_url_fails_in_one_line(newsletter: Newsletter) -> None:
     line = one_line_error(run(newsletter, "events", "pull", "--wait", "0"))
     assert line.startswith("error: ") and "events.queue_url is empty" in line
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_cli_pull_rejects_and_deletes_forgeries(
     newsletter: Newsletter, sqs_env: str, signer: Signer, server: CertServer
 ) -> None:
@@ -699,6 +702,7 @@ def test_cli_pull_rejects_and_deletes_forgeries(
     ]
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_cli_pull_from_a_missing_queue_fails_in_one_line(newsletter: Newsletter, sqs_env: str) -> None:
     configure_events(newsletter, f"{sqs_env}/123456789012/no-such-queue")
     line = one_line_error(run(newsletter, "events", "pull", "--wait", "0", AWS_ENDPOINT_URL_SQS=sqs_env))

@@ -509,6 +509,7 @@ ALL = ["ok", "moved", "temp", "missing", "error", "slow", "nohead", "loop", "hug
 FINE = ["ok", "moved", "temp", "nohead", "huge"]
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_check_fails_on_broken_links_and_passes_when_only_fine_ones_remain(
     server: LinkServer, newsletter: Newsletter, cli: Run
 ) -> None:
@@ -670,6 +671,7 @@ def test_send_offline_skips_the_link_check(server: LinkServer, newsletter: Newsl
 # --- links --archive -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_links_archive_suggests_errata_that_run_as_printed(
     server: LinkServer, newsletter: Newsletter, cli: Run
 ) -> None:
@@ -758,6 +760,7 @@ def test_a_link_to_a_section_of_the_issue_itself_passes_check(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow  # the console script in a subprocess
 @pytest.mark.parametrize("written", ["older.md", "/page-café"], ids=["relative", "non-ascii"])
 def test_a_suggested_replace_runs_for_links_written_differently(
     server: LinkServer, newsletter: Newsletter, cli: Run, written: str
@@ -788,6 +791,7 @@ def expire_link_cache(newsletter: Newsletter) -> None:
     db.close()
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_an_erratum_once_announced_is_not_suggested_again(
     server: LinkServer, newsletter: Newsletter, cli: Run
 ) -> None:

@@ -193,6 +193,7 @@ def test_the_page_escapes_what_it_shows(letter: Path) -> None:
     assert "&lt;img&gt; has no alt" in page
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_cli_prints_the_url_and_exits_cleanly_on_ctrl_c(letter: Path) -> None:
     command = [sys.executable, "-c", "from pipeline.cli import main; main()", "--config"]
     command += [str(letter / "newsletter.toml"), "preview", "1", "--port", "0"]

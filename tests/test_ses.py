@@ -187,6 +187,7 @@ FEW = [
 ]
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_campaign_straight_to_moto_hands_ses_exactly_our_bytes(newsletter: Newsletter, ses: Ses) -> None:
     newsletter.write_issue(1, ISSUE_BODY)
     configure_ses(newsletter, ses.endpoint)
@@ -290,6 +291,7 @@ def test_campaign_straight_to_moto_hands_ses_exactly_our_bytes(newsletter: Newsl
     assert len(boundaries) == 1  # one template built once for the whole campaign
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_test_copy_through_ses_does_not_touch_the_campaign(newsletter: Newsletter, ses: Ses) -> None:
     newsletter.write_issue(1, ISSUE_BODY)
     configure_ses(newsletter, ses.endpoint)
@@ -310,6 +312,7 @@ def test_test_copy_through_ses_does_not_touch_the_campaign(newsletter: Newslette
 # --- 3. A whole campaign through the real CLI ----------------------------------------------------
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_full_campaign_sends_each_active_subscriber_exactly_once(
     newsletter: Newsletter, ses: Ses, proxy: FaultProxy
 ) -> None:
@@ -373,6 +376,7 @@ def planned_failures(address: str) -> list[Fault]:
     return [fault] * (2 if n % 9 == 0 else 1 if n % 3 == 0 else 0)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_campaign_rides_out_throttling_and_server_errors(
     letter: Newsletter, ses: Ses, proxy: FaultProxy
 ) -> None:
@@ -402,6 +406,7 @@ def test_campaign_rides_out_throttling_and_server_errors(
     assert campaign_state(letter) == "done"
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_permanent_rejection_fails_one_recipient_and_the_rest_go_out(
     letter: Newsletter, ses: Ses, proxy: FaultProxy
 ) -> None:
@@ -424,6 +429,7 @@ def test_permanent_rejection_fails_one_recipient_and_the_rest_go_out(
     assert campaign_state(letter) == "done"
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_failures_pause_the_campaign_and_send_resumes_it(
     letter: Newsletter, ses: Ses, proxy: FaultProxy
 ) -> None:
@@ -518,6 +524,7 @@ def test_ses_errors_are_translated(
 CAMPAIGN_AND_TEST_COPY = (("send", "1", "--yes"), ("send", "1", "--to", "ada@example.org"))
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_unreachable_endpoint_is_one_line_and_nothing_is_recorded(newsletter: Newsletter, ses: Ses) -> None:
     newsletter.write_issue(1, ISSUE_BODY)
     import_subscribers(newsletter, FEW)
@@ -535,6 +542,7 @@ def test_unreachable_endpoint_is_one_line_and_nothing_is_recorded(newsletter: Ne
     assert campaign_of(newsletter) is None  # no campaign, no ledger
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_missing_or_short_secret_with_ses_is_refused(newsletter: Newsletter, ses: Ses) -> None:
     newsletter.write_issue(1, ISSUE_BODY)
     import_subscribers(newsletter, FEW)
@@ -553,6 +561,7 @@ def test_missing_or_short_secret_with_ses_is_refused(newsletter: Newsletter, ses
     assert campaign_of(newsletter) is None
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_send_to_a_bad_address_is_a_clear_error(newsletter: Newsletter, ses: Ses) -> None:
     newsletter.write_issue(1, ISSUE_BODY)
     configure_ses(newsletter, ses.endpoint)
@@ -604,6 +613,7 @@ def test_rate_is_the_lower_of_config_and_account(newsletter: Newsletter, ses: Se
 # --- Regressions: bugs these tests found ---------------------------------------------------------
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_unverified_sender_stops_the_campaign_without_failing_recipients(
     letter: Newsletter, ses: Ses, proxy: FaultProxy
 ) -> None:
@@ -624,6 +634,7 @@ def test_unverified_sender_stops_the_campaign_without_failing_recipients(
     assert_each_active_got_exactly_one(ses)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_a_non_ascii_address_does_not_crash_the_campaign(
     newsletter: Newsletter, ses: Ses, proxy: FaultProxy
 ) -> None:

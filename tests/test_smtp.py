@@ -428,6 +428,7 @@ def issue(newsletter: Newsletter) -> Newsletter:
 # --- 1. A whole campaign over plain SMTP ---------------------------------------------------
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_campaign_delivers_one_complete_message_per_active_subscriber(issue: Newsletter, smtp_server) -> None:  # type: ignore[no-untyped-def]
     server = smtp_server()
     use_smtp(issue, server.port, "none")
@@ -531,6 +532,7 @@ def tls_server(smtp_server, certificate: Certificate, security: str) -> Server: 
     )
 
 
+@pytest.mark.slow  # the console script in a subprocess
 @pytest.mark.parametrize("security", ["starttls", "tls"])
 def test_tls_with_login_delivers(
     issue: Newsletter, smtp_server, certificate: Certificate, security: str
@@ -548,6 +550,7 @@ def test_tls_with_login_delivers(
     assert server.handler.logins and all(ok and tls for _, ok, tls in server.handler.logins)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 @pytest.mark.parametrize("security", ["starttls", "tls"])
 def test_wrong_password_stops_before_sending(
     issue: Newsletter, smtp_server, certificate: Certificate, security: str
@@ -568,6 +571,7 @@ def test_wrong_password_stops_before_sending(
     assert_not_sent(issue)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_username_without_password_names_the_variable(
     issue: Newsletter, smtp_server, certificate: Certificate
 ) -> None:  # type: ignore[no-untyped-def]
@@ -583,6 +587,7 @@ def test_username_without_password_names_the_variable(
     assert_not_sent(issue)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 @pytest.mark.parametrize("security", ["starttls", "tls"])
 def test_untrusted_certificate_is_refused(
     issue: Newsletter, smtp_server, certificate: Certificate, security: str
@@ -600,6 +605,7 @@ def test_untrusted_certificate_is_refused(
     assert_not_sent(issue)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_starttls_required_but_not_offered(issue: Newsletter, smtp_server) -> None:  # type: ignore[no-untyped-def]
     server = smtp_server()  # plain server, no STARTTLS
     use_smtp(issue, server.port, "starttls")
@@ -613,6 +619,7 @@ def test_starttls_required_but_not_offered(issue: Newsletter, smtp_server) -> No
     assert_not_sent(issue)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_login_configured_but_auth_not_offered(
     issue: Newsletter, smtp_server, certificate: Certificate
 ) -> None:  # type: ignore[no-untyped-def]
@@ -657,6 +664,7 @@ class PickyServer(Recorder):
         return "250 2.1.5 OK"
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_recipient_refusals_are_recorded_and_temporary_ones_retried(issue: Newsletter, smtp_server) -> None:  # type: ignore[no-untyped-def]
     server = smtp_server(PickyServer())
     use_smtp(issue, server.port, "none")
@@ -693,6 +701,7 @@ class SenderRefusingServer(Recorder):
         return "553 5.7.1 sender not allowed"
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_refused_sender_pauses_the_campaign_with_nobody_marked(issue: Newsletter, smtp_server) -> None:  # type: ignore[no-untyped-def]
     server = smtp_server(SenderRefusingServer())
     use_smtp(issue, server.port, "none")
@@ -716,6 +725,7 @@ def test_refused_sender_pauses_the_campaign_with_nobody_marked(issue: Newsletter
 # --- 4. No server, and test sends -------------------------------------------------------------
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_unreachable_server_is_one_line_and_sends_nothing(issue: Newsletter) -> None:
     port = free_port()  # nothing listens there
     use_smtp(issue, port, "none")
@@ -728,6 +738,7 @@ def test_unreachable_server_is_one_line_and_sends_nothing(issue: Newsletter) -> 
     assert_not_sent(issue)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_test_send_arrives_and_leaves_the_ledger_alone(issue: Newsletter, smtp_server) -> None:  # type: ignore[no-untyped-def]
     server = smtp_server()
     use_smtp(issue, server.port, "none")
@@ -781,6 +792,7 @@ class DroppingServer(Recorder):
         return await super().handle_DATA(server, session, envelope)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 @pytest.mark.parametrize("reply", [True, False], ids=["421-then-close", "silent-close"])
 def test_dropped_connections_are_reopened_without_duplicates(
     issue: Newsletter, smtp_server, reply: bool
@@ -804,6 +816,7 @@ def test_dropped_connections_are_reopened_without_duplicates(
     assert max(attempts) <= 2
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_dropped_connections_with_two_attempts_resume_without_duplicates(
     issue: Newsletter, smtp_server
 ) -> None:  # type: ignore[no-untyped-def]

@@ -669,6 +669,7 @@ def list_unsubscribe(message: EmailMessage) -> str:
     return https[0]
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_one_click_from_a_real_campaign_message(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     for address in ("one@example.org", "two@example.org", "three@example.org"):
         add(site.db(), address, status="active")
@@ -996,6 +997,7 @@ def cli(newsletter: Newsletter, *args: str) -> tuple[list[str], dict[str, str]]:
     return [str(NEWSLETTER), "--config", str(newsletter.config_path), *args], env
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_cli_serve_on_a_taken_port_exits_with_one_line(newsletter: Newsletter, taken_port: int) -> None:
     command, env = cli(newsletter, "serve", "--port", str(taken_port))
     result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=60)
@@ -1007,6 +1009,7 @@ def test_cli_serve_on_a_taken_port_exits_with_one_line(newsletter: Newsletter, t
     assert result.stderr.strip().splitlines() == [expected]
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_cli_serve_answers_and_stops_cleanly_on_ctrl_c(newsletter: Newsletter) -> None:
     import signal
 
