@@ -768,10 +768,14 @@ def test_second_ctrl_c_while_another_writer_holds_the_database_stops_cleanly(new
         time.sleep(0.3)
         sender.send_signal(signal.SIGINT)  # the editor presses Ctrl-C while the sender waits for the database
         time.sleep(0.1)
-        other.execute("COMMIT")
+        # Read while the lock is still ours: nobody can commit in between, so the sender's next commit,
+        # however soon after ours, changes it (read after COMMIT, a quick one was missed and this hung).
         version = other.execute("PRAGMA data_version").fetchone()[0]
+        other.execute("COMMIT")
         wait_for(
-            lambda: other.execute("PRAGMA data_version").fetchone()[0] != version, "the sender's next commit"
+            lambda: other.execute("PRAGMA data_version").fetchone()[0] != version,
+            "the sender's next commit",
+            sender,
         )
         other.execute("BEGIN IMMEDIATE")  # the other writer again
         time.sleep(0.3)

@@ -147,8 +147,9 @@ def test_a_config_change_reloads_the_config(server: PreviewServer, letter: Path)
     assert 'class="error"' in page and "over the budget of 1,000" in page  # check's problem, listed
 
     edit(config, "max_html_bytes = 1000", "max_html_bytes = 'many'")
-    wait_for(lambda: "<iframe" not in fetch(server, "/")[1])
-    assert "newsletter.toml: check.max_html_bytes" in fetch(server, "/")[1]  # the config error, shown
+    # Wait for the error itself: a save caught half-written shows another config error for a moment.
+    wait_for(lambda: "newsletter.toml: check.max_html_bytes" in fetch(server, "/")[1])  # the config error
+    assert "<iframe" not in fetch(server, "/")[1]  # shown instead of the issue
     edit(config, "max_html_bytes = 'many'", "max_html_bytes = 102000")
     wait_for(lambda: "of the 102,000-byte budget" in fetch(server, "/")[1])
 
