@@ -7,7 +7,7 @@ ISSUE ?= 1
 
 .DEFAULT_GOAL := help
 CSV ?= subscribers.sample.csv
-.PHONY: lint lock help demo build check preview send status config subscribers serve events archive links links-archive errata test golden bench bench-send clean
+.PHONY: lint lock help demo build check preview send status config subscribers serve events archive links links-archive errata test test-fast golden bench bench-send clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,8 +65,11 @@ errata: $(READY) ## Record a correction to sent issue ISSUE: make errata ISSUE=1
 	@test -n "$(TEXT)" || { echo 'usage: make errata ISSUE=N TEXT="the correction"'; exit 2; }
 	$(BIN)/newsletter errata add $(ISSUE) --text "$(TEXT)"
 
-test: $(READY) ## Run the whole test suite
+test: $(READY) ## Run the whole test suite (2 workers; browser, corpus and real-server tests included)
 	$(BIN)/python -m pytest
+
+test-fast: $(READY) ## The edit loop: everything but the slow end-to-end, browser and corpus tests (~1 min)
+	$(BIN)/python -m pytest -m "not slow and not browser and not corpus"
 
 lint: $(READY) ## Formatting, lint rules, types (mypy --strict) and the import layers contract
 	$(BIN)/ruff format --check pipeline tests bench

@@ -23,6 +23,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 from .conftest import Newsletter
+from .support.cli import clean_env, run_cli
 
 NEWSLETTER = Path(sys.executable).with_name("newsletter")
 ATOM = "{http://www.w3.org/2005/Atom}"
@@ -71,6 +72,8 @@ The second issue opens here.
 Nothing new under the sun.
 """
 
+pytestmark = pytest.mark.slow  # the console script and real git repositories
+
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -79,22 +82,12 @@ def cli_env(newsletter: Newsletter) -> dict[str, str]:
     """The editor's environment, minus any git configuration of this machine (HOME is an empty folder)."""
     home = newsletter.root.parent / "home"
     home.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "NEWSLETTER_CONFIG"}
-    env.update(HOME=str(home), NEWSLETTER_SECRET="test-secret-0123456789abcdef")
-    return env
+    return clean_env({"HOME": str(home), "NEWSLETTER_SECRET": "test-secret-0123456789abcdef"})
 
 
 def run(newsletter: Newsletter, *args: str) -> subprocess.CompletedProcess[str]:
     """The console script as the editor runs it, in the newsletter's folder."""
-    return subprocess.run(
-        [str(NEWSLETTER), *args],
-        cwd=newsletter.root,
-        env=cli_env(newsletter),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(newsletter.root, *args, env=cli_env(newsletter))
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

@@ -17,32 +17,28 @@ never used.
 from __future__ import annotations
 
 import functools
-import os
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import playwright.sync_api as sync_api
 import pytest
-
-from .conftest import Newsletter
-
-CHROMIUM = Path("/usr/bin/chromium")
-if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-    pytest.skip(
-        f"{CHROMIUM} not found: install Debian's chromium package (apt-get install chromium)",
-        allow_module_level=True,
-    )
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="Python Playwright is not installed (pip install -e '.[test]')"
-)
 
 from pipeline.config import load_config
 from pipeline.issue.build import Build, build_issue
 from pipeline.issue.markdown import Link
 from pipeline.issue.source import available_numbers
 
-pytestmark = pytest.mark.browser
+from .support.browser import CHROMIUM, require_chromium
+from .support.newsletter import Newsletter
+
+require_chromium()  # the one thing a clone may lack (apt, not pip): skip, saying how to get it
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("chromium"),
+]  # one chromium per run
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = load_config(REPO / "newsletter.toml")

@@ -6,7 +6,6 @@ import email
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Callable
 from email import policy
 
 import pytest
@@ -25,38 +24,9 @@ from pipeline.send.runner import CampaignRunner, SilentReporter
 from pipeline.send.transports.base import Envelope
 
 from .conftest import Newsletter
+from .support.fakes import FakeTransport, accept
 
 SECRET = b"test-secret-0123456789"
-
-
-class FakeTransport:
-    def __init__(
-        self, send: Callable[[Envelope], str], name: str = "fake", delivered: bool | None = None
-    ) -> None:
-        self._send = send
-        self.name = name
-        self.delivered = delivered
-        self.received: list[Envelope] = []
-        self._lock = threading.Lock()
-
-    def send(self, envelope: Envelope) -> str:
-        provider_id = self._send(envelope)
-        with self._lock:
-            self.received.append(envelope)
-        return provider_id
-
-    def max_rate(self) -> float | None:
-        return None
-
-    def was_delivered(self, key: str) -> bool | None:
-        return self.delivered
-
-    def close(self) -> None:
-        pass
-
-
-def accept(envelope: Envelope) -> str:
-    return f"id-{envelope.recipient}"
 
 
 @pytest.fixture
@@ -221,7 +191,7 @@ def test_unknown_after_a_crash(setup, delivered, resend, expected_sent_again) ->
 def test_changed_content_is_refused_unless_allowed(setup) -> None:  # type: ignore[no-untyped-def]
     _config, _rendered, db = setup
     prepare_campaign(db, 1, "an-older-hash", FakeTransport(accept))
-    with pytest.raises(CampaignError, match="changed since its campaign started.*--allow-changed"):
+    with pytest.raises(CampaignError, match=r"changed since its campaign started.*--allow-changed"):
         run(setup, FakeTransport(accept))
     transport = FakeTransport(accept)
     _, summary = run(setup, transport, allow_changed=True)

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from .conftest import Newsletter
-
-NEWSLETTER = Path(sys.executable).with_name("newsletter")
+from .support.cli import clean_env, run_cli
 
 
 def run(newsletter: Newsletter, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "NEWSLETTER_CONFIG"}
-    return subprocess.run(
-        [str(NEWSLETTER), *args], cwd=newsletter.root, env=env, capture_output=True, text=True, timeout=60
-    )
+    return run_cli(newsletter.root, *args, timeout=60)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_build_writes_three_files_and_prints_sizes(newsletter: Newsletter) -> None:
     newsletter.write_issue(3, "Hello [there](https://example.org/).\n")
     result = run(newsletter, "build", "3")
@@ -31,6 +26,7 @@ def test_build_writes_three_files_and_prints_sizes(newsletter: Newsletter) -> No
     assert "of the 102,000-byte budget" in result.stdout
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_check_passes_a_good_issue(newsletter: Newsletter) -> None:
     newsletter.write_issue(3, "Hello [there](https://example.org/).\n")
     result = run(newsletter, "check", "3")
@@ -38,6 +34,7 @@ def test_check_passes_a_good_issue(newsletter: Newsletter) -> None:
     assert "issues/3.md: 1 links, 0 error(s), 0 warning(s): ready to send" in result.stdout
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_check_fails_listing_each_problem_with_its_line(newsletter: Newsletter) -> None:
     newsletter.write_issue(
         3,
@@ -55,6 +52,7 @@ def test_check_fails_listing_each_problem_with_its_line(newsletter: Newsletter) 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # the console script in a subprocess
 @pytest.mark.parametrize(
     ("setup", "args", "expected"),
     [
@@ -91,16 +89,16 @@ def test_bad_input_is_one_line_and_nonzero(newsletter: Newsletter, setup, args, 
     assert not (newsletter.root / "build").exists()
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_config_from_environment(newsletter: Newsletter, tmp_path: Path) -> None:
     newsletter.write_issue(3)
-    env = dict(os.environ, NEWSLETTER_CONFIG=str(newsletter.config_path))
-    result = subprocess.run(
-        [str(NEWSLETTER), "build", "3"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    env = clean_env({"NEWSLETTER_CONFIG": str(newsletter.config_path)})
+    result = run_cli(tmp_path, "build", "3", env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert (newsletter.root / "build" / "3" / "email.html").exists()
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_not_a_number(newsletter: Newsletter) -> None:
     result = run(newsletter, "build", "latest")
     assert result.returncode == 2 and "'latest' is not a valid integer" in result.stderr

@@ -39,7 +39,7 @@ CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "thi
 if not CORPUS.is_dir():
     pytest.skip(f"corpus not found at {CORPUS} (it is shared/, beside the repo)", allow_module_level=True)
 
-pytestmark = pytest.mark.corpus
+pytestmark = [pytest.mark.corpus, pytest.mark.slow]
 
 FILES = sorted(p for p in CORPUS.iterdir() if p.is_file() and p.suffix in (".md", ".markdown"))
 MODES = ("as_written", "allow_html")

@@ -117,6 +117,7 @@ def errata_list(newsletter: Newsletter) -> list[str]:
 # --- the acceptance test ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_erratum_is_announced_once_and_corrects_the_archive(newsletter: Newsletter) -> None:
     config = newsletter.config()
     import_subscribers(newsletter, 2)
@@ -186,6 +187,7 @@ def test_erratum_is_announced_once_and_corrects_the_archive(newsletter: Newslett
 # --- an erratum recorded while an issue is being sent ------------------------------------------
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_erratum_recorded_while_an_issue_is_being_sent_goes_to_the_next_one(newsletter: Newsletter) -> None:
     config = newsletter.config()
     import_subscribers(newsletter, 6)
@@ -261,6 +263,7 @@ def test_erratum_recorded_while_an_issue_is_being_sent_goes_to_the_next_one(news
 # --- bad input -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_errata_add_refuses_bad_input_and_leaves_the_file_alone(newsletter: Newsletter) -> None:
     errata_file = newsletter.root / "issues" / "errata.yaml"
     write_issue(newsletter, 1)
@@ -295,6 +298,7 @@ ENTRY = "- id: {id}\n  issue: 1\n  recorded: 2026-11-03\n  text: Fine.\n"
 HEADER = "# Corrections to issues already sent.\n# you may edit entries by hand.\n"
 
 
+@pytest.mark.slow  # the console script in a subprocess
 @pytest.mark.parametrize(
     ("entries", "expected"),
     [
@@ -348,6 +352,7 @@ def test_hand_edited_errata_file_with_a_bad_entry_stops_the_build(
     assert not (newsletter.root / "build" / "2").exists()
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_hand_edited_errata_file_yaml_error_line_is_right(newsletter: Newsletter) -> None:
     """The reported line is the line that is wrong, in the file as the editor sees it."""
     write_issue(newsletter, 2)

@@ -7,10 +7,8 @@ import email
 import email.policy
 import json
 import logging
-import os
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -39,20 +37,8 @@ from .sns_support import (
     ses_bounce,
     ses_complaint,
 )
-
-moto_server_module = pytest.importorskip("moto.server")
-
-NEWSLETTER = Path(sys.executable).with_name("newsletter")
-REGION = "us-east-1"
-DUMMY_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-    # Never pick up a real profile, credentials file or instance role.
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
+from .support.aws import REGION, aws_cli_env
+from .support.cli import clean_env, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -425,23 +411,14 @@ def test_a_message_with_an_integer_json_cannot_read_is_ignored(db: sqlite3.Conne
 
 
 def cli_env(**changes: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "NEWSLETTER_CONFIG" and not k.startswith("AWS_")}
-    env.update(DUMMY_AWS, **changes)
-    return env
+    return aws_cli_env(clean_env()) | changes
 
 
 def run(newsletter: Newsletter, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(NEWSLETTER), *args],
-        cwd=newsletter.root,
-        env=cli_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(newsletter.root, *args, env=cli_env(**env))
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_a_bounced_subscriber_is_not_sent_the_next_issue(newsletter: Newsletter) -> None:
     config = newsletter.config()
     db = open_db(config.paths.state)
@@ -464,31 +441,6 @@ def test_a_bounced_subscriber_is_not_sent_the_next_issue(newsletter: Newsletter)
 # --- SQS through moto's server -------------------------------------------------------------------
 
 
-def _scrub_aws_env(patch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            patch.delenv(name)
-    for name, value in DUMMY_AWS.items():
-        patch.setenv(name, value)
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)
-    with pytest.MonkeyPatch.context() as patch:
-        _scrub_aws_env(patch)
-        server = moto_server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
-            werkzeug.setLevel(level)
-
-
 class Queue:
     def __init__(self, endpoint: str, visibility: int = 30) -> None:
         self.sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=REGION)
@@ -507,13 +459,6 @@ class Queue:
         names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
         found = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=names)["Attributes"]
         return sum(int(found[name]) for name in names)
-
-
-@pytest.fixture
-def sqs_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    _scrub_aws_env(monkeypatch)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", moto_endpoint)  # boto3 itself honours it
-    return moto_endpoint
 
 
 def configure_events(newsletter: Newsletter, queue_url: str, **settings: str) -> None:
@@ -757,11 +702,13 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_cli_pull_without_a_queue_url_fails_in_one_line(newsletter: Newsletter) -> None:
     line = one_line_error(run(newsletter, "events", "pull", "--wait", "0"))
     assert line.startswith("error: ") and "events.queue_url is empty" in line
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_cli_pull_rejects_and_deletes_forgeries(
     newsletter: Newsletter, sqs_env: str, signer: Signer, server: CertServer
 ) -> None:
@@ -791,6 +738,7 @@ def test_cli_pull_rejects_and_deletes_forgeries(
     ]
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_cli_pull_from_a_missing_queue_fails_in_one_line(newsletter: Newsletter, sqs_env: str) -> None:
     configure_events(newsletter, f"{sqs_env}/123456789012/no-such-queue")
     line = one_line_error(run(newsletter, "events", "pull", "--wait", "0", AWS_ENDPOINT_URL_SQS=sqs_env))

@@ -22,7 +22,6 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,12 +30,13 @@ from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.send.fanout import MAX_AUTO_PROCESSES, MIN_RECIPIENTS_PER_PROCESS, sender_processes
 
-from . import test_ses
 from .conftest import Newsletter
 from .fault_proxy import THROTTLED, THROTTLING, Call, Fault, FaultProxy
+from .support.cli import start_cli, wait_for
+from .support.ledger import state_path
+from .support.procs import holders, is_running, pending_signals
 from .test_crash import (
     DEADLINE,
-    NEWSLETTER,
     Roster,
     _env,
     assert_done,
@@ -58,16 +58,12 @@ from .test_crash import (
 )
 from .test_ses import ISSUE_BODY, Ses, cli_env, configure_ses, import_subscribers
 
-# test_ses.py's fixtures, under their names here so that pytest finds them: moto (one server for this
-# module), a reset moto with the sender verified, and the fault proxy in front of it.
-moto_endpoint = test_ses.moto_endpoint
-ses = test_ses.ses
-proxy = test_ses.proxy
-
 BIG_LIST = 2000
 FAST = 2000.0  # messages a second, when nothing needs to be interrupted
 SLOW = 300.0  # slow enough to interrupt part-way: 2,000 subscribers take about 6.5 s
 GONE_WITHIN = 5.0  # seconds in which every process of a stopped send must be gone
+
+pytestmark = pytest.mark.slow  # real multi-process campaigns through the console script
 
 
 # --- Processes, as /proc shows them -------------------------------------------------------------------
@@ -172,15 +168,7 @@ class Watch:
 
 
 def start(newsletter: Newsletter, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [str(NEWSLETTER), *args],
-        cwd=newsletter.root,
-        env=env or _env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return start_cli(newsletter.root, *args, env=env or _env(), new_session=True)
 
 
 def finish(process: subprocess.Popen[str], timeout: float = DEADLINE) -> tuple[str, str]:
@@ -211,19 +199,6 @@ def run_watched(
     return subprocess.CompletedProcess(args, process.returncode, out, err), watch
 
 
-def wait_until(
-    condition: Callable[[], bool], what: str, process: subprocess.Popen[str] | None = None
-) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if process is not None and process.poll() is not None:
-            out, err = process.communicate()
-            pytest.fail(f"the send ended (exit {process.returncode}) before {what}:\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {DEADLINE:.0f}s waiting for {what}")
-        time.sleep(0.002)
-
-
 def with_processes(newsletter: Newsletter, max_rate: float, processes: int = 2) -> None:
     new_issue(newsletter)
     set_table(newsletter, "send", max_rate=max_rate, concurrency=8, processes=processes)
@@ -240,7 +215,10 @@ def summary_line(text: str) -> str:
 
 
 def resume_exactly_once(newsletter: Newsletter, people: Roster, *, settled: int | None = None) -> None:
-    """``send 1`` again (two processes still) completes the campaign: every active subscriber one copy."""
+    """``send 1`` again (two processes still) completes the campaign: every active subscriber one copy.
+
+    At FAST: the interrupted run needed SLOW to be caught part-way; the rest need not take seconds."""
+    set_table(newsletter, "send", max_rate=FAST, concurrency=8, processes=2)
     read_some(newsletter)
     before = inodes(newsletter)
     resumed, watch = run_watched(newsletter, "send", "1")
@@ -319,9 +297,9 @@ def test_kill_9_of_the_parent_takes_the_senders_with_it_and_resume_sends_each_on
     total = len(people.active)
 
     sender = start(newsletter, "send", "1")
-    wait_until(lambda: len(senders_of(sender.pid)) == 2, "two sender processes", sender)
+    wait_for(lambda: len(senders_of(sender.pid)) == 2, "two sender processes", sender)
     children = senders_of(sender.pid)
-    wait_until(lambda: delivered_count(newsletter) >= 400, "400 messages", sender)
+    wait_for(lambda: delivered_count(newsletter) >= 400, "400 messages", sender)
     os.kill(sender.pid, signal.SIGKILL)
     killed_at = time.monotonic()
     assert_all_gone(sender.pid)
@@ -339,7 +317,12 @@ def test_kill_9_of_the_parent_takes_the_senders_with_it_and_resume_sends_each_on
         zip(shares(statuses["sent"]), shares(statuses["queued"]), strict=False)
     ):
         assert sent and queued, f"share {k}: {len(sent)} sent, {len(queued)} queued"
-    time.sleep(0.3)
+    # Not a pause and a look: prove nobody is left who could write. Every process of the session is
+    # gone (above), and no other process holds the ledger or the maildir's tmp/ open.
+    writers = holders(state_path(newsletter)) + holders(
+        state_path(newsletter).with_name(state_path(newsletter).name + "-wal")
+    )
+    assert not writers, f"processes still hold the ledger: {writers}"
     assert ledger(newsletter) == statuses, "something still wrote to the ledger after the senders were gone"
     assert set(messages(newsletter)) == delivered, "something still delivered after the senders were gone"
     in_flight = statuses["sending"]
@@ -375,8 +358,8 @@ def test_one_interrupt_pauses_cleanly_and_resume_sends_each_once(newsletter: New
     people = subscribe(newsletter, BIG_LIST)
     total = len(people.active)
     sender = start(newsletter, "send", "1")
-    wait_until(lambda: len(senders_of(sender.pid)) == 2, "two sender processes", sender)
-    wait_until(lambda: delivered_count(newsletter) >= 400, "400 messages", sender)
+    wait_for(lambda: len(senders_of(sender.pid)) == 2, "two sender processes", sender)
+    wait_for(lambda: delivered_count(newsletter) >= 400, "400 messages", sender)
 
     _interrupt(sender, how)
     interrupted_at = time.monotonic()
@@ -411,14 +394,13 @@ def test_ctrl_c_twice_stops_at_once_and_resume_sends_each_once(newsletter: Newsl
     people = subscribe(newsletter, BIG_LIST)
     total = len(people.active)
     sender = start(newsletter, "send", "1")
-    wait_until(lambda: len(senders_of(sender.pid)) == 2, "two sender processes", sender)
-    wait_until(lambda: delivered_count(newsletter) >= 400, "400 messages", sender)
+    wait_for(lambda: len(senders_of(sender.pid)) == 2, "two sender processes", sender)
+    wait_for(lambda: delivered_count(newsletter) >= 400, "400 messages", sender)
 
     os.killpg(sender.pid, signal.SIGINT)
-    # Long enough for the parent to have handled the first (two signals pending at once are one:
-    # it waits in poll(), so its handler runs within a millisecond or two), short of the clean pause,
-    # which with one pipe per sender can take as little as 0.15 s.
-    time.sleep(0.05)
+    # Two signals pending at once are one: wait until the parent has taken the first (it is no longer
+    # pending in /proc), then send the second at once, well short of the clean pause (>= 0.15 s).
+    wait_for(lambda: signal.SIGINT not in pending_signals(sender.pid), "the parent to take the first Ctrl-C")
     assert sender.poll() is None, "the send ended before the second Ctrl-C"
     os.killpg(sender.pid, signal.SIGINT)
     second_at = time.monotonic()
@@ -445,7 +427,7 @@ def test_interrupt_as_the_senders_start_is_a_clean_pause(newsletter: Newsletter,
     with_processes(newsletter, SLOW)
     people = subscribe(newsletter, 400)
     sender = start(newsletter, "send", "1")
-    wait_until(lambda: len(senders_of(sender.pid)) >= 1, "the first sender process", sender)
+    wait_for(lambda: len(senders_of(sender.pid)) >= 1, "the first sender process", sender)
 
     _interrupt(sender, how)
     out, err = finish(sender)
@@ -465,9 +447,9 @@ def test_interrupt_as_the_senders_start_is_a_clean_pause(newsletter: Newsletter,
 def kill_one_sender(newsletter: Newsletter) -> tuple[subprocess.Popen[str], str, str, float]:
     """Start ``send 1`` with two senders, kill -9 the younger one part-way; wait for the parent's end."""
     sender = start(newsletter, "send", "1")
-    wait_until(lambda: len(senders_of(sender.pid)) == 2, "two sender processes", sender)
+    wait_for(lambda: len(senders_of(sender.pid)) == 2, "two sender processes", sender)
     victim = senders_of(sender.pid)[-1]
-    wait_until(lambda: delivered_count(newsletter) >= 300, "300 messages", sender)
+    wait_for(lambda: delivered_count(newsletter) >= 300, "300 messages", sender)
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
     out, err = finish(sender)
@@ -912,8 +894,10 @@ def test_a_sender_that_has_reported_its_end_is_not_signalled() -> None:
         assert reasons == ["SES SendingPausedException: paused", "interrupted"]
         assert tally == {"fatal": 1, "sent": 3}
         assert other.exitcode == -signal.SIGTERM, "the sender still at work must be asked to stop"
-        time.sleep(0.1)
-        assert reporting.is_alive(), (
+        # No pause needed: collect() has returned, so any signal it sent was sent; a SIGTERM sent is
+        # either still pending in /proc or has already ended ``sleep`` (as it ended ``other``'s).
+        assert not pending_signals(reporting.pid) & {signal.SIGTERM, signal.SIGKILL}
+        assert is_running(reporting.pid) and reporting.is_alive(), (
             f"the sender that had reported its end was signalled (exit {reporting.exitcode})"
         )
     finally:

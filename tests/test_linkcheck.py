@@ -9,7 +9,6 @@ what a path answers (``server.overrides``) to make an archived link break.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import shlex
 import socket
@@ -34,6 +33,7 @@ from pipeline.config import LinkSettings
 from pipeline.db import DB_NAME, open_db
 
 from .conftest import Newsletter
+from .support.cli import run_cli
 
 NEWSLETTER = Path(sys.executable).with_name("newsletter")
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -454,16 +454,7 @@ def test_a_transient_failure_is_not_cached(server: LinkServer, tmp_path: Path) -
 
 def run_script(newsletter: Newsletter, *args: str) -> subprocess.CompletedProcess[str]:
     """The real console script, as the editor runs it."""
-    env = {k: v for k, v in os.environ.items() if k != "NEWSLETTER_CONFIG"}
-    return subprocess.run(
-        [str(NEWSLETTER), *args],
-        cwd=newsletter.root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(newsletter.root, *args, timeout=60)
 
 
 @pytest.fixture
@@ -518,6 +509,7 @@ ALL = ["ok", "moved", "temp", "missing", "error", "slow", "nohead", "loop", "hug
 FINE = ["ok", "moved", "temp", "nohead", "huge"]
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_check_fails_on_broken_links_and_passes_when_only_fine_ones_remain(
     server: LinkServer, newsletter: Newsletter, cli: Run
 ) -> None:
@@ -679,6 +671,7 @@ def test_send_offline_skips_the_link_check(server: LinkServer, newsletter: Newsl
 # --- links --archive -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_links_archive_suggests_errata_that_run_as_printed(
     server: LinkServer, newsletter: Newsletter, cli: Run
 ) -> None:
@@ -767,6 +760,7 @@ def test_a_link_to_a_section_of_the_issue_itself_passes_check(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow  # the console script in a subprocess
 @pytest.mark.parametrize("written", ["older.md", "/page-café"], ids=["relative", "non-ascii"])
 def test_a_suggested_replace_runs_for_links_written_differently(
     server: LinkServer, newsletter: Newsletter, cli: Run, written: str
@@ -797,6 +791,7 @@ def expire_link_cache(newsletter: Newsletter) -> None:
     db.close()
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_an_erratum_once_announced_is_not_suggested_again(
     server: LinkServer, newsletter: Newsletter, cli: Run
 ) -> None:

@@ -21,20 +21,15 @@ import dataclasses
 import datetime as dt
 import email
 import email.policy
-import logging
 import os
 import re
 import socket
 import sqlite3
 import subprocess
-import sys
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-import boto3
 import pytest
 
 from pipeline.audience.subscribers import import_csv
@@ -51,104 +46,16 @@ from pipeline.send.transports.ses import SesTransport, classify, ses_error
 
 from .conftest import Newsletter
 from .fault_proxy import INTERNAL, THROTTLED, THROTTLING, Call, Fault, FaultProxy, rejected
+from .support.aws import DUMMY_AWS, REGION, SENDER, Ses, aws_cli_env, scrub_aws_env
+from .support.cli import clean_env, run_cli
 
-moto_server_module = pytest.importorskip("moto.server")
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.ses.models import ses_backends
-
-NEWSLETTER = Path(sys.executable).with_name("newsletter")
-REGION = "us-east-1"
-SENDER = "editor@example.org"
 SECRET = "test-secret-0123456789abcdefghij"  # 32 characters, for tests only
 assert len(SECRET) == 32
-DUMMY_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-    # Never pick up a real profile, credentials file or instance role.
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 UNSUBSCRIBE_URL = re.compile(r"https://news\.example\.org/unsubscribe/(\d+)\.([A-Za-z0-9_-]{24})")
 ISSUE_BODY = "Hello [there](https://example.org/).\n\nA second paragraph, with ünïcödé and a € sign.\n"
 
 
 # --- Servers -------------------------------------------------------------------------------------
-
-
-def _scrub_aws_env(patch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            patch.delenv(name)
-    for name, value in DUMMY_AWS.items():
-        patch.setenv(name, value)
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)  # no line per request on stderr
-    with pytest.MonkeyPatch.context() as patch:
-        _scrub_aws_env(patch)
-        server = moto_server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            assert host == "127.0.0.1" and port != 0
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
-            werkzeug.setLevel(level)
-
-
-class Ses:
-    """The moto SES this test talks to, and what it was handed."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-
-    def reset(self, *, verify: bool = True) -> None:
-        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 200
-        if verify:
-            self.verify(SENDER)
-
-    def verify(self, address: str) -> None:
-        boto3.client("ses", endpoint_url=self.endpoint, region_name=REGION).verify_email_identity(
-            EmailAddress=address
-        )
-
-    def messages(self) -> list:  # list[moto.ses.models.RawMessage]
-        return list(ses_backends[DEFAULT_ACCOUNT_ID][REGION].sent_messages)
-
-    def by_recipient(self) -> dict[str, list[bytes]]:
-        """Raw bytes per SendEmail ``Destination.ToAddresses[0]`` (moto appends the To header's too)."""
-        found: dict[str, list[bytes]] = {}
-        for message in self.messages():
-            found.setdefault(message.destinations[0], []).append(message.raw_data.encode("utf-8"))
-        return found
-
-
-@pytest.fixture
-def ses(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Ses:
-    _scrub_aws_env(monkeypatch)
-    service = Ses(moto_endpoint)
-    service.reset()
-    assert service.messages() == []
-    return service
-
-
-@pytest.fixture
-def proxy(ses: Ses) -> Iterator[FaultProxy]:
-    """Forwards to moto; answers GetAccount with 500/s; injects nothing until a test sets a policy."""
-    running = FaultProxy(ses.endpoint, account_rate=500.0).start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def closed_port() -> int:
@@ -178,8 +85,8 @@ def configure_ses(newsletter: Newsletter, endpoint: str, **send: object) -> None
 
 
 def cli_env(**changes: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "NEWSLETTER_CONFIG" and not k.startswith("AWS_")}
-    env.update(DUMMY_AWS, NEWSLETTER_SECRET=SECRET)
+    """The editor's environment with dummy AWS credentials only; ``changes`` set (or with None, remove) more."""
+    env = aws_cli_env(clean_env({"NEWSLETTER_SECRET": SECRET}))
     for name, value in changes.items():
         if value is None:
             env.pop(name, None)
@@ -189,15 +96,7 @@ def cli_env(**changes: str | None) -> dict[str, str]:
 
 
 def run(newsletter: Newsletter, *args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(NEWSLETTER), *args],
-        cwd=newsletter.root,
-        env=cli_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    return run_cli(newsletter.root, *args, env=cli_env(**env), timeout=90)
 
 
 def one_line(stderr: str) -> str:
@@ -290,6 +189,7 @@ FEW = [
 ]
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_campaign_straight_to_moto_hands_ses_exactly_our_bytes(newsletter: Newsletter, ses: Ses) -> None:
     newsletter.write_issue(1, ISSUE_BODY)
     configure_ses(newsletter, ses.endpoint)
@@ -393,6 +293,7 @@ def test_campaign_straight_to_moto_hands_ses_exactly_our_bytes(newsletter: Newsl
     assert len(boundaries) == 1  # one template built once for the whole campaign
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_test_copy_through_ses_does_not_touch_the_campaign(newsletter: Newsletter, ses: Ses) -> None:
     newsletter.write_issue(1, ISSUE_BODY)
     configure_ses(newsletter, ses.endpoint)
@@ -413,6 +314,7 @@ def test_test_copy_through_ses_does_not_touch_the_campaign(newsletter: Newslette
 # --- 3. A whole campaign through the real CLI ----------------------------------------------------
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_full_campaign_sends_each_active_subscriber_exactly_once(
     newsletter: Newsletter, ses: Ses, proxy: FaultProxy
 ) -> None:
@@ -476,6 +378,7 @@ def planned_failures(address: str) -> list[Fault]:
     return [fault] * (2 if n % 9 == 0 else 1 if n % 3 == 0 else 0)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_campaign_rides_out_throttling_and_server_errors(
     letter: Newsletter, ses: Ses, proxy: FaultProxy
 ) -> None:
@@ -505,6 +408,7 @@ def test_campaign_rides_out_throttling_and_server_errors(
     assert campaign_state(letter) == "done"
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_permanent_rejection_fails_one_recipient_and_the_rest_go_out(
     letter: Newsletter, ses: Ses, proxy: FaultProxy
 ) -> None:
@@ -527,6 +431,7 @@ def test_permanent_rejection_fails_one_recipient_and_the_rest_go_out(
     assert campaign_state(letter) == "done"
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_failures_pause_the_campaign_and_send_resumes_it(
     letter: Newsletter, ses: Ses, proxy: FaultProxy
 ) -> None:
@@ -621,6 +526,7 @@ def test_ses_errors_are_translated(
 CAMPAIGN_AND_TEST_COPY = (("send", "1", "--yes"), ("send", "1", "--to", "ada@example.org"))
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_unreachable_endpoint_is_one_line_and_nothing_is_recorded(newsletter: Newsletter, ses: Ses) -> None:
     newsletter.write_issue(1, ISSUE_BODY)
     import_subscribers(newsletter, FEW)
@@ -638,6 +544,7 @@ def test_unreachable_endpoint_is_one_line_and_nothing_is_recorded(newsletter: Ne
     assert campaign_of(newsletter) is None  # no campaign, no ledger
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_missing_or_short_secret_with_ses_is_refused(newsletter: Newsletter, ses: Ses) -> None:
     newsletter.write_issue(1, ISSUE_BODY)
     import_subscribers(newsletter, FEW)
@@ -656,6 +563,7 @@ def test_missing_or_short_secret_with_ses_is_refused(newsletter: Newsletter, ses
     assert campaign_of(newsletter) is None
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_send_to_a_bad_address_is_a_clear_error(newsletter: Newsletter, ses: Ses) -> None:
     newsletter.write_issue(1, ISSUE_BODY)
     configure_ses(newsletter, ses.endpoint)
@@ -707,6 +615,7 @@ def test_rate_is_the_lower_of_config_and_account(newsletter: Newsletter, ses: Se
 # --- Regressions: bugs these tests found ---------------------------------------------------------
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_unverified_sender_stops_the_campaign_without_failing_recipients(
     letter: Newsletter, ses: Ses, proxy: FaultProxy
 ) -> None:
@@ -727,6 +636,7 @@ def test_unverified_sender_stops_the_campaign_without_failing_recipients(
     assert_each_active_got_exactly_one(ses)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_a_non_ascii_address_does_not_crash_the_campaign(
     newsletter: Newsletter, ses: Ses, proxy: FaultProxy
 ) -> None:
@@ -833,7 +743,7 @@ def test_requests_are_signed_with_the_credential_chains_keys(monkeypatch: pytest
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    _scrub_aws_env(monkeypatch)
+    scrub_aws_env(monkeypatch)
     answer = b'{"MessageId":"0100-abc"}'
     server = OneShotServer(
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
@@ -878,7 +788,7 @@ def test_a_lost_answer_after_the_request_went_out_is_unknown_not_retried(
     """The server reads the whole request, then hangs up: SES may have sent it. Never a retry."""
     from pipeline.errors import DeliveryUnknown
 
-    _scrub_aws_env(monkeypatch)
+    scrub_aws_env(monkeypatch)
     server = OneShotServer(None)
     transport = SesTransport(REGION, server.url, "", 2)
     try:
@@ -936,7 +846,7 @@ def _answer(status: str, content_type: str, body: bytes) -> bytes:
 def test_answers_that_are_not_ses_errors_are_still_translated(
     monkeypatch: pytest.MonkeyPatch, answer: bytes, expected: type[Exception], text: str
 ) -> None:
-    _scrub_aws_env(monkeypatch)
+    scrub_aws_env(monkeypatch)
     server = OneShotServer(answer)
     transport = SesTransport(REGION, server.url, "", 2)
     try:
@@ -952,7 +862,7 @@ def test_a_200_without_a_message_id_is_unknown_not_sent(monkeypatch: pytest.Monk
     """Something answered that is not SES: counting the message as sent would lose it silently."""
     from pipeline.errors import DeliveryUnknown
 
-    _scrub_aws_env(monkeypatch)
+    scrub_aws_env(monkeypatch)
     server = OneShotServer(_answer("200 OK", "text/html", body))
     transport = SesTransport(REGION, server.url, "", 2)
     try:
@@ -993,7 +903,7 @@ def test_sending_trusts_the_ca_bundle_the_boto3_chain_names(
     endpoint = f"https://127.0.0.1:{httpd.server_address[1]}"
     envelope = Envelope(SENDER, "reader@example.org", b"Subject: x\r\n\r\nx\r\n", "k1")
     try:
-        _scrub_aws_env(monkeypatch)
+        scrub_aws_env(monkeypatch)
         untrusting = SesTransport(REGION, endpoint, "", 2)
         try:
             with pytest.raises(TemporaryFailure, match="SSL"):
@@ -1196,7 +1106,7 @@ def test_both_paths_stop_on_an_unverified_sender(ses: Ses, monkeypatch: pytest.M
 def test_both_paths_treat_answers_that_are_not_ses_alike(
     monkeypatch: pytest.MonkeyPatch, answer: bytes | None, expected: type[TransportError]
 ) -> None:
-    _scrub_aws_env(monkeypatch)
+    scrub_aws_env(monkeypatch)
     raised: list[TransportError] = []
     for fast in (True, False):
         if not fast:

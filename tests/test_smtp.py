@@ -11,7 +11,6 @@ import email
 import email.policy
 import itertools
 import json
-import os
 import re
 import socket
 import sqlite3
@@ -39,6 +38,7 @@ from pipeline.issue.build import build_issue
 from pipeline.send.message import MessageTemplate, Recipient
 
 from .conftest import Newsletter
+from .support.cli import clean_env, run_cli
 
 NEWSLETTER = Path(sys.executable).with_name("newsletter")
 # aiosmtpd's auth_require_tls only knows STARTTLS; with implicit TLS it must be off, and it warns.
@@ -317,25 +317,15 @@ def run(
     cert: Certificate | None = None,
     password: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("NEWSLETTER_CONFIG", "SSL_CERT_FILE", "SSL_CERT_DIR", PASSWORD_ENV)
-    }
-    env["NEWSLETTER_SECRET"] = SECRET
-    if cert is not None:
-        env["SSL_CERT_FILE"] = str(cert.ca)
-    if password is not None:
-        env[PASSWORD_ENV] = password
-    return subprocess.run(
-        [str(NEWSLETTER), *args],
-        cwd=newsletter.root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    env = clean_env(
+        {
+            "NEWSLETTER_SECRET": SECRET,
+            "SSL_CERT_FILE": str(cert.ca) if cert else None,
+            PASSWORD_ENV: password,
+        },
+        drop=("SSL_CERT_DIR",),
     )
+    return run_cli(newsletter.root, *args, env=env)
 
 
 @dataclass
@@ -439,6 +429,7 @@ def issue(newsletter: Newsletter) -> Newsletter:
 # --- 1. A whole campaign over plain SMTP ---------------------------------------------------
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_campaign_delivers_one_complete_message_per_active_subscriber(issue: Newsletter, smtp_server) -> None:  # type: ignore[no-untyped-def]
     server = smtp_server()
     use_smtp(issue, server.port, "none")
@@ -542,6 +533,7 @@ def tls_server(smtp_server, certificate: Certificate, security: str) -> Server: 
     )
 
 
+@pytest.mark.slow  # the console script in a subprocess
 @pytest.mark.parametrize("security", ["starttls", "tls"])
 def test_tls_with_login_delivers(
     issue: Newsletter, smtp_server, certificate: Certificate, security: str
@@ -559,6 +551,7 @@ def test_tls_with_login_delivers(
     assert server.handler.logins and all(ok and tls for _, ok, tls in server.handler.logins)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 @pytest.mark.parametrize("security", ["starttls", "tls"])
 def test_wrong_password_stops_before_sending(
     issue: Newsletter, smtp_server, certificate: Certificate, security: str
@@ -579,6 +572,7 @@ def test_wrong_password_stops_before_sending(
     assert_not_sent(issue)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_username_without_password_names_the_variable(
     issue: Newsletter, smtp_server, certificate: Certificate
 ) -> None:  # type: ignore[no-untyped-def]
@@ -594,6 +588,7 @@ def test_username_without_password_names_the_variable(
     assert_not_sent(issue)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 @pytest.mark.parametrize("security", ["starttls", "tls"])
 def test_untrusted_certificate_is_refused(
     issue: Newsletter, smtp_server, certificate: Certificate, security: str
@@ -611,6 +606,7 @@ def test_untrusted_certificate_is_refused(
     assert_not_sent(issue)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_starttls_required_but_not_offered(issue: Newsletter, smtp_server) -> None:  # type: ignore[no-untyped-def]
     server = smtp_server()  # plain server, no STARTTLS
     use_smtp(issue, server.port, "starttls")
@@ -624,6 +620,7 @@ def test_starttls_required_but_not_offered(issue: Newsletter, smtp_server) -> No
     assert_not_sent(issue)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_login_configured_but_auth_not_offered(
     issue: Newsletter, smtp_server, certificate: Certificate
 ) -> None:  # type: ignore[no-untyped-def]
@@ -668,6 +665,7 @@ class PickyServer(Recorder):
         return "250 2.1.5 OK"
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_recipient_refusals_are_recorded_and_temporary_ones_retried(issue: Newsletter, smtp_server) -> None:  # type: ignore[no-untyped-def]
     server = smtp_server(PickyServer())
     use_smtp(issue, server.port, "none")
@@ -704,6 +702,7 @@ class SenderRefusingServer(Recorder):
         return "553 5.7.1 sender not allowed"
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_refused_sender_pauses_the_campaign_with_nobody_marked(issue: Newsletter, smtp_server) -> None:  # type: ignore[no-untyped-def]
     server = smtp_server(SenderRefusingServer())
     use_smtp(issue, server.port, "none")
@@ -727,6 +726,7 @@ def test_refused_sender_pauses_the_campaign_with_nobody_marked(issue: Newsletter
 # --- 4. No server, and test sends -------------------------------------------------------------
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_unreachable_server_is_one_line_and_sends_nothing(issue: Newsletter) -> None:
     port = free_port()  # nothing listens there
     use_smtp(issue, port, "none")
@@ -739,6 +739,7 @@ def test_unreachable_server_is_one_line_and_sends_nothing(issue: Newsletter) -> 
     assert_not_sent(issue)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_test_send_arrives_and_leaves_the_ledger_alone(issue: Newsletter, smtp_server) -> None:  # type: ignore[no-untyped-def]
     server = smtp_server()
     use_smtp(issue, server.port, "none")
@@ -792,6 +793,7 @@ class DroppingServer(Recorder):
         return await super().handle_DATA(server, session, envelope)
 
 
+@pytest.mark.slow  # the console script in a subprocess
 @pytest.mark.parametrize("reply", [True, False], ids=["421-then-close", "silent-close"])
 def test_dropped_connections_are_reopened_without_duplicates(
     issue: Newsletter, smtp_server, reply: bool
@@ -815,6 +817,7 @@ def test_dropped_connections_are_reopened_without_duplicates(
     assert max(attempts) <= 2
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_dropped_connections_with_two_attempts_resume_without_duplicates(
     issue: Newsletter, smtp_server
 ) -> None:  # type: ignore[no-untyped-def]

@@ -484,7 +484,7 @@ def test_a_subscribe_url_on_a_foreign_host_is_not_fetched(
     verifier: SnsVerifier, server: CertServer, signer: Signer, subscribe: str
 ) -> None:
     message = verifier.verify(body(signer.sign(confirmation(f"{server.url}/cert.pem", subscribe))))
-    with pytest.raises(NotificationRejected, match="SubscribeURL .* is not an https SNS host"):
+    with pytest.raises(NotificationRejected, match=r"SubscribeURL .* is not an https SNS host"):
         verifier.confirm_subscription(message)
     assert server.requests == ["/cert.pem"]
 

@@ -106,7 +106,7 @@ def test_add_remove_export(db: sqlite3.Connection) -> None:
     add(db, "a@example.org", "A")
     with pytest.raises(SubscriberError, match="already on the list"):
         add(db, "A@example.org")
-    with pytest.raises(SubscriberError, match="not a valid|must have"):
+    with pytest.raises(SubscriberError, match=r"not a valid|must have"):
         add(db, "nope")
     out = io.StringIO()
     assert export_csv(db, out) == 1

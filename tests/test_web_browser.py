@@ -11,31 +11,26 @@ Needs Debian's ``/usr/bin/chromium``; Playwright's own browser downloads are nev
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import playwright.sync_api as sync_api
 import pytest
-
-CHROMIUM = Path("/usr/bin/chromium")
-if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-    pytest.skip(
-        f"{CHROMIUM} not found: install Debian's chromium package (apt-get install chromium)",
-        allow_module_level=True,
-    )
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="Python Playwright is not installed (pip install -e '.[test]')"
-)
 
 from pipeline.audience.subscribers import add
 
 from .conftest import Newsletter
+from .support.browser import CHROMIUM, require_chromium
 from .test_web import link_in, list_unsubscribe, running_site, send_issue_one
 
-pytestmark = pytest.mark.browser
+require_chromium()  # the one thing a clone may lack (apt, not pip): skip, saying how to get it
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("chromium"),
+]  # one chromium per run
 
 LAUNCH_ARGS = [
     "--no-sandbox",
