@@ -700,7 +700,7 @@ def bench_standin(body: bytes, impls: list[str], connections: list[int], request
                 each = max(requests // count, 1)
                 errors: list[str] = []
 
-                def client() -> None:
+                def client(each: int = each, errors: list[str] = errors) -> None:  # bound now, not late
                     connection = http.client.HTTPConnection("127.0.0.1", standin.port, timeout=30)
                     try:
                         for _ in range(each):
@@ -1039,7 +1039,7 @@ def table(result: dict[str, Any]) -> str:
             f"{s['request_bytes']:,}-byte requests, ~{s['requests']:,} requests",
             f"   {'server':12} {'conns':>6} {'req/s':>8} {'middle':>8} {'ideal':>8} {'peak':>6} {'errors':>6}",
         ]
-        for key, row in s.items():
+        for row in s.values():
             if not isinstance(row, dict):
                 continue
             lines.append(
