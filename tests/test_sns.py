@@ -18,6 +18,7 @@ from pipeline.events.sns import (
     is_sns_certificate_url,
     is_sns_host,
 )
+from tests.support.fakes import OffsetClock
 
 from .sns_support import (
     OTHER_TOPIC,
@@ -29,19 +30,6 @@ from .sns_support import (
     notification,
     ses_bounce,
 )
-
-
-class Clock:
-    """Real time plus an offset the test moves forward."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +294,7 @@ def test_the_default_rule_fetches_only_sns_certificate_paths(signer: Signer) -> 
 
 
 def test_a_failed_certificate_is_not_fetched_again_for_a_minute(server: CertServer, signer: Signer) -> None:
-    clock = Clock()
+    clock = OffsetClock()
     verifier = SnsVerifier(cert_host_allowed=server.allows, clock=clock)
     for path, reason in (("/missing.pem", "HTTP 404"), ("/not-a-cert.pem", "not a PEM certificate")):
         message = signer.sign(notification(ses_bounce("a@example.org"), f"{server.url}{path}"))
@@ -418,7 +406,7 @@ def test_a_message_from_the_future_is_rejected(
 def test_an_unreachable_certificate_host_defers(signer: Signer) -> None:
     down = CertServer().start()
     down.stop()  # a port nobody listens on now
-    clock = Clock()
+    clock = OffsetClock()
     verifier = SnsVerifier(cert_host_allowed=down.allows, clock=clock)
     message = signer.sign(notification(ses_bounce("a@example.org"), f"{down.url}/cert.pem"))
     with pytest.raises(NotificationDeferred, match="cannot fetch"):

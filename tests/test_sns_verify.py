@@ -21,6 +21,7 @@ from pipeline.events.sns import (
     parse_message,
     verify,
 )
+from tests.support.fakes import ManualClock
 
 from .sns_support import Signer, canonical, confirmation, notification, ses_bounce
 
@@ -96,16 +97,8 @@ def test_age_is_judged_at_the_time_given(signer: Signer) -> None:
         check_age(message, at - 301, 3600)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_certificates_are_fetched_once_and_failures_remembered_per_url(signer: Signer) -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     fetched: list[str] = []
     down = {"yes": True}
     missing, flaky = CERT_URL.replace("0123", "dead"), CERT_URL.replace("0123", "beef")

@@ -16,6 +16,7 @@ from pipeline.audience.tokens import (
 from pipeline.send.ratelimit import RateLimiter
 from pipeline.web import security as web
 from pipeline.web.security import MAX_TRACKED_KEYS, SlidingWindow, client_key
+from tests.support.fakes import ManualClock
 
 SECRET = b"0123456789abcdef0123"
 
@@ -86,16 +87,8 @@ def test_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_secret(allow_development=False) == b"x" * 32
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_rate_limiter_holds_the_rate() -> None:
-    clock = Clock()
+    clock = ManualClock()
     limiter = RateLimiter(100, clock)
     taken = 0
     for _ in range(1000):  # 10 simulated seconds in 10 ms steps, always asking for more than allowed
@@ -106,7 +99,7 @@ def test_rate_limiter_holds_the_rate() -> None:
 
 
 def test_rate_limiter_delay() -> None:
-    clock = Clock()
+    clock = ManualClock()
     limiter = RateLimiter(4, clock)
     assert limiter.take(10) == 1
     assert limiter.delay() == pytest.approx(0.25)
@@ -129,7 +122,7 @@ def test_an_ipv6_client_counts_by_its_64() -> None:
 
 def test_the_window_forgets_the_least_recently_seen_past_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(web, "MAX_TRACKED_KEYS", 3)
-    clock = Clock()
+    clock = ManualClock()
     window = SlidingWindow(1, 3600, clock)
     for key in ("a", "b", "c"):
         assert window.hit(key) == 0
@@ -140,7 +133,7 @@ def test_the_window_forgets_the_least_recently_seen_past_its_bound(monkeypatch: 
 
 
 def test_the_window_drops_idle_keys_as_it_goes() -> None:
-    clock = Clock()
+    clock = ManualClock()
     window = SlidingWindow(2, 10, clock)
     for index in range(100):
         window.hit(f"k{index}")

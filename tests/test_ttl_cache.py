@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 
 from pipeline.events.cache import TTLCache
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.fakes import ManualClock
 
 
 def test_an_entry_expires_after_its_ttl() -> None:
-    clock = Clock()
+    clock = ManualClock(100.0)
     cache: TTLCache[str, int] = TTLCache(max_size=4, ttl=10, clock=clock)
     cache.put("a", 1)
     cache.put("b", 2, ttl=30)
@@ -30,7 +23,7 @@ def test_an_entry_expires_after_its_ttl() -> None:
 
 
 def test_putting_again_restarts_the_ttl() -> None:
-    clock = Clock()
+    clock = ManualClock(100.0)
     cache: TTLCache[str, int] = TTLCache(max_size=4, ttl=10, clock=clock)
     cache.put("a", 1)
     clock.now += 8
@@ -40,7 +33,7 @@ def test_putting_again_restarts_the_ttl() -> None:
 
 
 def test_the_size_is_bounded_dropping_the_oldest_first() -> None:
-    cache: TTLCache[int, str] = TTLCache(max_size=3, ttl=60, clock=Clock())
+    cache: TTLCache[int, str] = TTLCache(max_size=3, ttl=60, clock=ManualClock(100.0))
     for key in range(5):
         cache.put(key, str(key))
         assert len(cache) <= 3

@@ -38,6 +38,7 @@ from pipeline.db import open_db, transaction
 from pipeline.errors import NotificationDeferred, ServeError
 from pipeline.web.app import bind, create_app, make_server, serve
 from pipeline.web.security import MAX_WEBHOOK_BYTES
+from tests.support.fakes import OffsetClock
 
 from .conftest import Newsletter
 
@@ -47,25 +48,12 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 CHECK_INBOX = "Check your inbox"
 
 
-class Clock:
-    """Real time plus an offset the test moves forward."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
-
-
 @dataclass
 class Site:
     url: str
     config: Config
     newsletter: Newsletter
-    clock: Clock
+    clock: OffsetClock
     service: Any
     client: httpx.Client
     dbs: list[sqlite3.Connection] = field(default_factory=list)
@@ -131,7 +119,7 @@ def running_site(newsletter: Newsletter, verifier: Any = None, **serve: object) 
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     configure(newsletter, url, serve)
     config = newsletter.config()
-    clock = Clock()
+    clock = OffsetClock()
     app = create_app(config, secret=SECRET.encode(), verifier=verifier, clock=clock)
     server = make_server(app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

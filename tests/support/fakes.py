@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -56,3 +57,26 @@ class FakeTransport:
         """How many messages each address was handed."""
         with self._lock:
             return Counter(envelope.recipient for envelope in self.received)
+
+
+class ManualClock:
+    """A clock that stands still until the test moves ``now``."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class OffsetClock:
+    """Real time plus an offset the test moves forward (for code that also compares with time.time())."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
