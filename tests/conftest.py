@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .support.newsletter import REPO, Newsletter, newsletter
+from tests.support.newsletter import REPO, Newsletter, newsletter
 
 # The moto server and AWS environment fixtures (moto_endpoint, ses, proxy, sqs_env), for any test file.
 pytest_plugins = ["tests.support.aws"]

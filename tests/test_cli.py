@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Newsletter
-from .support.cli import clean_env, run_cli
+from tests.conftest import Newsletter
+from tests.support.cli import clean_env, run_cli
 
 
 def run(newsletter: Newsletter, *args: str) -> subprocess.CompletedProcess[str]:

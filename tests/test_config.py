@@ -10,8 +10,7 @@ from click.testing import CliRunner
 from pipeline.cli import main
 from pipeline.config import KEYS, MASK, Environment, load_config
 from pipeline.errors import ConfigError
-
-from .conftest import REPO, Newsletter
+from tests.conftest import REPO, Newsletter
 
 
 def test_repo_config_loads_with_paths_resolved_against_its_folder() -> None:

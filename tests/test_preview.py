@@ -17,9 +17,8 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.preview import PreviewServer, Snapshot, render_page
-
-from .conftest import REPO
-from .support.browser import CHROMIUM, require_chromium
+from tests.conftest import REPO
+from tests.support.browser import CHROMIUM, require_chromium
 
 DEADLINE = 10.0
 """Seconds a rebuild may take to show up; a generous ceiling, the poll returns as soon as it does."""

@@ -19,7 +19,7 @@ import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ses.models import ses_backends
 
-from ..fault_proxy import FaultProxy
+from tests.support.fault_proxy import FaultProxy
 
 REGION = "us-east-1"
 SENDER = "editor@example.org"

@@ -11,8 +11,7 @@ import sqlite3
 from pathlib import Path
 
 from pipeline.db import DB_NAME
-
-from .newsletter import Newsletter
+from tests.support.newsletter import Newsletter
 
 STATUSES = ("queued", "sending", "sent", "failed", "skipped")
 

@@ -7,7 +7,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from .golden import GOLDEN, MESSAGE_NAME, golden_message, render_outputs, sample_numbers
+from tests.golden import GOLDEN, MESSAGE_NAME, golden_message, render_outputs, sample_numbers
 
 
 @pytest.mark.parametrize("number", sample_numbers())

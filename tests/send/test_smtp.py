@@ -36,9 +36,8 @@ from pipeline.db import open_db
 from pipeline.errors import Rejected, TemporaryFailure, TransportUnavailable
 from pipeline.issue.build import build_issue
 from pipeline.send.message import MessageTemplate, Recipient
-
-from .conftest import Newsletter
-from .support.cli import clean_env, run_cli
+from tests.conftest import Newsletter
+from tests.support.cli import clean_env, run_cli
 
 NEWSLETTER = Path(sys.executable).with_name("newsletter")
 # aiosmtpd's auth_require_tls only knows STARTTLS; with implicit TLS it must be off, and it warns.

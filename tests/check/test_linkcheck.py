@@ -31,9 +31,8 @@ from pipeline.check.links import LinkResult, check_urls
 from pipeline.cli import main
 from pipeline.config import LinkSettings
 from pipeline.db import DB_NAME, open_db
-
-from .conftest import Newsletter
-from .support.cli import run_cli
+from tests.conftest import Newsletter
+from tests.support.cli import run_cli
 
 NEWSLETTER = Path(sys.executable).with_name("newsletter")
 Run = Callable[..., subprocess.CompletedProcess[str]]

@@ -43,11 +43,10 @@ from pipeline.send.message import MessageTemplate, Recipient
 from pipeline.send.transports import open_transport
 from pipeline.send.transports.base import Envelope
 from pipeline.send.transports.ses import SesTransport, classify, ses_error
-
-from .conftest import Newsletter
-from .fault_proxy import INTERNAL, THROTTLED, THROTTLING, Call, Fault, FaultProxy, rejected
-from .support.aws import DUMMY_AWS, REGION, SENDER, Ses, aws_cli_env, scrub_aws_env
-from .support.cli import clean_env, run_cli
+from tests.conftest import Newsletter
+from tests.support.aws import DUMMY_AWS, REGION, SENDER, Ses, aws_cli_env, scrub_aws_env
+from tests.support.cli import clean_env, run_cli
+from tests.support.fault_proxy import INTERNAL, THROTTLED, THROTTLING, Call, Fault, FaultProxy, rejected
 
 SECRET = "test-secret-0123456789abcdefghij"  # 32 characters, for tests only
 assert len(SECRET) == 32
@@ -880,7 +879,7 @@ def test_sending_trusts_the_ca_bundle_the_boto3_chain_names(
     import http.server
     import threading
 
-    from .test_smtp import _certificate_with_cryptography
+    from tests.send.test_smtp import _certificate_with_cryptography
 
     certificate = _certificate_with_cryptography(tmp_path)
 

@@ -25,9 +25,10 @@ from pipeline.errors import EventsError, NotificationDeferred, NotificationRejec
 from pipeline.events.apply import Applied, apply_notification, handle_sns
 from pipeline.events.sns import DEFERRED_FETCH_SECONDS, SnsVerifier, http_get
 from pipeline.events.sqs import PullReport, pull
-
-from .conftest import Newsletter
-from .sns_support import (
+from tests.conftest import Newsletter
+from tests.support.aws import REGION, aws_cli_env
+from tests.support.cli import clean_env, run_cli
+from tests.support.sns import (
     TOPIC,
     CertServer,
     Signer,
@@ -37,8 +38,6 @@ from .sns_support import (
     ses_bounce,
     ses_complaint,
 )
-from .support.aws import REGION, aws_cli_env
-from .support.cli import clean_env, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,8 @@ from pipeline.issue.render import Rendered, render_issue
 from pipeline.issue.source import read_issue
 from pipeline.send.delivery import Outcome
 from pipeline.send.ledger import Candidate, Ledger, prepare_campaign
-
-from .conftest import Newsletter
-from .test_campaign import FakeTransport, accept, recipients, run
+from tests.conftest import Newsletter
+from tests.send.test_campaign import FakeTransport, accept, recipients, run
 
 
 @pytest.fixture

@@ -29,13 +29,8 @@ import pytest
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.send.fanout import MAX_AUTO_PROCESSES, MIN_RECIPIENTS_PER_PROCESS, sender_processes
-
-from .conftest import Newsletter
-from .fault_proxy import THROTTLED, THROTTLING, Call, Fault, FaultProxy
-from .support.cli import start_cli, wait_for
-from .support.ledger import state_path
-from .support.procs import holders, is_running, pending_signals
-from .test_crash import (
+from tests.conftest import Newsletter
+from tests.send.test_crash import (
     DEADLINE,
     Roster,
     _env,
@@ -56,7 +51,11 @@ from .test_crash import (
     state_db,
     subscribe,
 )
-from .test_ses import ISSUE_BODY, Ses, cli_env, configure_ses, import_subscribers
+from tests.send.test_ses import ISSUE_BODY, Ses, cli_env, configure_ses, import_subscribers
+from tests.support.cli import start_cli, wait_for
+from tests.support.fault_proxy import THROTTLED, THROTTLING, Call, Fault, FaultProxy
+from tests.support.ledger import state_path
+from tests.support.procs import holders, is_running, pending_signals
 
 BIG_LIST = 2000
 FAST = 2000.0  # messages a second, when nothing needs to be interrupted
@@ -810,8 +809,7 @@ def test_a_stop_that_lands_while_outcomes_are_recorded_is_reported_as_interrupte
     from pipeline.send.message import MessageTemplate
     from pipeline.send.runner import CampaignRunner
     from pipeline.send.transports.maildir import MaildirTransport
-
-    from .test_crash import SECRET
+    from tests.send.test_crash import SECRET
 
     new_issue(newsletter)
     subscribe(newsletter, 40, inactive=False)

@@ -1,5 +1,5 @@
 """The SNS checks that need no network, and the certificate memory, each on its own: real RSA
-signatures from tests/sns_support.py, no server, an injected clock."""
+signatures from tests/support/sns.py, no server, an injected clock."""
 
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ from pipeline.events.sns import (
     verify,
 )
 from tests.support.fakes import ManualClock
-
-from .sns_support import Signer, canonical, confirmation, notification, ses_bounce
+from tests.support.sns import Signer, canonical, confirmation, notification, ses_bounce
 
 CERT_URL = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
 

@@ -5,8 +5,7 @@ import pytest
 from pipeline.check.content import Problem
 from pipeline.check.gate import check_build
 from pipeline.issue.build import build_issue
-
-from .conftest import Newsletter
+from tests.conftest import Newsletter
 
 
 def problems_for(newsletter: Newsletter, body: str) -> list[Problem]:

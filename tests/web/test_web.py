@@ -38,9 +38,8 @@ from pipeline.db import open_db, transaction
 from pipeline.errors import NotificationDeferred, ServeError
 from pipeline.web.app import bind, create_app, make_server, serve
 from pipeline.web.security import MAX_WEBHOOK_BYTES
+from tests.conftest import Newsletter
 from tests.support.fakes import OffsetClock
-
-from .conftest import Newsletter
 
 SECRET = "web-test-secret-0123456789"
 NEWSLETTER = Path(sys.executable).with_name("newsletter")
@@ -699,8 +698,8 @@ def test_one_click_from_a_real_campaign_message(site: Site, monkeypatch: pytest.
 
 @pytest.fixture
 def sns() -> Any:
-    """tests/sns_support.py (signed SNS messages): part of the suite, so missing is a failure."""
-    from tests import sns_support
+    """tests/support/sns.py (signed SNS messages): part of the suite, so missing is a failure."""
+    from tests.support import sns as sns_support
 
     return sns_support
 

@@ -20,10 +20,9 @@ import playwright.sync_api as sync_api
 import pytest
 
 from pipeline.audience.subscribers import add
-
-from .conftest import Newsletter
-from .support.browser import CHROMIUM, require_chromium
-from .test_web import link_in, list_unsubscribe, running_site, send_issue_one
+from tests.conftest import Newsletter
+from tests.support.browser import CHROMIUM, require_chromium
+from tests.web.test_web import link_in, list_unsubscribe, running_site, send_issue_one
 
 require_chromium()  # the one thing a clone may lack (apt, not pip): skip, saying how to get it
 pytestmark = [

@@ -19,8 +19,7 @@ from pipeline.events.sns import (
     is_sns_host,
 )
 from tests.support.fakes import OffsetClock
-
-from .sns_support import (
+from tests.support.sns import (
     OTHER_TOPIC,
     TOPIC,
     CertServer,

@@ -33,12 +33,12 @@ from typing import Any
 
 import pytest
 
-from .conftest import Newsletter
-from .support.cli import clean_env, invoke_cli, one_line, run_cli, start_cli, wait_for
-from .support.fakes import FakeTransport
-from .support.ledger import maildir_count as delivered_count
-from .support.ledger import outbox, state_db
-from .support.ledger import statuses_by_subscriber as ledger
+from tests.conftest import Newsletter
+from tests.support.cli import clean_env, invoke_cli, one_line, run_cli, start_cli, wait_for
+from tests.support.fakes import FakeTransport
+from tests.support.ledger import maildir_count as delivered_count
+from tests.support.ledger import outbox, state_db
+from tests.support.ledger import statuses_by_subscriber as ledger
 
 SECRET = "crash-test-secret-0123456789abcdef"
 MESSAGE_FILE = re.compile(

@@ -22,9 +22,7 @@ import pytest
 from pipeline.archive.markdown import issue_markdown
 from pipeline.issue.errata import Erratum, mark_announced
 from pipeline.issue.source import read_issue
-
-from .conftest import Newsletter
-from .test_archive import (
+from tests.archive.test_archive import (
     NEWSLETTER,
     check_feed,
     cli_env,
@@ -34,6 +32,7 @@ from .test_archive import (
     run,
     set_config,
 )
+from tests.conftest import Newsletter
 
 OLD_URL = "https://example.org/releases/1.42-notes"
 NEW_URL = "https://example.org/releases/1.42/notes"

@@ -22,8 +22,8 @@ import feedparser  # type: ignore[import-untyped]
 import pytest
 from markdown_it import MarkdownIt
 
-from .conftest import Newsletter
-from .support.cli import clean_env, run_cli
+from tests.conftest import Newsletter
+from tests.support.cli import clean_env, run_cli
 
 NEWSLETTER = Path(sys.executable).with_name("newsletter")
 ATOM = "{http://www.w3.org/2005/Atom}"

@@ -8,8 +8,7 @@ from pipeline.issue.build import build_issue
 from pipeline.issue.render import render_issue, sample_recipient
 from pipeline.issue.source import read_issue
 from pipeline.publish import write_build
-
-from .conftest import REPO, Newsletter
+from tests.conftest import REPO, Newsletter
 
 
 def test_html_is_inlined_responsive_and_self_contained(newsletter: Newsletter) -> None:

@@ -22,9 +22,8 @@ from pipeline.send.ledger import content_hash, prepare_campaign
 from pipeline.send.message import MessageTemplate
 from pipeline.send.runner import CampaignRunner, SilentReporter
 from pipeline.send.transports.base import Envelope
-
-from .conftest import Newsletter
-from .support.fakes import FakeTransport, accept
+from tests.conftest import Newsletter
+from tests.support.fakes import FakeTransport, accept
 
 SECRET = b"test-secret-0123456789"
 

@@ -29,9 +29,8 @@ from pipeline.config import load_config
 from pipeline.issue.build import Build, build_issue
 from pipeline.issue.markdown import Link
 from pipeline.issue.source import available_numbers
-
-from .support.browser import CHROMIUM, require_chromium
-from .support.newsletter import Newsletter
+from tests.support.browser import CHROMIUM, require_chromium
+from tests.support.newsletter import Newsletter
 
 require_chromium()  # the one thing a clone may lack (apt, not pip): skip, saying how to get it
 pytestmark = [
@@ -40,7 +39,7 @@ pytestmark = [
     pytest.mark.xdist_group("chromium"),
 ]  # one chromium per run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = load_config(REPO / "newsletter.toml")
 ISSUES = available_numbers(CONFIG.paths.issues)
 
