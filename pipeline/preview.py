@@ -146,7 +146,9 @@ class PreviewServer:
             self._httpd.shutdown()  # waits for serve_forever to return; only valid once its thread runs
         self._httpd.server_close()
         for thread in started:
-            thread.join(timeout=5)
+            # The watcher may be in the middle of a build, which can take seconds on a busy machine:
+            # it is a daemon thread that checks the stop flag between rounds, so don't wait it out.
+            thread.join(timeout=5 if thread.name == "preview-http" else 0.5)
 
     def rebuild(self) -> None:
         """Build the issue into a new snapshot; a failed build becomes an error page, never a crash."""
