@@ -22,14 +22,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import playwright.sync_api as sync_api
 import pytest
 
 from pipeline.config import load_config
 from pipeline.issue.build import Build, build_issue
 from pipeline.issue.markdown import Link
 from pipeline.issue.source import available_numbers
-from tests.support.browser import CHROMIUM, require_chromium
+from tests.support.browser import launched_chromium, require_chromium
 from tests.support.newsletter import Newsletter
 
 require_chromium()  # the one thing a clone may lack (apt, not pip): skip, saying how to get it
@@ -43,13 +42,6 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = load_config(REPO / "newsletter.toml")
 ISSUES = available_numbers(CONFIG.paths.issues)
 
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 PHONE = 375
 PANE = 600
 WIDE = 1024
@@ -69,12 +61,8 @@ def built(number: int) -> Build:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with launched_chromium() as chromium:
+        yield chromium
 
 
 @pytest.fixture

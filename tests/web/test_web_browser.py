@@ -16,12 +16,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import playwright.sync_api as sync_api
 import pytest
 
 from pipeline.audience.subscribers import add
 from tests.conftest import Newsletter
-from tests.support.browser import CHROMIUM, require_chromium
+from tests.support.browser import launched_chromium, require_chromium
 from tests.web.test_web import link_in, list_unsubscribe, running_site, send_issue_one
 
 require_chromium()  # the one thing a clone may lack (apt, not pip): skip, saying how to get it
@@ -31,25 +30,14 @@ pytestmark = [
     pytest.mark.xdist_group("chromium"),
 ]  # one chromium per run
 
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 HEIGHT = 740
 BUTTON_BLUE = "rgb(10, 88, 202)"  # page.css: the button colour, proof the stylesheet was applied
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with launched_chromium() as chromium:
+        yield chromium
 
 
 class Tab:
