@@ -40,11 +40,6 @@ from tests.support.sns import (
 )
 
 
-@pytest.fixture(scope="module")
-def signer() -> Signer:
-    return Signer()
-
-
 @pytest.fixture
 def server(signer: Signer) -> Iterator[CertServer]:
     with cert_server(signer) as running:

@@ -32,11 +32,6 @@ from tests.support.sns import (
 
 
 @pytest.fixture(scope="module")
-def signer() -> Signer:
-    return Signer()
-
-
-@pytest.fixture(scope="module")
 def stranger() -> Signer:
     """Someone else's key and certificate."""
     return Signer()

@@ -28,11 +28,6 @@ CERT_URL = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-012345
 
 
 @pytest.fixture(scope="module")
-def signer() -> Signer:
-    return Signer()
-
-
-@pytest.fixture(scope="module")
 def key(signer: Signer) -> rsa.RSAPublicKey:
     return load_public_key(signer.pem, CERT_URL)
 
