@@ -210,7 +210,14 @@ def test_the_page_escapes_what_it_shows(letter: Path) -> None:
 
 @pytest.mark.slow  # the console script in a subprocess
 def test_cli_prints_the_url_and_exits_cleanly_on_ctrl_c(letter: Path) -> None:
-    command = [sys.executable, "-c", "from pipeline.cli import main; main()", "--config"]
+    command = [
+        sys.executable,
+        "-X",
+        "faulthandler",
+        "-c",
+        "from pipeline.cli import main; main()",
+        "--config",
+    ]
     command += [str(letter / "newsletter.toml"), "preview", "1", "--port", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -221,7 +228,18 @@ def test_cli_prints_the_url_and_exits_cleanly_on_ctrl_c(letter: Path) -> None:
         with urllib.request.urlopen(url + "version", timeout=10) as response:
             assert response.read() == b"1"
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)  # a loaded machine builds slowly
+        try:
+            _, stderr = process.communicate(timeout=30)  # a loaded machine builds slowly
+        except subprocess.TimeoutExpired:
+            # Say where it hangs: the signal state the kernel holds, then every thread's stack.
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            signals = [line for line in status.splitlines() if line.startswith(("Sig", "ShdPnd"))]
+            process.send_signal(signal.SIGABRT)
+            _, stderr = process.communicate(timeout=30)
+            ours = [
+                line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("Sig")
+            ]
+            pytest.fail(f"no exit 30 s after Ctrl-C; child {signals}, pytest {ours}\n{stderr}")
     finally:
         if process.poll() is None:
             process.kill()

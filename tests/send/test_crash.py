@@ -789,11 +789,15 @@ def test_second_ctrl_c_while_another_writer_holds_the_database_stops_cleanly(new
         other.close()
     _, err = sender.communicate(timeout=DEADLINE)
     # The first Ctrl-C asks for a clean pause; the second stops at once, as a crash would:
-    # no traceback, a one-line notice, and the ledger still agrees with the maildir.
-    assert sender.returncode in (1, 130), err
+    # no traceback, a one-line notice, and the ledger still agrees with the maildir. A second Ctrl-C
+    # that lands after the pause, while the interpreter shuts down (Python has put the default
+    # handlers back by then), ends the process by the signal itself: a shell reports that as 130 too.
+    assert sender.returncode in (1, 130, -signal.SIGINT), err
     assert "Traceback" not in err, err
     if sender.returncode == 130:
         assert "stopped at once; run `newsletter send` again to resume" in err
+    if sender.returncode == -signal.SIGINT:
+        assert "campaign paused: interrupted" in err, err
     assert_ledger_matches_maildir(newsletter)
     resumed = run(newsletter, "send", "1")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

