@@ -137,9 +137,10 @@ def parse_message(body: bytes) -> dict[str, str]:
         raise _rejected("?", "body is not JSON") from None
     if not isinstance(raw, dict):
         raise _rejected("?", "body is not a JSON object")
-    message_id = raw["MessageId"] if isinstance(raw.get("MessageId"), str) else "?"
+    message_id = raw["MessageId"] if _is_text(raw.get("MessageId")) else "?"
     kind = raw.get("Type")
-    if kind not in SIGNED_FIELDS:
+    # isinstance first: a list or an object is unhashable, and `in` a dict would raise TypeError.
+    if not isinstance(kind, str) or kind not in SIGNED_FIELDS:
         if "eventType" in raw or "notificationType" in raw:
             # SES JSON straight in the body: raw message delivery is on for the subscription.
             raise _rejected(
@@ -150,16 +151,28 @@ def parse_message(body: bytes) -> dict[str, str]:
     for name, value in raw.items():
         if name in OPTIONAL_FIELDS and value is None:
             continue  # a null Subject is no Subject
-        if isinstance(value, str):
+        if _is_text(value):
             message[name] = value
         elif name in SIGNED_FIELDS[kind] or name in ENVELOPE_FIELDS:
-            raise _rejected(message_id, f"{name} is not a string")
+            raise _rejected(message_id, f"{name} is not a string of Unicode text")
     for name in (*SIGNED_FIELDS[kind], *ENVELOPE_FIELDS):
         if name not in message and name not in OPTIONAL_FIELDS:
             raise _rejected(message_id, f"unsigned or incomplete: no {name}")
     _hash_of(message)
     _signature_of(message)
     return message
+
+
+def _is_text(value: object) -> bool:
+    """A JSON string we can sign, store and print: JSON's "\\ud800" escapes decode to lone surrogates,
+    which no UTF-8 encoder (the signature check, SQLite, the terminal) accepts."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def canonical_string(message: dict[str, str]) -> str:

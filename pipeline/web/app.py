@@ -103,6 +103,10 @@ def create_app(
         lifespan=lifespan,
         style_hash=service.pages.style_hash,
     )
+    # Starlette would answer "/subscribe/" with a redirect built from the request's Host header:
+    # anyone could make us point a visitor at their own site. Every URL we emit comes from
+    # public_url; a path with a stray slash is simply not found.
+    app.router.redirect_slashes = False
     app.state.service = service
     return app
 

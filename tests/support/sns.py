@@ -151,6 +151,29 @@ def ses_complaint(*recipients: str, field: str = "eventType", feedback: str | No
     return json.dumps({field: "Complaint", "complaint": complaint, "mail": {"messageId": "ses-message-id"}})
 
 
+# A field of an SNS envelope and a value of the wrong JSON type (or one no UTF-8 encoder takes).
+WRONG_TYPES: tuple[tuple[str, Any], ...] = (
+    ("Type", ["Notification"]),  # unhashable: `in` a dict raises TypeError
+    ("Type", {"Notification": 1}),
+    ("Type", 7),
+    ("Type", None),
+    ("MessageId", 12345),
+    ("Message", {"eventType": "Bounce"}),
+    ("Signature", ["abc"]),
+    ("SignatureVersion", 1),
+    ("SigningCertURL", None),
+    ("Timestamp", 1700000000),
+    ("TopicArn", [TOPIC]),
+    ("Message", "\ud800"),  # a lone surrogate once JSON decodes the escape
+    ("MessageId", "\udfff"),
+)
+
+
+def wrongly_typed(envelope: dict[str, Any]) -> list[str]:
+    """JSON bodies: ``envelope`` (signed, so only the odd field is wrong) with each of WRONG_TYPES."""
+    return [json.dumps({**envelope, name: value}) for name, value in WRONG_TYPES]
+
+
 class CertServer:
     """A real HTTP server on 127.0.0.1 serving fixed bodies by path, recording every request."""
 
