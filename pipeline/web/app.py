@@ -33,7 +33,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
@@ -86,6 +86,10 @@ def create_app(
         log.warning("%s: request body over the limit, refused", request.url.path.split("/")[1] or "/")
         return PlainTextResponse("Request body too large.\n", 413)
 
+    async def gone(request: Request, exc: Exception) -> Response:
+        # The client left (or was disconnected for sending its body too slowly): nobody to answer.
+        return PlainTextResponse("", 400)
+
     async def server_error(request: Request, exc: Exception) -> Response:
         # Plain words, no traceback (that goes to the log, where uvicorn writes it).
         return PlainTextResponse("Something went wrong on our side. Please try again later.\n", 500)
@@ -99,7 +103,12 @@ def create_app(
             Route("/webhooks/ses", webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: not_found, BodyTooLarge: too_large, Exception: server_error},
+        exception_handlers={
+            HTTPException: not_found,
+            BodyTooLarge: too_large,
+            ClientDisconnect: gone,
+            Exception: server_error,
+        },
         lifespan=lifespan,
         style_hash=service.pages.style_hash,
     )
@@ -145,12 +154,21 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def make_server(app: Starlette) -> Any:
-    """The uvicorn server ``serve`` runs (tests run the same one)."""
+    """The uvicorn server ``serve`` runs (tests run the same one), with the [serve] limits on slow
+    clients: uvicorn's own keep-alive timeout, header size bound and connection limit, and the
+    deadlines on reading a request it lacks (:mod:`pipeline.web.timeouts`)."""
     import uvicorn
 
+    from pipeline.web.timeouts import deadline_protocol
+
+    settings = app.state.service.config.serve
     return uvicorn.Server(
         uvicorn.Config(
             app,
+            http=deadline_protocol(settings.header_timeout, settings.body_timeout),
+            timeout_keep_alive=settings.keep_alive_timeout,
+            limit_concurrency=settings.max_connections,
+            h11_max_incomplete_event_size=16 * 1024,  # the request line and headers: h11's default, said
             proxy_headers=True,
             forwarded_allow_ips=Environment.from_os().forwarded_allow_ips,
             server_header=False,
