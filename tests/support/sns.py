@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -221,6 +222,47 @@ class CertServer:
             assert self._thread is not None
             self._thread.join(5)
             self._server = None
+
+
+class Tarpit:
+    """A certificate host that accepts connections and never answers, as a slow or hostile one does;
+    ``release`` closes them all (a fetch waiting on one fails at once) and stops accepting."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        self.first = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return  # released
+            self.held.append(connection)
+            self.first.set()
+
+    def release(self) -> None:
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone may not)
+        except OSError:
+            pass
+        self._listener.close()
+        self._thread.join(5)
+        for connection in self.held:
+            connection.close()
+
+
+@contextmanager
+def tarpit() -> Iterator[Tarpit]:
+    pit = Tarpit()
+    try:
+        yield pit
+    finally:
+        pit.release()
 
 
 @contextmanager
