@@ -29,6 +29,7 @@ from pipeline.errors import ConfigError
 CONFIG_NAME = "newsletter.toml"
 CONFIG_ENV = "NEWSLETTER_CONFIG"
 SECRET_ENV = "NEWSLETTER_SECRET"
+PREVIOUS_SECRET_ENV = "NEWSLETTER_SECRET_PREVIOUS"
 SMTP_PASSWORD_ENV = "SMTP_PASSWORD"
 TRANSPORTS = ("maildir", "smtp", "ses")
 SMTP_SECURITY = ("starttls", "tls", "none")
@@ -386,6 +387,11 @@ class Environment:
 
     config_path: str = variable(CONFIG_ENV, "the config file, when --config is not given")
     secret: str = variable(SECRET_ENV, "signs unsubscribe and confirmation links", secret=True)
+    previous_secret: str = variable(
+        PREVIOUS_SECRET_ENV,
+        "the secret before NEWSLETTER_SECRET, while rotating it: links signed with it still work",
+        secret=True,
+    )
     forwarded_allow_ips: str = variable(
         "FORWARDED_ALLOW_IPS",
         "proxies whose X-Forwarded-For `newsletter serve` believes",

@@ -149,7 +149,7 @@ def recipient_for(
     endpoint will verify); headers get its ASCII form (an internationalised domain in punycode)."""
     address = header_address(email)
     check_header_value(name, "name")
-    token = make_token(secret, "unsubscribe", subscriber_id, email)
+    token = make_token(secret, "unsubscribe", subscriber_id, email, list_id=list_id(config))
     return Recipient(address, name, f"{config.public_url}/unsubscribe/{token}", message_id)
 
 

@@ -38,7 +38,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from pipeline.audience.tokens import load_secret
+from pipeline.audience.tokens import load_previous_secret, load_secret
 from pipeline.config import Config, Environment
 from pipeline.errors import ServeError
 from pipeline.events.sns import SnsVerifier
@@ -59,15 +59,18 @@ def create_app(
     config: Config,
     *,
     secret: bytes | None = None,
+    previous_secret: bytes | None = None,
     transport: Transport | None = None,
     verifier: SnsVerifier | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
-    """The ASGI app. ``secret`` defaults to NEWSLETTER_SECRET (the same rule as sending), ``transport``
-    to the configured one (opened on first mail), ``verifier`` to an SNS verifier for the configured topics."""
+    """The ASGI app. ``secret`` defaults to NEWSLETTER_SECRET (the same rule as sending), and then
+    ``previous_secret`` to NEWSLETTER_SECRET_PREVIOUS; ``transport`` to the configured one (opened on
+    first mail), ``verifier`` to an SNS verifier for the configured topics."""
     if secret is None:
         secret = load_secret(allow_development=config.transport == "maildir")
-    service = Service(config, secret, transport, verifier, clock)
+        previous_secret = load_previous_secret()
+    service = Service(config, secret, previous_secret, transport, verifier, clock)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pipeline.config import Config
 from pipeline.db import open_db
 from pipeline.events.sns import SnsVerifier
+from pipeline.send.message import list_id
 from pipeline.send.transports import Transport, open_transport
 from pipeline.web.pages import Pages
 from pipeline.web.security import DAY, HOUR, SlidingWindow
@@ -32,12 +33,18 @@ class Service:
         self,
         config: Config,
         secret: bytes,
+        previous_secret: bytes | None,
         transport: Transport | None,
         verifier: SnsVerifier | None,
         clock: Callable[[], float],
     ) -> None:
         self.config = config
         self.secret = secret
+        """Signs every link the service makes."""
+        self.previous_secret = previous_secret
+        """While NEWSLETTER_SECRET is being rotated, the one before it: links it signed still work."""
+        self.list_id = list_id(config)
+        """Every token is bound to the list: a link from another list's mail does nothing here."""
         self.clock = clock
         self.pages = Pages(config)
         self._transport = transport
