@@ -171,7 +171,7 @@ def make_server(app: Starlette) -> Any:
             http=deadline_protocol(settings.header_timeout, settings.body_timeout),
             timeout_keep_alive=settings.keep_alive_timeout,
             limit_concurrency=settings.max_connections,
-            h11_max_incomplete_event_size=16 * 1024,  # the request line and headers: h11's default, said
+            h11_max_incomplete_event_size=16 * 1024,  # a request head still incomplete past it: 400
             proxy_headers=True,
             forwarded_allow_ips=Environment.from_os().forwarded_allow_ips,
             server_header=False,

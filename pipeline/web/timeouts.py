@@ -1,7 +1,7 @@
 """Deadlines on reading a request, which uvicorn lacks: a slow client is disconnected.
 
-uvicorn closes a connection left idle after a response (``timeout_keep_alive``), bounds the size of
-a request's headers (``h11_max_incomplete_event_size``, 16 KB) and answers 503 past a number of
+uvicorn closes a connection left idle after a response (``timeout_keep_alive``), refuses a request
+head still incomplete past 16 KB (``h11_max_incomplete_event_size``) and answers 503 past a number of
 connections (``limit_concurrency``); ``serve`` sets all three. But it sets no time limit on reading
 a request: a client that connects and sends nothing, or trickles its headers or its body a byte at
 a time, holds its connection (and a place under ``limit_concurrency``) for as long as it likes, so

@@ -5,16 +5,20 @@ database has changed. The service runs under a real uvicorn on 127.0.0.1 (tests.
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
+import time
 from typing import Any
 
 import pytest
 
 from pipeline.audience.subscribers import add
+from pipeline.audience.tokens import make_token
 from pipeline.events.sns import SnsVerifier
 from tests.conftest import Newsletter
 from tests.support.sns import TOPIC, Signer, cert_server, notification, ses_bounce, wrongly_typed
-from tests.web.test_web import running_site
+from tests.web.test_web import LIST_ID, SECRET, running_site
+from tests.web.test_web import OTHER_LIST_ID as OTHER
 
 
 def snapshot(db: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
@@ -93,3 +97,60 @@ def test_the_webhook_answers_400_to_any_field_of_the_wrong_json_type(
 @pytest.fixture(scope="module")
 def signer() -> Signer:
     return Signer()
+
+
+# Links made up from a real one (token "<id>.<signature>" for subscriber 1, ada@example.org): each must
+# be refused (4xx) by the page, the button and the one-click POST alike.
+def made_up_links(subscriber_id: int, address: str) -> list[tuple[str, str]]:
+    now = int(time.time())
+    ours = SECRET.encode()
+    return [
+        (
+            "for another list, our secret",
+            make_token(ours, "unsubscribe", subscriber_id, address, list_id=OTHER),
+        ),
+        ("another secret", make_token(b"x" * 32, "unsubscribe", subscriber_id, address, list_id=LIST_ID)),
+        (
+            "for another address",
+            make_token(ours, "unsubscribe", subscriber_id, "eve@example.org", list_id=LIST_ID),
+        ),
+        (
+            "a confirmation token",
+            make_token(ours, "confirm", subscriber_id, address, now + 99, now, list_id=LIST_ID),
+        ),
+        (
+            "someone else's number",
+            make_token(ours, "unsubscribe", subscriber_id + 1, address, list_id=LIST_ID),
+        ),
+        ("no signature", f"{subscriber_id}."),
+        ("digits int() refuses", "\u00b9.abc"),
+        ("too many parts", f"{subscriber_id}.1.2.3.abc"),
+        ("huge number", "9" * 40 + ".abc"),
+    ]
+
+
+def test_made_up_unsubscribe_links_are_refused_and_change_nothing(newsletter: Newsletter) -> None:
+    with running_site(newsletter) as site:
+        db = site.db()
+        subscriber_id = add(db, "ada@example.org", status="active")
+        add(db, "eve@example.org", status="active")
+        before = snapshot(db)
+        for case, token in made_up_links(subscriber_id, "ada@example.org"):
+            target = f"{site.url}/unsubscribe/{token}"
+            for answer in (
+                site.client.get(target),
+                site.client.post(target, data={"confirm": "yes"}),
+                site.client.post(target, data={"List-Unsubscribe": "One-Click"}),
+            ):
+                assert 400 <= answer.status_code < 500, (case, answer.request.method, answer.status_code)
+        assert snapshot(db) == before
+
+
+def test_a_request_head_growing_past_16_kb_is_refused_at_once(newsletter: Newsletter) -> None:
+    with running_site(newsletter, header_timeout=60) as site:
+        host, port = site.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Padding: " + b"x" * 17_000)  # no end
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:80]
+        assert site.client.get(f"{site.url}/").status_code == 200
