@@ -267,7 +267,7 @@ def test_campaign_straight_to_moto_hands_ses_exactly_our_bytes(newsletter: Newsl
 
         match = UNSUBSCRIBE_URL.fullmatch(url)
         assert match and int(match.group(1)) == row["subscriber_id"]
-        assert verify_token(SECRET.encode(), "unsubscribe", token, address)
+        assert verify_token(SECRET.encode(), "unsubscribe", token, address, list_id=message["List-Id"])
 
         assert message.get_content_type() == "multipart/alternative"
         parts = list(message.iter_parts())
