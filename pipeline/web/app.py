@@ -18,8 +18,9 @@ Deployment: it listens on ``serve.host`` (127.0.0.1 by default) behind a reverse
 terminates TLS for ``newsletter.public_url``. ``X-Forwarded-For`` (the client address the per-IP
 sign-up limit counts) is believed only from the addresses in ``$FORWARDED_ALLOW_IPS``, by default
 127.0.0.1: the proxy on the same machine. Every link in a page or an email is built from
-``public_url``, never from the request's Host header, so a forged Host cannot plant links.
-
+``public_url``, never from the request's Host header, so a forged Host cannot plant links; no
+redirect is ever made (a path with a trailing slash is a 404). Slow clients are disconnected and
+connections limited by the ``[serve]`` settings (:func:`make_server`, :mod:`pipeline.web.timeouts`).
 """
 
 from __future__ import annotations
