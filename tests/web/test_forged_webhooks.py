@@ -23,6 +23,7 @@ FORGED = 60
 SAMPLES = 30
 
 
+@pytest.mark.slow  # the forgeries come from a process of their own
 @pytest.mark.timeout(90)
 def test_one_click_unsubscribe_stays_fast_while_forged_notifications_arrive(newsletter: Newsletter) -> None:
     signer = Signer()
