@@ -274,6 +274,25 @@ def test_a_bounce_without_recipients_is_rejected_and_not_recorded(
     assert recorded(db) == []
 
 
+@pytest.mark.parametrize(
+    "ses_event",
+    [
+        ses_bounce("\ud800@example.org"),  # json.dumps escapes it; decoding the Message brings it back
+        ses_bounce("ada@example.org", diagnostic="smtp; 550 \udfff"),
+        ses_complaint("ada@example.org", feedback="\ud800"),
+    ],
+    ids=["address", "diagnostic", "feedback"],
+)
+def test_an_ses_event_holding_a_lone_surrogate_is_rejected_and_changes_nothing(
+    db: sqlite3.Connection, verifier: SnsVerifier, signer: Signer, server: CertServer, ses_event: str
+) -> None:
+    add(db, "ada@example.org")
+    with pytest.raises(NotificationRejected, match="not valid Unicode"):
+        handle_sns(db, verifier, signed(signer, server, ses_event))
+    assert recorded(db) == []
+    assert subscriber(db, "ada@example.org")["status"] == "active"
+
+
 def test_a_tampered_message_changes_nothing(
     db: sqlite3.Connection,
     verifier: SnsVerifier,
