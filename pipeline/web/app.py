@@ -159,7 +159,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def make_server(app: Starlette) -> Any:
     """The uvicorn server ``serve`` runs (tests run the same one), with the [serve] limits on slow
-    clients: uvicorn's own keep-alive timeout, header size bound and connection limit, and the
+    clients: uvicorn's own keep-alive timeout, header buffer bound and connection limit, and the
     deadlines on reading a request it lacks (:mod:`pipeline.web.timeouts`)."""
     import uvicorn
 
