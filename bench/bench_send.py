@@ -67,7 +67,7 @@ from pipeline.issue.render import Rendered, render_issue
 from pipeline.issue.source import read_issue
 from pipeline.send.delivery import Outcome, SendSettings
 from pipeline.send.ledger import Campaign, Candidate, content_hash, delivery_key, prepare_campaign
-from pipeline.send.message import MessageTemplate, Recipient, sender_domain
+from pipeline.send.message import MessageTemplate, Recipient, list_id, sender_domain
 from pipeline.send.runner import CampaignRunner, Summary
 from pipeline.send.transports.base import Transport
 from pipeline.send.transports.discard import DiscardTransport
@@ -441,7 +441,7 @@ def bench_build(config: Config, rendered: Rendered, messages: int, runs: int) ->
     recipients = []
     for index in range(1, messages + 1):
         email = f"reader{index}@example.org"
-        token = make_token(SECRET, "unsubscribe", index, email)
+        token = make_token(SECRET, "unsubscribe", index, email, list_id=list_id(config))
         recipients.append(
             Recipient(
                 email=email,

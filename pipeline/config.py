@@ -29,6 +29,7 @@ from pipeline.errors import ConfigError
 CONFIG_NAME = "newsletter.toml"
 CONFIG_ENV = "NEWSLETTER_CONFIG"
 SECRET_ENV = "NEWSLETTER_SECRET"
+PREVIOUS_SECRET_ENV = "NEWSLETTER_SECRET_PREVIOUS"
 SMTP_PASSWORD_ENV = "SMTP_PASSWORD"
 TRANSPORTS = ("maildir", "smtp", "ses")
 SMTP_SECURITY = ("starttls", "tls", "none")
@@ -68,6 +69,18 @@ def _port(value: int) -> int:
     if _positive(value) > 65535:
         raise Invalid(f"must be a port number (1-65535), got {value}")
     return value
+
+
+def _up_to(limit: float) -> Check:
+    """Positive and at most ``limit``: a timeout or a limit of the web service beyond any sane value
+    is a typo (300 for 30), and would leave the door open the setting is there to close."""
+
+    def check(value: float) -> float:
+        if not 0 < value <= limit:
+            raise Invalid(f"must be more than 0 and at most {limit:g}, got {value:g}")
+        return value
+
+    return check
 
 
 def _positive_or_auto(value: int) -> int:
@@ -205,6 +218,25 @@ class ServeSettings:
         20, help="sign-ups one client address may make per hour", check=_positive
     )
     signups_per_address_per_day: int = key(5, help="sign-ups for one email address per day", check=_positive)
+    header_timeout: float = key(
+        10.0,
+        help="seconds a client has to send a request's line and headers, from connecting "
+        "(or from its first byte on a kept-alive connection); then it is disconnected",
+        check=_up_to(300),
+    )
+    body_timeout: float = key(
+        10.0,
+        help="seconds a client has to send a request's body once its headers are in; then it is disconnected",
+        check=_up_to(300),
+    )
+    keep_alive_timeout: float = key(
+        5.0, help="seconds an idle connection is kept open after a response", check=_up_to(300)
+    )
+    max_connections: int = key(
+        100,
+        help="connections at once; a request beyond them is answered 503 at once",
+        check=_up_to(10_000),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -355,6 +387,11 @@ class Environment:
 
     config_path: str = variable(CONFIG_ENV, "the config file, when --config is not given")
     secret: str = variable(SECRET_ENV, "signs unsubscribe and confirmation links", secret=True)
+    previous_secret: str = variable(
+        PREVIOUS_SECRET_ENV,
+        "the secret before NEWSLETTER_SECRET, while rotating it: links signed with it still work",
+        secret=True,
+    )
     forwarded_allow_ips: str = variable(
         "FORWARDED_ALLOW_IPS",
         "proxies whose X-Forwarded-For `newsletter serve` believes",

@@ -145,7 +145,8 @@ PASSWORD = "smtp-password-that-must-never-be-printed"
 
 
 def test_environment_reads_each_variable_with_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("NEWSLETTER_CONFIG", "NEWSLETTER_SECRET", "FORWARDED_ALLOW_IPS", "MY_SMTP_PASSWORD"):
+    names = ("NEWSLETTER_CONFIG", "NEWSLETTER_SECRET", "NEWSLETTER_SECRET_PREVIOUS", "FORWARDED_ALLOW_IPS")
+    for name in (*names, "MY_SMTP_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
     unset = Environment.from_os("MY_SMTP_PASSWORD")
     assert (unset.secret, unset.forwarded_allow_ips, unset.smtp_password, unset.given) == (
@@ -166,6 +167,7 @@ def test_environment_reads_each_variable_with_its_default(monkeypatch: pytest.Mo
     assert list(shown) == [
         "NEWSLETTER_CONFIG",
         "NEWSLETTER_SECRET",
+        "NEWSLETTER_SECRET_PREVIOUS",
         "FORWARDED_ALLOW_IPS",
         "MY_SMTP_PASSWORD",
     ]

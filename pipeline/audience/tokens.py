@@ -1,10 +1,17 @@
 """Signed, unguessable tokens for unsubscribe links and (expiring) confirmation links.
 
 A token is ``<subscriber id>.<signature>``; the signature is an HMAC over the
-purpose, the id and the address, so it cannot be forged, moved to another
-subscriber, or reused for another purpose. It does not reveal the address.
-A confirmation link's token also carries, signed with the rest, when it was sent
-and when it expires: ``<id>.<sent>.<expiry>.<signature>`` (Unix seconds).
+purpose, the list (its List-Id), the id and the address, so it cannot be forged,
+moved to another subscriber or another list, or reused for another purpose. It
+does not reveal the address. A confirmation link's token also carries, signed
+with the rest, when it was sent and when it expires: ``<id>.<sent>.<expiry>.<signature>``
+(Unix seconds).
+
+Tokens are made with ``NEWSLETTER_SECRET``, and verified against it or, while the
+secret is being rotated, against ``NEWSLETTER_SECRET_PREVIOUS``: the links already
+mailed keep working. Tokens made before they were bound to the list (no List-Id in
+the signature) still verify against either secret, so no link already mailed
+breaks; they can only act on the one address they were made for, as before.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import hmac
 import logging
 import time
 
-from pipeline.config import SECRET_ENV, Environment
+from pipeline.config import PREVIOUS_SECRET_ENV, SECRET_ENV, Environment
 from pipeline.errors import MissingSecret
 
 # Only for the local maildir transport: nothing leaves the machine, so links need not be unforgeable.
@@ -45,6 +52,18 @@ def load_secret(allow_development: bool) -> bytes:
     )
 
 
+def load_previous_secret() -> bytes | None:
+    """NEWSLETTER_SECRET_PREVIOUS, the secret being rotated out: tokens made with it still verify."""
+    secret = Environment.from_os().previous_secret
+    if not secret:
+        return None
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise MissingSecret(
+            f"{PREVIOUS_SECRET_ENV} is too short: it must be the secret {SECRET_ENV} held before"
+        )
+    return secret.encode("utf-8")
+
+
 def _signature(
     secret: bytes,
     purpose: str,
@@ -52,8 +71,11 @@ def _signature(
     email: str,
     expires: int | None,
     issued: int | None = None,
+    list_id: str | None = None,
 ) -> str:
-    message = f"{purpose}\x00{subscriber_id}\x00{email.casefold()}"
+    # No list: the form tokens had before they were bound to one (verified, never made).
+    bound = "" if list_id is None else f"list\x00{list_id}\x00"
+    message = f"{purpose}\x00{bound}{subscriber_id}\x00{email.casefold()}"
     if expires is not None:
         message += f"\x00{expires}"
     if issued is not None:
@@ -69,13 +91,28 @@ def make_token(
     email: str,
     expires: int | None = None,
     issued: int | None = None,
+    *,
+    list_id: str,
 ) -> str:
     """``<id>.<signature>``; ``<id>.<expiry>.<signature>`` for a link that stops working at ``expires``
     (Unix seconds, signed with the rest); ``<id>.<issued>.<expiry>.<signature>`` when the time the link
-    was sent is signed in too (Unix seconds: the confirmation link, so only the latest one works)."""
+    was sent is signed in too (Unix seconds: the confirmation link, so only the latest one works).
+    ``list_id`` is the List-Id of the list it belongs to; a token verifies for that list only."""
+    return _token(secret, purpose, subscriber_id, email, expires, issued, list_id)
+
+
+def _token(
+    secret: bytes,
+    purpose: str,
+    subscriber_id: int,
+    email: str,
+    expires: int | None,
+    issued: int | None,
+    list_id: str | None,
+) -> str:
     if issued is not None and expires is None:
         raise ValueError("a token with an issue time needs an expiry too")
-    signature = _signature(secret, purpose, subscriber_id, email, expires, issued)
+    signature = _signature(secret, purpose, subscriber_id, email, expires, issued, list_id)
     numbers = [str(n) for n in (subscriber_id, issued, expires) if n is not None]
     return ".".join([*numbers, signature])
 
@@ -117,13 +154,31 @@ def token_issued(token: str) -> int | None:
     return None if parts is None else parts[1]
 
 
-def verify_token(secret: bytes, purpose: str, token: str, email: str, now: float | None = None) -> bool:
-    """Whether ``token`` was made by us for this purpose and address, and has not expired."""
+def verify_token(
+    secret: bytes,
+    purpose: str,
+    token: str,
+    email: str,
+    now: float | None = None,
+    *,
+    list_id: str,
+    previous_secret: bytes | None = None,
+) -> bool:
+    """Whether ``token`` was made by us for this purpose, address and list (or before tokens named
+    their list), with ``secret`` or ``previous_secret``, and has not expired."""
     parts = _parts(token)
     if parts is None:
         return False
     subscriber_id, issued, expires, _ = parts
-    expected = make_token(secret, purpose, subscriber_id, email, expires, issued)
-    if not hmac.compare_digest(expected.encode(), token.encode("utf-8", "replace")):
+    given = token.encode("utf-8", "replace")
+    keys = [secret] if previous_secret is None else [secret, previous_secret]
+    matches = [
+        hmac.compare_digest(
+            _token(key, purpose, subscriber_id, email, expires, issued, bound).encode(), given
+        )
+        for key in keys
+        for bound in (list_id, None)
+    ]
+    if not any(matches):
         return False
     return expires is None or (time.time() if now is None else now) < expires

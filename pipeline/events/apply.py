@@ -94,6 +94,11 @@ def handle_sns(
         raise NotificationDeferred(
             f"SNS message {message['MessageId']}: state database busy: {error}"
         ) from None
+    except UnicodeEncodeError:
+        # A lone surrogate ("\\ud800" in the SES event's JSON): no UTF-8 store can hold it, ever.
+        raise NotificationRejected(
+            f"SNS message {message['MessageId']}: the SES event holds text that is not valid Unicode"
+        ) from None
 
 
 def apply_notification(db: sqlite3.Connection, message: dict[str, str]) -> Applied:

@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,6 +53,10 @@ CERTIFICATE_SECONDS = 24 * 3600.0
 FAILED_FETCH_SECONDS = 60.0
 DEFERRED_FETCH_SECONDS = 10.0
 REMEMBERED_FAILURES = 256
+# Signing certificates fetched at once. SNS signs with one certificate for months, fetched once and
+# cached, so more than one fetch at a time means forged messages naming certificates of their own: past
+# this many, a message is deferred at once (SNS retries a 503) instead of waiting for a fetch slot.
+MAX_CONCURRENT_FETCHES = 4
 # SNS sends Timestamp in UTC; a little clock skew the other way is not a forgery.
 FUTURE_SKEW_SECONDS = 300.0
 
@@ -137,9 +142,10 @@ def parse_message(body: bytes) -> dict[str, str]:
         raise _rejected("?", "body is not JSON") from None
     if not isinstance(raw, dict):
         raise _rejected("?", "body is not a JSON object")
-    message_id = raw["MessageId"] if isinstance(raw.get("MessageId"), str) else "?"
+    message_id = raw["MessageId"] if _is_text(raw.get("MessageId")) else "?"
     kind = raw.get("Type")
-    if kind not in SIGNED_FIELDS:
+    # isinstance first: a list or an object is unhashable, and `in` a dict would raise TypeError.
+    if not isinstance(kind, str) or kind not in SIGNED_FIELDS:
         if "eventType" in raw or "notificationType" in raw:
             # SES JSON straight in the body: raw message delivery is on for the subscription.
             raise _rejected(
@@ -150,16 +156,28 @@ def parse_message(body: bytes) -> dict[str, str]:
     for name, value in raw.items():
         if name in OPTIONAL_FIELDS and value is None:
             continue  # a null Subject is no Subject
-        if isinstance(value, str):
+        if _is_text(value):
             message[name] = value
         elif name in SIGNED_FIELDS[kind] or name in ENVELOPE_FIELDS:
-            raise _rejected(message_id, f"{name} is not a string")
+            raise _rejected(message_id, f"{name} is not a string of Unicode text")
     for name in (*SIGNED_FIELDS[kind], *ENVELOPE_FIELDS):
         if name not in message and name not in OPTIONAL_FIELDS:
             raise _rejected(message_id, f"unsigned or incomplete: no {name}")
     _hash_of(message)
     _signature_of(message)
     return message
+
+
+def _is_text(value: object) -> bool:
+    """A JSON string we can sign, store and print: JSON's "\\ud800" escapes decode to lone surrogates,
+    which no UTF-8 encoder (the signature check, SQLite, the terminal) accepts."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def canonical_string(message: dict[str, str]) -> str:
@@ -232,7 +250,12 @@ class Certificates:
     ``fetch`` GETs a URL and returns the body; it may raise NotificationRejected / NotificationDeferred,
     and an OSError from it counts as deferred. A certificate that could not be had is not fetched again
     for ``FAILED_FETCH_SECONDS`` (``DEFERRED_FETCH_SECONDS`` when deferred): asking again at once
-    answers the same failure. Both memories are bounded in size; errors carry no message id.
+    answers the same failure. A deferred failure (the host unreachable, slow or failing) is remembered
+    for its host too, so forged messages naming ever new certificates on one dead host cost one fetch,
+    not one each; a failure for good (404, not a certificate) only for its URL, since the host may
+    well serve the real certificate. At most ``MAX_CONCURRENT_FETCHES`` fetches run at once: past them
+    a certificate is deferred at once, not queued. The memories are bounded in size; errors carry no
+    message id.
     """
 
     def __init__(self, fetch: Callable[[str], bytes], clock: Callable[[], float]) -> None:
@@ -243,20 +266,35 @@ class Certificates:
         self._failures: TTLCache[str, NotificationError] = TTLCache(
             REMEMBERED_FAILURES, FAILED_FETCH_SECONDS, clock
         )
+        self._host_failures: TTLCache[str, NotificationError] = TTLCache(
+            REMEMBERED_FAILURES, DEFERRED_FETCH_SECONDS, clock
+        )
+        self._fetch_slots = threading.BoundedSemaphore(MAX_CONCURRENT_FETCHES)
 
     def public_key(self, url: str) -> rsa.RSAPublicKey:
         key = self._keys.get(url)
         if key is not None:
             return key
-        failure = self._failures.get(url)
+        host = _host(url)
+        failure = self._failures.get(url) or self._host_failures.get(host)
         if failure is not None:
             raise type(failure)(f"{failure} (a moment ago; not fetched again yet)")
+        if not self._fetch_slots.acquire(blocking=False):
+            raise NotificationDeferred(
+                f"{MAX_CONCURRENT_FETCHES} signing certificates are being fetched already; "
+                f"{_show(url)} not fetched now"
+            )
         try:
             key = load_public_key(self._fetch(url), url)
         except NotificationError as error:
-            deferred = isinstance(error, NotificationDeferred)
-            self._failures.put(url, error, DEFERRED_FETCH_SECONDS if deferred else FAILED_FETCH_SECONDS)
+            if isinstance(error, NotificationDeferred):
+                self._failures.put(url, error, DEFERRED_FETCH_SECONDS)
+                self._host_failures.put(host, error)
+            else:
+                self._failures.put(url, error)
             raise
+        finally:
+            self._fetch_slots.release()
         self._keys.put(url, key)
         return key
 
@@ -373,6 +411,14 @@ def _logged() -> Iterator[None]:
     except NotificationError as error:
         log.warning("%s %s", "deferred" if isinstance(error, NotificationDeferred) else "rejected", error)
         raise
+
+
+def _host(url: str) -> str:
+    """The host and port of a URL as the fetch would connect to them (the URL passed the host checks)."""
+    try:
+        return urlsplit(url).netloc.lower()
+    except ValueError:
+        return url
 
 
 def _rejected(message_id: str, reason: str) -> NotificationRejected:

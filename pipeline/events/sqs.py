@@ -2,7 +2,8 @@
 by :mod:`pipeline.events.apply`, then deleted.
 
 A message leaves the queue only once its effect is committed, or when it can never be valid
-(NotificationRejected). NotificationDeferred, or any unexpected error, leaves it there for a later pull.
+(NotificationRejected). NotificationDeferred, or any unexpected error, leaves it there for a later pull,
+and the pull goes on with the next message: no message can stop it.
 """
 
 from __future__ import annotations
@@ -111,9 +112,12 @@ def _handle_queued(
     report: PullReport,
 ) -> bool:
     """Handle one queue message; whether it was deleted (only when applied, or rejected for good)."""
-    body = queued.get("Body", "")
+    body = queued.get("Body")
     try:
-        applied = handle_sns(db, verifier, body.encode("utf-8"))
+        if not isinstance(body, str):
+            raise NotificationRejected(f"SQS message {queued.get('MessageId', '?')}: no text body")
+        # surrogatepass: a lone surrogate must reach the JSON check and be refused there, not crash here.
+        applied = handle_sns(db, verifier, body.encode("utf-8", "surrogatepass"))
     except NotificationDeferred as error:
         report.left += 1
         report.details.append(f"left in the queue: {error}")
@@ -121,6 +125,14 @@ def _handle_queued(
     except NotificationRejected as error:
         report.rejected += 1
         report.details.append(f"rejected: {error}")
+    except Exception as error:  # a bug: one message must not stop the pull or every later one
+        log.exception("SQS message %s: unexpected error, left in the queue", queued.get("MessageId"))
+        report.left += 1
+        report.details.append(
+            f"left in the queue: unexpected {type(error).__name__} (a bug; see the log): "
+            f"{one_line(str(error))}"
+        )
+        return False
     else:
         if applied.duplicate:
             report.duplicates += 1

@@ -1,6 +1,7 @@
 """The subscriber web service beside the stages: double opt-in sign-up (``signup``), unsubscribe
 pages and one-click (``links``), the SES webhook (``webhook``), security headers and limits
-(``security``), assembled into one Starlette app and served by uvicorn (``app``).
+(``security``), deadlines on slow clients (``timeouts``), assembled into one Starlette app and served
+by uvicorn (``app``).
 """
 
 from __future__ import annotations

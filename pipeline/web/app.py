@@ -18,8 +18,9 @@ Deployment: it listens on ``serve.host`` (127.0.0.1 by default) behind a reverse
 terminates TLS for ``newsletter.public_url``. ``X-Forwarded-For`` (the client address the per-IP
 sign-up limit counts) is believed only from the addresses in ``$FORWARDED_ALLOW_IPS``, by default
 127.0.0.1: the proxy on the same machine. Every link in a page or an email is built from
-``public_url``, never from the request's Host header, so a forged Host cannot plant links.
-
+``public_url``, never from the request's Host header, so a forged Host cannot plant links; no
+redirect is ever made (a path with a trailing slash is a 404). Slow clients are disconnected and
+connections limited by the ``[serve]`` settings (:func:`make_server`, :mod:`pipeline.web.timeouts`).
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from pipeline.audience.tokens import load_secret
+from pipeline.audience.tokens import load_previous_secret, load_secret
 from pipeline.config import Config, Environment
 from pipeline.errors import ServeError
 from pipeline.events.sns import SnsVerifier
@@ -59,15 +60,18 @@ def create_app(
     config: Config,
     *,
     secret: bytes | None = None,
+    previous_secret: bytes | None = None,
     transport: Transport | None = None,
     verifier: SnsVerifier | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
-    """The ASGI app. ``secret`` defaults to NEWSLETTER_SECRET (the same rule as sending), ``transport``
-    to the configured one (opened on first mail), ``verifier`` to an SNS verifier for the configured topics."""
+    """The ASGI app. ``secret`` defaults to NEWSLETTER_SECRET (the same rule as sending), and then
+    ``previous_secret`` to NEWSLETTER_SECRET_PREVIOUS; ``transport`` to the configured one (opened on
+    first mail), ``verifier`` to an SNS verifier for the configured topics."""
     if secret is None:
         secret = load_secret(allow_development=config.transport == "maildir")
-    service = Service(config, secret, transport, verifier, clock)
+        previous_secret = load_previous_secret()
+    service = Service(config, secret, previous_secret, transport, verifier, clock)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -86,6 +90,10 @@ def create_app(
         log.warning("%s: request body over the limit, refused", request.url.path.split("/")[1] or "/")
         return PlainTextResponse("Request body too large.\n", 413)
 
+    async def gone(request: Request, exc: Exception) -> Response:
+        # The client left (or was disconnected for sending its body too slowly): nobody to answer.
+        return PlainTextResponse("", 400)
+
     async def server_error(request: Request, exc: Exception) -> Response:
         # Plain words, no traceback (that goes to the log, where uvicorn writes it).
         return PlainTextResponse("Something went wrong on our side. Please try again later.\n", 500)
@@ -99,10 +107,19 @@ def create_app(
             Route("/webhooks/ses", webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: not_found, BodyTooLarge: too_large, Exception: server_error},
+        exception_handlers={
+            HTTPException: not_found,
+            BodyTooLarge: too_large,
+            ClientDisconnect: gone,
+            Exception: server_error,
+        },
         lifespan=lifespan,
         style_hash=service.pages.style_hash,
     )
+    # Starlette would answer "/subscribe/" with a redirect built from the request's Host header:
+    # anyone could make us point a visitor at their own site. Every URL we emit comes from
+    # public_url; a path with a stray slash is simply not found.
+    app.router.redirect_slashes = False
     app.state.service = service
     return app
 
@@ -141,12 +158,21 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def make_server(app: Starlette) -> Any:
-    """The uvicorn server ``serve`` runs (tests run the same one)."""
+    """The uvicorn server ``serve`` runs (tests run the same one), with the [serve] limits on slow
+    clients: uvicorn's own keep-alive timeout, header buffer bound and connection limit, and the
+    deadlines on reading a request it lacks (:mod:`pipeline.web.timeouts`)."""
     import uvicorn
 
+    from pipeline.web.timeouts import deadline_protocol
+
+    settings = app.state.service.config.serve
     return uvicorn.Server(
         uvicorn.Config(
             app,
+            http=deadline_protocol(settings.header_timeout, settings.body_timeout),
+            timeout_keep_alive=settings.keep_alive_timeout,
+            limit_concurrency=settings.max_connections,
+            h11_max_incomplete_event_size=16 * 1024,  # a request head still incomplete past it: 400
             proxy_headers=True,
             forwarded_allow_ips=Environment.from_os().forwarded_allow_ips,
             server_header=False,

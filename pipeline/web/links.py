@@ -44,7 +44,15 @@ def check_link(service: Service, purpose: str, token: str) -> LinkCheck:
         row = by_id(service.db, subscriber_id)
     expires = token_expiry(token)
     checked_at = None if expires is None else expires - 1
-    if row is None or not verify_token(service.secret, purpose, token, row["email"], now=checked_at):
+    if row is None or not verify_token(
+        service.secret,
+        purpose,
+        token,
+        row["email"],
+        now=checked_at,
+        list_id=service.list_id,
+        previous_secret=service.previous_secret,
+    ):
         return LinkCheck(None, 404)
     return LinkCheck(row, 200)
 

@@ -147,12 +147,20 @@ def mail(service: Service, signup: Signup, at: float) -> None:
         expires = int(at + config.serve.confirm_hours * HOUR)
         # The time it is sent (as stored in confirmation_sent_at), so only the latest link works.
         token = make_token(
-            service.secret, "confirm", signup.subscriber_id, signup.email, expires=expires, issued=int(at)
+            service.secret,
+            "confirm",
+            signup.subscriber_id,
+            signup.email,
+            expires=expires,
+            issued=int(at),
+            list_id=service.list_id,
         )
         link, template = f"{config.public_url}/confirm/{token}", "confirm_email"
         subject = f"Confirm your subscription to {config.name}"
     else:
-        token = make_token(service.secret, "unsubscribe", signup.subscriber_id, signup.email)
+        token = make_token(
+            service.secret, "unsubscribe", signup.subscriber_id, signup.email, list_id=service.list_id
+        )
         link, template = f"{config.public_url}/unsubscribe/{token}", "already_email"
         subject = f"You are already subscribed to {config.name}"
     # Not the name: whoever filled in the form chose it, and this goes to someone who may not have.

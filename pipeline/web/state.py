@@ -10,13 +10,19 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from pipeline.config import Config
 from pipeline.db import open_db
 from pipeline.events.sns import SnsVerifier
+from pipeline.send.message import list_id
 from pipeline.send.transports import Transport, open_transport
 from pipeline.web.pages import Pages
 from pipeline.web.security import DAY, HOUR, SlidingWindow
+
+# Webhook requests handled at once (see Service.webhook_threads). SNS delivers a few at a time; the
+# certificate fetches among them are capped lower still (pipeline.events.sns.MAX_CONCURRENT_FETCHES).
+WEBHOOK_THREADS = 8
 
 
 class Service:
@@ -27,18 +33,28 @@ class Service:
         self,
         config: Config,
         secret: bytes,
+        previous_secret: bytes | None,
         transport: Transport | None,
         verifier: SnsVerifier | None,
         clock: Callable[[], float],
     ) -> None:
         self.config = config
         self.secret = secret
+        """Signs every link the service makes."""
+        self.previous_secret = previous_secret
+        """While NEWSLETTER_SECRET is being rotated, the one before it: links it signed still work."""
+        self.list_id = list_id(config)
+        """Every token is bound to the list: a link from another list's mail does nothing here."""
         self.clock = clock
         self.pages = Pages(config)
         self._transport = transport
         self._transport_lock = threading.Lock()
         self._verifier = verifier
         self._verifier_lock = threading.Lock()
+        # The webhook's threads, apart from the pool the pages run in: anyone can POST it a forged
+        # notification whose certificate takes seconds to fetch, and those waits must not hold up a
+        # subscriber's unsubscribe page. Requests beyond them wait their turn without a thread.
+        self.webhook_threads = ThreadPoolExecutor(WEBHOOK_THREADS, thread_name_prefix="webhook")
         # One connection per purpose, each used by one thread at a time, under its lock. The webhook
         # holds its lock only for database work, never while it waits on the network (SNS certificates).
         self.db = open_db(config.paths.state)
@@ -52,6 +68,9 @@ class Service:
         self._counter_lock = threading.Lock()
 
     def close(self) -> None:
+        # Not waiting: a thread may be fetching a certificate for seconds; its database work is
+        # done under events_lock, which closing takes too.
+        self.webhook_threads.shutdown(wait=False, cancel_futures=True)
         with self.db_lock:
             self.db.close()
         with self.events_lock:

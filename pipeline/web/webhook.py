@@ -7,9 +7,9 @@ The answer tells SNS what to do: 200 applied (or a duplicate), 400 never valid (
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 async def webhook(request: Request) -> Response:
     service: Service = request.app.state.service
-    return await run_in_threadpool(_webhook, service, await read_body(request, MAX_WEBHOOK_BYTES))
+    body = await read_body(request, MAX_WEBHOOK_BYTES)
+    # On the webhook's own threads, never the pages' pool: see Service.webhook_threads.
+    return await asyncio.get_running_loop().run_in_executor(service.webhook_threads, _webhook, service, body)
 
 
 def _webhook(service: Service, body: bytes) -> Response:

@@ -37,6 +37,7 @@ from tests.support.sns import (
     notification,
     ses_bounce,
     ses_complaint,
+    wrongly_typed,
 )
 
 
@@ -271,6 +272,25 @@ def test_a_bounce_without_recipients_is_rejected_and_not_recorded(
     with pytest.raises(NotificationRejected, match="event without a"):
         handle_sns(db, verifier, signed(signer, server, ses_event))
     assert recorded(db) == []
+
+
+@pytest.mark.parametrize(
+    "ses_event",
+    [
+        ses_bounce("\ud800@example.org"),  # json.dumps escapes it; decoding the Message brings it back
+        ses_bounce("ada@example.org", diagnostic="smtp; 550 \udfff"),
+        ses_complaint("ada@example.org", feedback="\ud800"),
+    ],
+    ids=["address", "diagnostic", "feedback"],
+)
+def test_an_ses_event_holding_a_lone_surrogate_is_rejected_and_changes_nothing(
+    db: sqlite3.Connection, verifier: SnsVerifier, signer: Signer, server: CertServer, ses_event: str
+) -> None:
+    add(db, "ada@example.org")
+    with pytest.raises(NotificationRejected, match="not valid Unicode"):
+        handle_sns(db, verifier, signed(signer, server, ses_event))
+    assert recorded(db) == []
+    assert subscriber(db, "ada@example.org")["status"] == "active"
 
 
 def test_a_tampered_message_changes_nothing(
@@ -598,6 +618,43 @@ def test_pull_rejects_and_deletes_a_body_json_cannot_read(
     assert (report.received, report.rejected, report.left) == (1, 1, 0)
     assert "not JSON" in report.lines()[1]
     assert queue.count() == 0
+
+
+def test_pull_rejects_fields_of_the_wrong_json_type_and_goes_on(
+    newsletter: Newsletter, sqs_env: str, verifier: SnsVerifier, signer: Signer, server: CertServer
+) -> None:
+    queue = Queue(sqs_env)
+    configure_events(newsletter, queue.url)
+    add_readers(newsletter, "ada@example.org", "bob@example.org")
+    bad = wrongly_typed(json.loads(signed(signer, server, ses_bounce("ada@example.org"))))
+    for body in [*bad, signed(signer, server, ses_bounce("bob@example.org")).decode()]:
+        queue.put(body)
+    report = pull(newsletter.config(), wait_seconds=0, verifier=verifier)
+    assert (report.received, report.applied, report.rejected, report.left) == (len(bad) + 1, 1, len(bad), 0)
+    assert all(line.startswith("  rejected: SNS message") for line in report.lines()[1:]), report.lines()
+    assert statuses(newsletter) == {"ada@example.org": ("active", 0), "bob@example.org": ("bounced", 0)}
+    assert queue.count() == 0
+
+
+def test_pull_goes_on_past_a_message_that_raises_an_unexpected_error(
+    newsletter: Newsletter, sqs_env: str, server: CertServer, signer: Signer
+) -> None:
+    class Buggy(SnsVerifier):
+        def verify_signature(self, body: bytes) -> dict[str, str]:
+            if b"ada@example.org" in body:
+                raise KeyError("a bug")
+            return super().verify_signature(body)
+
+    queue = Queue(sqs_env)
+    configure_events(newsletter, queue.url)
+    add_readers(newsletter, "ada@example.org", "bob@example.org")
+    queue.put(signed(signer, server, ses_bounce("ada@example.org")))
+    queue.put(signed(signer, server, ses_bounce("bob@example.org")))
+    report = pull(newsletter.config(), wait_seconds=0, verifier=Buggy(cert_host_allowed=server.allows))
+    assert (report.received, report.applied, report.rejected, report.left) == (2, 1, 0, 1)
+    assert "left in the queue: unexpected KeyError (a bug; see the log)" in report.lines()[1]
+    assert statuses(newsletter) == {"ada@example.org": ("active", 0), "bob@example.org": ("bounced", 0)}
+    assert queue.count() == 1  # kept for a fixed version to apply, never deleted unapplied
 
 
 def test_pull_accepts_any_topic_while_topic_arns_is_empty_but_says_so(

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -14,6 +17,7 @@ from pipeline.errors import NotificationDeferred, NotificationRejected
 from pipeline.events.sns import (
     DEFERRED_FETCH_SECONDS,
     FAILED_FETCH_SECONDS,
+    MAX_CONCURRENT_FETCHES,
     Certificates,
     canonical_string,
     check_age,
@@ -122,3 +126,58 @@ def test_certificates_are_fetched_once_and_failures_remembered_per_url(signer: S
     with pytest.raises(NotificationRejected, match=r"HTTP 404$"):
         certificates.public_key(missing)
     assert fetched == [CERT_URL, missing, flaky, flaky, missing]
+
+
+def test_a_host_that_failed_for_now_is_not_asked_for_other_certificates(signer: Signer) -> None:
+    clock = ManualClock(1000.0)
+    fetched: list[str] = []
+    elsewhere = CERT_URL.replace("us-east-1", "eu-west-1")
+    missing = elsewhere.replace("0123", "dead")
+
+    def fetch(url: str) -> bytes:
+        fetched.append(url)
+        if "us-east-1" in url:
+            raise TimeoutError("timed out")
+        if url == missing:
+            raise NotificationRejected(f"{url} answered HTTP 404")
+        return signer.pem
+
+    certificates = Certificates(fetch, clock)
+    with pytest.raises(NotificationDeferred, match="timed out"):
+        certificates.public_key(CERT_URL)
+    for number in range(50):  # forged messages, each naming a certificate of its own on that host
+        with pytest.raises(NotificationDeferred, match="not fetched again yet"):
+            certificates.public_key(CERT_URL.replace("0123456789abcdef", f"{number:016x}"))
+    # A failure for good is its URL's alone: the host may serve the real certificate.
+    with pytest.raises(NotificationRejected, match="HTTP 404"):
+        certificates.public_key(missing)
+    certificates.public_key(elsewhere)
+    assert fetched == [CERT_URL, missing, elsewhere]
+    clock.now += DEFERRED_FETCH_SECONDS  # the host is asked again soon (SNS retries a 503)
+    with pytest.raises(NotificationDeferred, match="timed out"):
+        certificates.public_key(CERT_URL.replace("0123", "4567"))
+    assert len(fetched) == 4
+
+
+def test_certificate_fetches_are_capped_and_the_rest_deferred_at_once(signer: Signer) -> None:
+    entered = threading.Semaphore(0)
+    release = threading.Event()
+
+    def slow_fetch(url: str) -> bytes:
+        entered.release()
+        release.wait(30)
+        return signer.pem
+
+    certificates = Certificates(slow_fetch, ManualClock(1000.0))
+    urls = [CERT_URL.replace("us-east-1", f"us-east-{n + 2}") for n in range(MAX_CONCURRENT_FETCHES + 1)]
+    with ThreadPoolExecutor(MAX_CONCURRENT_FETCHES) as pool:
+        waiting = [pool.submit(certificates.public_key, url) for url in urls[:-1]]
+        for _ in waiting:
+            assert entered.acquire(timeout=30)
+        start = time.monotonic()
+        with pytest.raises(NotificationDeferred, match="being fetched already"):
+            certificates.public_key(urls[-1])
+        assert time.monotonic() - start < 1.0  # refused, not queued behind the slow fetches
+        release.set()
+        assert all(isinstance(future.result(30), rsa.RSAPublicKey) for future in waiting)
+    certificates.public_key(urls[-1])  # a free slot again: fetched now

@@ -477,7 +477,7 @@ def test_campaign_delivers_one_complete_message_per_active_subscriber(issue: New
         )
         assert match, message["List-Unsubscribe"]
         url, token = match.groups()
-        assert verify_token(SECRET.encode(), "unsubscribe", token, address), (
+        assert verify_token(SECRET.encode(), "unsubscribe", token, address, list_id=message["List-Id"]), (
             "token not signed for this subscriber"
         )
         tokens.add(token)

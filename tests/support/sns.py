@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -151,6 +152,29 @@ def ses_complaint(*recipients: str, field: str = "eventType", feedback: str | No
     return json.dumps({field: "Complaint", "complaint": complaint, "mail": {"messageId": "ses-message-id"}})
 
 
+# A field of an SNS envelope and a value of the wrong JSON type (or one no UTF-8 encoder takes).
+WRONG_TYPES: tuple[tuple[str, Any], ...] = (
+    ("Type", ["Notification"]),  # unhashable: `in` a dict raises TypeError
+    ("Type", {"Notification": 1}),
+    ("Type", 7),
+    ("Type", None),
+    ("MessageId", 12345),
+    ("Message", {"eventType": "Bounce"}),
+    ("Signature", ["abc"]),
+    ("SignatureVersion", 1),
+    ("SigningCertURL", None),
+    ("Timestamp", 1700000000),
+    ("TopicArn", [TOPIC]),
+    ("Message", "\ud800"),  # a lone surrogate once JSON decodes the escape
+    ("MessageId", "\udfff"),
+)
+
+
+def wrongly_typed(envelope: dict[str, Any]) -> list[str]:
+    """JSON bodies: ``envelope`` (signed, so only the odd field is wrong) with each of WRONG_TYPES."""
+    return [json.dumps({**envelope, name: value}) for name, value in WRONG_TYPES]
+
+
 class CertServer:
     """A real HTTP server on 127.0.0.1 serving fixed bodies by path, recording every request."""
 
@@ -198,6 +222,47 @@ class CertServer:
             assert self._thread is not None
             self._thread.join(5)
             self._server = None
+
+
+class Tarpit:
+    """A certificate host that accepts connections and never answers, as a slow or hostile one does;
+    ``release`` closes them all (a fetch waiting on one fails at once) and stops accepting."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        self.first = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return  # released
+            self.held.append(connection)
+            self.first.set()
+
+    def release(self) -> None:
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone may not)
+        except OSError:
+            pass
+        self._listener.close()
+        self._thread.join(5)
+        for connection in self.held:
+            connection.close()
+
+
+@contextmanager
+def tarpit() -> Iterator[Tarpit]:
+    pit = Tarpit()
+    try:
+        yield pit
+    finally:
+        pit.release()
 
 
 @contextmanager

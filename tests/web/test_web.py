@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from pipeline.audience.subscribers import add, find, set_status
-from pipeline.audience.tokens import make_token
+from pipeline.audience.tokens import make_token, verify_token
 from pipeline.config import Config
 from pipeline.db import open_db, transaction
 from pipeline.errors import NotificationDeferred, ServeError
@@ -42,6 +42,8 @@ from tests.conftest import Newsletter
 from tests.support.fakes import OffsetClock
 
 SECRET = "web-test-secret-0123456789"
+LIST_ID = "Crate Notes <crate-notes.example.org>"  # what the test newsletter's mails say
+OTHER_LIST_ID = "Other Notes <other-notes.example.org>"
 NEWSLETTER = Path(sys.executable).with_name("newsletter")
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 CHECK_INBOX = "Check your inbox"
@@ -112,14 +114,21 @@ def configure(newsletter: Newsletter, url: str, serve: dict[str, object]) -> Non
 
 
 @contextmanager
-def running_site(newsletter: Newsletter, verifier: Any = None, **serve: object) -> Iterator[Site]:
+def running_site(
+    newsletter: Newsletter,
+    verifier: Any = None,
+    *,
+    secret: bytes = SECRET.encode(),
+    previous_secret: bytes | None = None,
+    **serve: object,
+) -> Iterator[Site]:
     """The service on a free 127.0.0.1 port, under the same uvicorn settings ``newsletter serve`` uses."""
     sock = bind("127.0.0.1", 0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     configure(newsletter, url, serve)
     config = newsletter.config()
     clock = OffsetClock()
-    app = create_app(config, secret=SECRET.encode(), verifier=verifier, clock=clock)
+    app = create_app(config, secret=secret, previous_secret=previous_secret, verifier=verifier, clock=clock)
     server = make_server(app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -452,7 +461,7 @@ def test_an_old_link_does_not_resubscribe_after_a_stranger_types_the_address_in_
     assert press_confirm(site, first).status_code == 200 and site.status("ada@example.org") == "active"
     row = find(site.db(), "ada@example.org")
     assert row is not None
-    unsubscribe = make_token(SECRET.encode(), "unsubscribe", row["id"], "ada@example.org")
+    unsubscribe = make_token(SECRET.encode(), "unsubscribe", row["id"], "ada@example.org", list_id=LIST_ID)
     assert (
         site.client.post(f"{site.url}/unsubscribe/{unsubscribe}", data={"confirm": "yes"}).status_code == 200
     )
@@ -485,7 +494,7 @@ def test_only_the_latest_confirmation_link_works(newsletter: Newsletter) -> None
         row = find(site.db(), "ada@example.org")
         assert row is not None
         old_kind = make_token(
-            SECRET.encode(), "confirm", row["id"], "ada@example.org", int(time.time()) + 3600
+            SECRET.encode(), "confirm", row["id"], "ada@example.org", int(time.time()) + 3600, list_id=LIST_ID
         )
         for stale in (
             site.client.get(f"{site.url}/confirm/{old_kind}"),
@@ -527,9 +536,27 @@ def forgeries(token: str, email_address: str) -> list[str]:
         f"{int(subscriber_id) + 1}.{rest}",  # moved to another subscriber
         f"999.{rest}",  # nobody
         make_token(
-            b"some-other-secret-entirely", "confirm", int(subscriber_id), email_address, int(time.time()) + 99
+            b"some-other-secret-entirely",
+            "confirm",
+            int(subscriber_id),
+            email_address,
+            int(time.time()) + 99,
+            list_id=LIST_ID,
         ),
-        make_token(b"some-other-secret-entirely", "unsubscribe", int(subscriber_id), email_address),
+        make_token(
+            b"some-other-secret-entirely", "unsubscribe", int(subscriber_id), email_address, list_id=LIST_ID
+        ),
+        # Made by us, with our secret, for the same subscriber and address: but for another list's mail.
+        make_token(
+            SECRET.encode(),
+            "confirm",
+            int(subscriber_id),
+            email_address,
+            int(time.time()) + 99,
+            issued=int(time.time()),
+            list_id=OTHER_LIST_ID,
+        ),
+        make_token(SECRET.encode(), "unsubscribe", int(subscriber_id), email_address, list_id=OTHER_LIST_ID),
         "abc",
         "1",
         "1..",
@@ -557,7 +584,7 @@ def test_forged_confirmation_links_change_nothing(site: Site) -> None:
     site.wait_handled(1)
     token = token_of(link_in(site.mails()[0], "confirm"))
     unsubscribe_token = make_token(
-        SECRET.encode(), "unsubscribe", int(token.split(".")[0]), "careful@example.org"
+        SECRET.encode(), "unsubscribe", int(token.split(".")[0]), "careful@example.org", list_id=LIST_ID
     )
     for forged in [*forgeries(token, "careful@example.org"), unsubscribe_token]:
         for answer in (
@@ -592,7 +619,8 @@ def test_links_with_digits_int_cannot_read_are_refused_not_a_server_error(site: 
 def active_reader(site: Site, address: str = "reader@example.org") -> str:
     """An active subscriber's unsubscribe URL, as the campaign puts it in each issue."""
     subscriber_id = add(site.db(), address, status="active")
-    return f"{site.url}/unsubscribe/{make_token(SECRET.encode(), 'unsubscribe', subscriber_id, address)}"
+    token = make_token(SECRET.encode(), "unsubscribe", subscriber_id, address, list_id=LIST_ID)
+    return f"{site.url}/unsubscribe/{token}"
 
 
 def test_get_shows_one_button_and_changes_nothing(site: Site) -> None:
@@ -624,7 +652,12 @@ def test_forged_unsubscribe_links_change_nothing(site: Site) -> None:
     active_reader(site, "neighbour@example.org")
     token = token_of(url)
     confirm_token = make_token(
-        SECRET.encode(), "confirm", int(token.split(".")[0]), "reader@example.org", int(time.time()) + 99
+        SECRET.encode(),
+        "confirm",
+        int(token.split(".")[0]),
+        "reader@example.org",
+        int(time.time()) + 99,
+        list_id=LIST_ID,
     )
     for forged in [*forgeries(token, "reader@example.org"), confirm_token]:
         target = f"{site.url}/unsubscribe/{forged}"
@@ -635,6 +668,30 @@ def test_forged_unsubscribe_links_change_nothing(site: Site) -> None:
         ):
             assert 400 <= answer.status_code < 500, (forged, answer.request.method, answer.status_code)
     assert site.status("reader@example.org") == "active" and site.status("neighbour@example.org") == "active"
+
+
+def test_links_mailed_before_a_secret_rotation_keep_working(newsletter: Newsletter) -> None:
+    old, new = SECRET.encode(), b"the-rotated-in-secret-0123456789"
+    with running_site(newsletter, secret=new, previous_secret=old) as site:
+        mailed = active_reader(site)  # signed with the old secret, as in every issue already sent
+        assert site.client.post(mailed, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+        assert site.status("reader@example.org") == "unsubscribed"
+        # What the service mails now is signed with the new secret alone.
+        site.sign_up("fresh@example.org")
+        site.wait_handled(1)
+        token = token_of(link_in(site.mails_to("fresh@example.org")[0], "confirm"))
+        assert verify_token(new, "confirm", token, "fresh@example.org", now=0, list_id=LIST_ID)
+        assert not verify_token(old, "confirm", token, "fresh@example.org", now=0, list_id=LIST_ID)
+
+
+def test_serve_takes_the_previous_secret_from_the_environment(
+    newsletter: Newsletter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "n" * 32)
+    monkeypatch.setenv("NEWSLETTER_SECRET_PREVIOUS", "p" * 32)
+    service = create_app(newsletter.config()).state.service
+    assert (service.secret, service.previous_secret) == (b"n" * 32, b"p" * 32)
+    service.close()
 
 
 def send_issue_one(newsletter: Newsletter, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -900,7 +957,13 @@ def confirm_page(site: Site) -> str:
         (_stamp(sent), _stamp(sent - 1), subscriber_id),
     )
     token = make_token(
-        SECRET.encode(), "confirm", subscriber_id, "pending@example.org", sent + 3600, issued=sent
+        SECRET.encode(),
+        "confirm",
+        subscriber_id,
+        "pending@example.org",
+        sent + 3600,
+        issued=sent,
+        list_id=LIST_ID,
     )
     return f"{site.url}/confirm/{token}"
 
