@@ -69,6 +69,7 @@ def correction_message(config: Config, issue: Issue, erratum: Erratum, subject: 
     resume on another day renders (and hashes) the same."""
     date = erratum.stop_press or dt.date.today()
     archive_url = config.archive_url(issue.number)
+    sent_on = f"{issue.date:%d %B %Y}".lstrip("0")
     fix = (
         f"\n\nIn the archived issue, {archive_text(erratum.replace_old)} now reads "
         f"{archive_text(erratum.replace_new)}."
@@ -76,7 +77,7 @@ def correction_message(config: Config, issue: Issue, erratum: Erratum, subject: 
         else ""
     )
     body = (
-        f"A correction to issue {issue.number}, sent on {issue.date:%d %B %Y}:\n\n"
+        f"A correction to issue {issue.number}, sent on {sent_on}:\n\n"
         f"**{archive_text(erratum.text)}**{fix}\n\n"
         f"[Read the corrected issue in the archive]({archive_url}).\n"
     )
