@@ -127,8 +127,9 @@ def _refuse_control_characters(path: Path, body: str, body_line: int) -> None:
     if found:
         raise SourceError(
             path,
-            f"column {found.column}: {found.describe()} is not allowed in an issue; delete it",
+            f"{found.describe()} is not allowed in an issue; delete it",
             body_line + found.line - 1,
+            found.column,
         )
 
 
