@@ -548,7 +548,7 @@ def _stop_press(
     result = send_stop_press(config, request, options, confirm=confirm, reporter=ProgressBar("stop press"))
     summary = result.summary
     if summary.note:
-        click.echo(summary.note)
+        click.echo(summary.note + (f"; archive: {summary.archived}" if summary.archived else ""))
         return
     counts = summary.counts
     click.echo(

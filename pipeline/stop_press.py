@@ -71,8 +71,8 @@ def correction_message(config: Config, issue: Issue, erratum: Erratum, subject: 
     archive_url = config.archive_url(issue.number)
     sent_on = f"{issue.date:%d %B %Y}".lstrip("0")
     fix = (
-        f"\n\nIn the archived issue, {archive_text(erratum.replace_old)} now reads "
-        f"{archive_text(erratum.replace_new)}."
+        f"\n\nIn the archived issue, “{archive_text(erratum.replace_old)}” now reads "
+        f"“{archive_text(erratum.replace_new)}”."
         if erratum.replace_old
         else ""
     )
@@ -170,8 +170,10 @@ def send_stop_press(
             done = find_stop_press(db, issue.number, erratum.id)
             if done is not None and not plan.recipients and not plan.unknown:
                 counts = Ledger(db, done).counts()
+                # Finish what a previous run may have left undone: archiving is idempotent.
+                archived = "" if options.dry_run else publish_archive(config, issue.number)
                 note = f"the stop press of erratum {erratum.id} was already sent to issue {issue.number}'s readers"
-                return StopPressResult(erratum, Summary(counts, 0.0, 0, "done", note=note))
+                return StopPressResult(erratum, Summary(counts, 0.0, 0, "done", note=note, archived=archived))
             rate = send_rate(config, transport, options.dry_run)
             if not confirm(plan, transport, rate):
                 raise NotConfirmed("not sent: nothing was changed")
