@@ -22,6 +22,7 @@ from pipeline.db import DB_NAME, open_db
 from tests.archive.test_archive import cli_env, import_subscribers, ok, one_line_error, run, set_config
 from tests.conftest import Newsletter
 from tests.issue.test_errata import errata_list, sent_messages, write_issue
+from tests.send.test_crash import SmtpSink, smtp_sink, use_smtp  # noqa: F401 (smtp_sink: its fixture)
 from tests.support.cli import start_cli, wait_for
 
 pytestmark = pytest.mark.slow  # the console script in a subprocess
@@ -216,3 +217,25 @@ def test_stop_press_killed_part_way_resumes_and_mails_each_reader_exactly_once(
     mails = corrections(newsletter)
     assert recipients(mails) == recipients(sent_messages(newsletter, 1))  # all 12, none twice
     assert len(errata_list(newsletter)) == 1
+
+
+def test_stop_press_through_smtp_asks_like_send_and_reaches_the_readers(
+    newsletter: Newsletter,
+    smtp_sink: SmtpSink,  # noqa: F811 (the fixture imported above)
+) -> None:
+    import_subscribers(newsletter, 3)
+    write_issue(newsletter, 1)
+    ok(run(newsletter, "send", "1"))
+    readers = recipients(sent_messages(newsletter, 1))
+    use_smtp(newsletter, smtp_sink)
+    errata_file = newsletter.root / "issues" / "errata.yaml"
+
+    # No terminal and no --yes: refused as `send` refuses, before anything is recorded.
+    line = one_line_error(run(newsletter, "errata", "add", "1", "--text", FIX, "--stop-press"))
+    assert line == "error: refusing to send without confirmation: run it in a terminal or pass --yes"
+    assert not errata_file.exists() and smtp_sink.total() == 0
+
+    result = ok(run(newsletter, "errata", "add", "1", "--text", FIX, "--stop-press", "--yes"))
+    assert "Send a stop press for issue 1 (a correction) to 3 recipient(s) via smtp" in result.stdout
+    wait_for(lambda: smtp_sink.total() == 3, "three messages at the SMTP server")
+    assert sorted(smtp_sink.snapshot()) == readers and max(smtp_sink.snapshot().values()) == 1
