@@ -7,7 +7,7 @@ ISSUE ?= 1
 
 .DEFAULT_GOAL := help
 CSV ?= subscribers.sample.csv
-.PHONY: lint lock help demo build check preview send status config subscribers serve events archive links links-archive errata test test-fast golden bench bench-send clean
+.PHONY: lint lock help demo build check preview send status config subscribers serve events archive links links-archive errata stop-press test test-fast golden bench bench-send clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,6 +64,10 @@ links-archive: $(READY) ## Re-check every archived issue's links; print errata s
 errata: $(READY) ## Record a correction to sent issue ISSUE: make errata ISSUE=17 TEXT="..."
 	@test -n "$(TEXT)" || { echo 'usage: make errata ISSUE=N TEXT="the correction"'; exit 2; }
 	$(BIN)/newsletter errata add $(ISSUE) --text "$(TEXT)"
+
+stop-press: $(READY) ## Mail a correction to sent issue ISSUE's readers now: make stop-press ISSUE=17 TEXT="..." [ARGS="--replace OLD NEW"]
+	@test -n "$(TEXT)" || { echo 'usage: make stop-press ISSUE=N TEXT="the correction" [ARGS="--replace OLD NEW --yes"]'; exit 2; }
+	$(BIN)/newsletter errata add $(ISSUE) --text "$(TEXT)" --stop-press $(ARGS)
 
 test: $(READY) ## Run the whole test suite (2 workers; browser, corpus and real-server tests included)
 	$(BIN)/python -m pytest

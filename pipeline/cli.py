@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Self
 
@@ -20,6 +21,9 @@ from pipeline.issue.build import build_issue
 
 if TYPE_CHECKING:
     from rich.progress import Progress
+
+    from pipeline.send.ledger import Plan
+    from pipeline.send.transports.base import Transport
 
 ISSUE = click.argument("number", metavar="N", type=click.IntRange(min=1))
 
@@ -195,9 +199,7 @@ def send(
 ) -> None:
     """Check issue N, then send it to every active subscriber (or resume its campaign); archive it when done."""
     from pipeline.publish import SendOptions, checked, send_issue, send_test
-    from pipeline.send.ledger import Plan
     from pipeline.send.progress import ProgressBar
-    from pipeline.send.transports.base import Transport
 
     config = _config(ctx)
     options = SendOptions(
@@ -222,29 +224,7 @@ def send(
         )
         return
 
-    def confirm(plan: Plan, transport: Transport, rate: float | None) -> bool:
-        pace = f"at up to {rate:g}/s" if rate else "as fast as possible"
-        verb = "resume" if plan.resuming else "send"
-        what = "DRY RUN: would " + verb if dry_run else verb.capitalize()
-        subject = build.rendered.issue.subject
-        click.echo(
-            f"{what} issue {number} ({subject!r}) to {plan.recipients:,} recipient(s) via {transport.name} {pace}."
-        )
-        if plan.unknown:
-            click.secho(
-                f"{plan.unknown} message(s) were being handed over when a previous run stopped; "
-                + (
-                    "they will be resent (--resend-unknown)."
-                    if resend_unknown
-                    else "unless the transport can tell they arrived, they are not resent (--resend-unknown resends them)."
-                ),
-                fg="yellow",
-            )
-        if dry_run or yes or transport.name == "maildir":
-            return True
-        if not sys.stdin.isatty():
-            raise NotConfirmed("refusing to send without confirmation: run it in a terminal or pass --yes")
-        return click.confirm("Send now?", default=False)
+    confirm = _confirmer(f"issue {number} ({build.rendered.issue.subject!r})", dry_run, yes, resend_unknown)
 
     summary = send_issue(config, build, options, confirm=confirm, reporter=ProgressBar(f"issue {number}"))
     if summary.note:  # already complete: nothing was sent, which is not a failure
@@ -274,6 +254,36 @@ def send(
         )
 
 
+def _confirmer(
+    what: str, dry_run: bool, yes: bool, resend_unknown: bool
+) -> Callable[[Plan, Transport, float | None], bool]:
+    """The question every campaign asks before it starts (an issue or a stop press): who, how, how
+    fast; never asked for a dry run, with --yes or for the local maildir; refused with no terminal."""
+
+    def confirm(plan: Plan, transport: Transport, rate: float | None) -> bool:
+        pace = f"at up to {rate:g}/s" if rate else "as fast as possible"
+        verb = "resume" if plan.resuming else "send"
+        action = "DRY RUN: would " + verb if dry_run else verb.capitalize()
+        click.echo(f"{action} {what} to {plan.recipients:,} recipient(s) via {transport.name} {pace}.")
+        if plan.unknown:
+            click.secho(
+                f"{plan.unknown} message(s) were being handed over when a previous run stopped; "
+                + (
+                    "they will be resent (--resend-unknown)."
+                    if resend_unknown
+                    else "unless the transport can tell they arrived, they are not resent (--resend-unknown resends them)."
+                ),
+                fg="yellow",
+            )
+        if dry_run or yes or transport.name == "maildir":
+            return True
+        if not sys.stdin.isatty():
+            raise NotConfirmed("refusing to send without confirmation: run it in a terminal or pass --yes")
+        return click.confirm("Send now?", default=False)
+
+    return confirm
+
+
 @main.command()
 @ISSUE
 @click.pass_context
@@ -281,7 +291,8 @@ def status(ctx: click.Context, number: int) -> None:
     """Show the progress of issue N's campaign (also while it runs)."""
     from pipeline.publish import campaign_status
 
-    state = campaign_status(_config(ctx), number)
+    config = _config(ctx)
+    state = campaign_status(config, number)
     if state.campaign is None:
         click.echo(f"issue {number}: not sent yet ({state.active_subscribers:,} active subscribers)")
         return
@@ -301,6 +312,17 @@ def status(ctx: click.Context, number: int) -> None:
         click.echo(f"  rate over the last minute: {state.rate:.1f}/s")
     if state.note:
         click.echo(f"  note: {state.note}")
+    from pipeline.stop_press import stop_press_statuses
+
+    for press in stop_press_statuses(config, number):
+        counts = press.counts
+        running = "sending now" if press.running else press.campaign.status
+        click.echo(
+            f"stop press (erratum {press.erratum}): {running}, "
+            f"{counts['sent'] + counts['failed'] + counts['skipped']:,}/{sum(counts.values()):,} handled; "
+            f"sent {counts['sent']:,}  failed {counts['failed']:,}  skipped {counts['skipped']:,}  "
+            f"queued {counts['queued']:,}  {'in flight' if press.running else 'unknown'} {counts['sending']:,}"
+        )
 
 
 @main.group()
@@ -438,19 +460,118 @@ def errata() -> None:
 @ISSUE
 @click.option("--text", required=True, help="The correction, as readers will see it.")
 @click.option("--replace", nargs=2, metavar="OLD NEW", help="Also fix the archived copy: replace OLD by NEW.")
+@click.option("--stop-press", is_flag=True, help="Mail the correction now to everyone issue N was sent to.")
+@click.option("--subject", help="The stop press's subject (default: '[Correction] <issue subject>').")
+@click.option("--to", "address", metavar="ADDRESS", help="Send one test copy of the stop press to ADDRESS.")
+@click.option(
+    "--dry-run", is_flag=True, help="Go through the stop press with a transport that sends nothing."
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--resend-unknown", is_flag=True, help="Resend stop press mails whose fate a crash left unknown."
+)
+@click.option(
+    "--allow-changed", is_flag=True, help="Resume a stop press whose message changed since it started."
+)
 @click.pass_context
-def errata_add(ctx: click.Context, number: int, text: str, replace: tuple[str, str] | None) -> None:
-    """Record a correction to issue N (which must have been sent)."""
+def errata_add(
+    ctx: click.Context,
+    number: int,
+    text: str,
+    replace: tuple[str, str] | None,
+    stop_press: bool,
+    subject: str | None,
+    address: str | None,
+    dry_run: bool,
+    yes: bool,
+    resend_unknown: bool,
+    allow_changed: bool,
+) -> None:
+    """Record a correction to issue N (which must have been sent); --stop-press also mails it now."""
     from pipeline.issue.errata import add_erratum
     from pipeline.issue.source import read_issue
     from pipeline.send.ledger import campaign_state
 
     config = _config(ctx)
+    if stop_press:
+        _stop_press(
+            config,
+            number,
+            text,
+            replace or None,
+            subject,
+            address,
+            dry_run,
+            yes,
+            resend_unknown,
+            allow_changed,
+        )
+        return
+    if subject or address or dry_run or yes or resend_unknown or allow_changed:
+        raise ErrataError(
+            "--subject, --to, --dry-run, --yes, --resend-unknown and --allow-changed go with --stop-press"
+        )
     issue = read_issue(config.paths.issues, number)
     if campaign_state(config, number) != "done":
         raise ErrataError(f"issue {number} has not been sent: correct its source instead")
     erratum = add_erratum(config, number, text, replace or None, issue.body)
     click.echo(f"erratum {erratum.id} recorded against issue {number}; the next issue sent will announce it")
+
+
+def _stop_press(
+    config: Config,
+    number: int,
+    text: str,
+    replace: tuple[str, str] | None,
+    subject: str | None,
+    address: str | None,
+    dry_run: bool,
+    yes: bool,
+    resend_unknown: bool,
+    allow_changed: bool,
+) -> None:
+    from pipeline.errors import CampaignPaused
+    from pipeline.publish import SendOptions
+    from pipeline.send.progress import ProgressBar
+    from pipeline.stop_press import StopPress, send_stop_press, stop_press_test
+
+    request = StopPress(number, text, replace, subject)
+    if address:
+        provider_id = stop_press_test(config, request, address)
+        click.secho(
+            f"test copy of the stop press sent to {address} via {config.transport} ({provider_id})",
+            fg="green",
+        )
+        return
+    options = SendOptions(dry_run=dry_run, resend_unknown=resend_unknown, allow_changed=allow_changed)
+    confirm = _confirmer(f"a stop press for issue {number} (a correction)", dry_run, yes, resend_unknown)
+    result = send_stop_press(config, request, options, confirm=confirm, reporter=ProgressBar("stop press"))
+    summary = result.summary
+    if summary.note:
+        click.echo(summary.note + (f"; archive: {summary.archived}" if summary.archived else ""))
+        return
+    counts = summary.counts
+    click.echo(
+        f"{'DRY RUN: ' if dry_run else ''}{counts['sent']:,} sent, {counts['failed']:,} failed, "
+        f"{counts['skipped']:,} skipped, {counts['queued']:,} still queued, {counts['sending']:,} unknown; "
+        f"{summary.handled:,} handled in {summary.elapsed:.1f}s ({summary.rate:.1f}/s)"
+    )
+    if summary.status != "done":
+        raise CampaignPaused(f"stop press paused: {summary.reason}; run the same command again to resume")
+    if dry_run:
+        return
+    click.secho(
+        f"erratum {result.erratum.id} recorded against issue {number} and mailed to its readers (stop press); "
+        "the next issue will not repeat it",
+        fg="green",
+    )
+    if summary.archived:
+        click.echo(f"archived: {summary.archived}")
+    if summary.archive_error:
+        raise ArchiveError(
+            f"the stop press was sent, but archiving failed: {summary.archive_error}; "
+            f"run `newsletter archive {number}` to retry",
+        )
 
 
 @errata.command("list")
@@ -460,7 +581,13 @@ def errata_list(ctx: click.Context) -> None:
     from pipeline.issue.errata import load_errata
 
     for e in load_errata(_config(ctx)):
-        where = f"announced in issue {e.announced_in}" if e.announced_in else "pending"
+        where = (
+            f"announced in issue {e.announced_in}"
+            if e.announced_in
+            else f"stop press on {e.stop_press}"
+            if e.stop_press
+            else "pending"
+        )
         fix = f" [replace {e.replace_old!r} -> {e.replace_new!r}]" if e.replace_old else ""
         click.echo(f"{e.id}. issue {e.issue} ({e.recorded}): {e.text}{fix} ({where})")
 

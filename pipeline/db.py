@@ -113,6 +113,33 @@ MIGRATIONS: list[str] = [
         received_at TEXT NOT NULL
     );
     """,
+    # Stop presses: a correction mailed to the readers of a sent issue is a campaign of its own,
+    # keyed by (issue, erratum); the issue's own campaign has erratum 0. SQLite cannot drop the old
+    # UNIQUE (issue), so the table is rebuilt; deliveries' foreign key is checked at COMMIT
+    # (deferred), once every campaign row is back under the same id.
+    """
+    PRAGMA defer_foreign_keys = ON;
+    CREATE TABLE campaigns_before_stop_press AS SELECT * FROM campaigns;
+    DROP TABLE campaigns;
+    CREATE TABLE campaigns (
+        id INTEGER PRIMARY KEY,
+        issue INTEGER NOT NULL,
+        erratum INTEGER NOT NULL DEFAULT 0,       -- 0: the issue itself; else the erratum's stop press
+        content_hash TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('sending', 'paused', 'done')),
+        transport TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        finished_at TEXT,
+        history TEXT NOT NULL DEFAULT '',
+        UNIQUE (issue, erratum)
+    );
+    INSERT INTO campaigns (id, issue, content_hash, status, transport, note, created_at, updated_at, finished_at, history)
+        SELECT id, issue, content_hash, status, transport, note, created_at, updated_at, finished_at, history
+        FROM campaigns_before_stop_press;
+    DROP TABLE campaigns_before_stop_press;
+    """,
 ]
 
 

@@ -64,8 +64,11 @@ class MissingSecret(ConfigError):
 class SourceError(NewsletterError):
     """An issue source file is missing or malformed."""
 
-    def __init__(self, path: Path | str, message: str, line: int | None = None) -> None:
+    def __init__(
+        self, path: Path | str, message: str, line: int | None = None, column: int | None = None
+    ) -> None:
         where = f"{path}:{line}" if line else str(path)
+        where += f":{column}" if line and column else ""
         super().__init__(f"{where}: {message}")
         self.path = Path(path)
         self.line = line

@@ -28,6 +28,7 @@ from pipeline.send.ledger import (
     Campaign,
     Ledger,
     Plan,
+    Preparation,
     campaign_state,
     content_hash,
     find_campaign,
@@ -100,7 +101,7 @@ def send_issue(
         state = open_db(config.paths.state)
         with campaign_lock(config.paths.state, number):
             # A dry run works on a copy of the database in memory: same code path, nothing recorded.
-            db = _memory_copy(state) if options.dry_run else state
+            db = memory_copy(state) if options.dry_run else state
             if options.dry_run:
                 state.close()
             digest = content_hash(rendered)
@@ -140,22 +141,9 @@ def send_issue(
                 retry_failed=options.retry_failed,
             )
             template = MessageTemplate(config, rendered)
-            settings = SendSettings(
-                concurrency=config.send.concurrency,
-                max_rate=rate,
-                max_attempts=config.send.max_attempts,
-                max_consecutive_failures=config.send.max_consecutive_failures,
+            summary = run_campaign(
+                db, config, preparation, template, transport, secret, rate, reporter, dry_run=options.dry_run
             )
-            processes = sender_processes(config, preparation.queued, dry_run=options.dry_run)
-            if processes > 1:
-                summary = run_in_processes(
-                    db, config, preparation.campaign, template, secret, settings, processes, reporter
-                )
-            else:
-                summary = CampaignRunner(
-                    db, config, preparation.campaign, template, transport, secret, settings, reporter
-                ).run()
-            summary.reconciled = preparation.reconciled
     finally:
         transport.close()
     if summary.status == "done" and not options.dry_run:
@@ -166,7 +154,39 @@ def send_issue(
     return summary
 
 
-def _memory_copy(db: sqlite3.Connection) -> sqlite3.Connection:
+def run_campaign(
+    db: sqlite3.Connection,
+    config: Config,
+    preparation: Preparation,
+    template: MessageTemplate,
+    transport: Transport,
+    secret: bytes,
+    rate: float | None,
+    reporter: Reporter | None,
+    *,
+    dry_run: bool,
+) -> Summary:
+    """Send a prepared campaign's queue, in one process or several: issues and stop presses alike."""
+    settings = SendSettings(
+        concurrency=config.send.concurrency,
+        max_rate=rate,
+        max_attempts=config.send.max_attempts,
+        max_consecutive_failures=config.send.max_consecutive_failures,
+    )
+    processes = sender_processes(config, preparation.queued, dry_run=dry_run)
+    if processes > 1:
+        summary = run_in_processes(
+            db, config, preparation.campaign, template, secret, settings, processes, reporter
+        )
+    else:
+        summary = CampaignRunner(
+            db, config, preparation.campaign, template, transport, secret, settings, reporter
+        ).run()
+    summary.reconciled = preparation.reconciled
+    return summary
+
+
+def memory_copy(db: sqlite3.Connection) -> sqlite3.Connection:
     copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     copy.row_factory = sqlite3.Row
     db.backup(copy)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
 import os
 import re
@@ -25,13 +26,13 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.check.content import Problem, check_rendered
 from pipeline.config import Config, load_config
 from pipeline.issue.markdown import Document
 from pipeline.issue.render import Rendered, compile_mjml, render_issue, render_mjml, template_context
 from pipeline.issue.source import read_issue
+from pipeline.issue.yaml12 import round_trip_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "this-week-in-rust"
@@ -79,8 +80,12 @@ def convert(source: Path, index: int, *, allow_html: bool = False) -> tuple[int,
     }
     if allow_html:
         front["allow_html"] = True
-    # width: never fold a long title over two lines.
-    dumped = yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1_000_000)
+    # The pipeline's own YAML (1.2, ruamel); width: never fold a long title over two lines.
+    writer = round_trip_yaml()
+    writer.width = 1_000_000
+    buffer = io.StringIO()
+    writer.dump(front, buffer)
+    dumped = buffer.getvalue()
     return number, f"---\n{dumped}---\n{body}"
 
 

@@ -92,6 +92,12 @@ def fill(state: Path, version: int) -> None:
             )
         if version >= 3:
             db.execute("UPDATE campaigns SET history = 'abc000 -> abc123' WHERE id = 1")
+        if version >= 4:
+            db.execute(
+                "INSERT INTO sns_messages (message_id, topic_arn, kind, outcome, received_at)"
+                " VALUES ('m-1', 'arn:aws:sns:eu-west-1:1:ses', 'Bounce', 'applied', ?)",
+                (STAMP,),
+            )
         db.commit()
     finally:
         db.close()

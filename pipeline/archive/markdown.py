@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from pipeline.archive.corrections import corrections_of, errata_markdown
+from pipeline.archive.corrections import archive_text, correction_note, corrections_of, errata_markdown
 from pipeline.config import Config
 from pipeline.errors import ArchiveError
 from pipeline.files import write_atomically
@@ -76,8 +76,7 @@ def issue_markdown(config: Config, issue: Issue, errata: list[Erratum]) -> str:
     parts = [f"<!-- newsletter-archive: {meta_json} -->", f"# {issue.title}", byline, body.strip()]
     if corrections:
         notes = "\n".join(
-            f"- {e.text} (recorded {e.recorded.isoformat()}, announced in "
-            f"[issue {e.announced_in}]({quote(config.archive_name(e.announced_in or 0))}))"
+            f"- {archive_text(e.text)} (recorded {e.recorded.isoformat()}, {correction_note(config, e)})"
             + (
                 " The archived text above includes the fix."
                 if e.replace_old and e.replace_old in issue.body

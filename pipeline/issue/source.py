@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from frontmatter.default_handlers import YAMLHandler
-
 from pipeline.errors import SourceError
+from pipeline.issue.yaml12 import YamlProblem, load_yaml
+from pipeline.text_rules import FORBIDDEN_CONTROL, find_forbidden_control
 
 REQUIRED_FIELDS = ("number", "title", "date")
 OPTIONAL_FIELDS = ("subject", "preheader", "author", "allow_html")
 ONE_LINE_FIELDS = ("title", "subject", "preheader", "author")
 _DATE_SHAPED = re.compile(r":\s*['\"]?\d{4}-\d{1,2}-\d{1,2}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+_LINE_BREAKS = re.compile("[\t\n\u2028\u2029]")
+_FRONT_MATTER_BOUNDARY = re.compile(r"^-{3,}\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -65,18 +65,17 @@ def parse_issue(path: Path, data: bytes) -> Issue:
         ) from None
     text = text.removeprefix("\ufeff").replace("\r\n", "\n")
 
-    handler = YAMLHandler()
-    if not handler.FM_BOUNDARY.match(text):
+    if not _FRONT_MATTER_BOUNDARY.match(text):
         raise SourceError(path, "must start with YAML front matter between '---' lines", 1)
     try:
-        _, head, body = handler.FM_BOUNDARY.split(text, 2)
+        _, head, body = _FRONT_MATTER_BOUNDARY.split(text, 2)
     except ValueError:
         raise SourceError(path, "front matter is not closed by a '---' line", 1) from None
     # head starts on the file's first line (just after the opening '---').
     head_lines = head.split("\n")
     body_line = text.count("\n", 0, len(text) - len(body)) + 1
 
-    meta = _load_yaml(path, handler, head, head_lines)
+    meta = _load_yaml(path, head, head_lines)
     fields = _validate_fields(path, meta, head_lines)
 
     if fields["number"] != _number_from_name(path):
@@ -88,6 +87,7 @@ def parse_issue(path: Path, data: bytes) -> Issue:
     if not body.strip():
         closing_line = len(head_lines)
         raise SourceError(path, "the body is empty: write the issue below the front matter", closing_line + 1)
+    _refuse_control_characters(path, body, body_line)
 
     return Issue(
         path=path,
@@ -103,25 +103,34 @@ def parse_issue(path: Path, data: bytes) -> Issue:
     )
 
 
-def _load_yaml(path: Path, handler: YAMLHandler, head: str, head_lines: list[str]) -> dict[str, Any]:
+def _load_yaml(path: Path, head: str, head_lines: list[str]) -> dict[str, Any]:
     try:
-        meta = handler.load(head)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line = mark.line + 1 if mark else None
-        raise SourceError(path, f"YAML error in front matter: {error.problem or error}", line) from None
+        meta = load_yaml(head)
+    except YamlProblem as error:
+        raise SourceError(path, f"YAML error in front matter: {error.message}", error.line) from None
     except ValueError as error:
-        # PyYAML raises ValueError for values shaped like a date that is not one (2026-13-01).
+        # Raised for values shaped like a date that is not one (2026-13-01).
         line = next((i + 1 for i, text in enumerate(head_lines) if _DATE_SHAPED.search(text)), None)
         field = head_lines[line - 1].split(":", 1)[0] if line else "front matter"
         raise SourceError(path, f"{field}: not a valid date ({error})", line) from None
-    except yaml.YAMLError as error:
-        raise SourceError(path, f"YAML error in front matter: {error}") from None
     if meta is None:
         meta = {}
     if not isinstance(meta, dict):
         raise SourceError(path, "front matter must be a mapping of 'field: value' lines", 1)
     return meta
+
+
+def _refuse_control_characters(path: Path, body: str, body_line: int) -> None:
+    """An ESC, a C1 control or a bidi override in the body would fail the MJML compiler later,
+    naming nothing: refuse it here, where the editor can find it."""
+    found = find_forbidden_control(body)
+    if found:
+        raise SourceError(
+            path,
+            f"{found.describe()} is not allowed in an issue; delete it",
+            body_line + found.line - 1,
+            found.column,
+        )
 
 
 def _validate_fields(path: Path, meta: dict[str, Any], head_lines: list[str]) -> dict[str, Any]:
@@ -150,8 +159,8 @@ def _validate_fields(path: Path, meta: dict[str, Any], head_lines: list[str]) ->
         value = meta[field]
         if not isinstance(value, str):
             raise fail(field, f"must be text, got {value!r} (quote it)")
-        if _CONTROL.search(value.strip()):
-            raise fail(field, "must be a single line of text")
+        if _LINE_BREAKS.search(value.strip()) or FORBIDDEN_CONTROL.search(value):
+            raise fail(field, "must be a single line of text, without control characters")
         meta[field] = value.strip()
         _reject_swallowed_comment(path, field, head_lines)
 

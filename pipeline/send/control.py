@@ -14,16 +14,17 @@ from pipeline.errors import CampaignError
 
 
 @contextmanager
-def campaign_lock(state_dir: Path, issue: int) -> Iterator[None]:
-    """One sender per issue at a time; the OS drops the lock if the process dies."""
+def campaign_lock(state_dir: Path, issue: int, kind: str = "") -> Iterator[None]:
+    """One sender per issue (and ``kind``: "stop-press") at a time; the OS drops the lock if the process dies."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / f"send-{issue}.lock"
+    path = _lock_path(state_dir, issue, kind)
     with path.open("a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise CampaignError(
-                f"issue {issue} is being sent by another process; `newsletter status {issue}` shows its progress"
+                f"issue {issue}{' ' + kind if kind else ''} is being sent by another process; "
+                f"`newsletter status {issue}` shows its progress"
             ) from None
         handle.seek(0)
         handle.truncate()
@@ -36,10 +37,14 @@ def campaign_lock(state_dir: Path, issue: int) -> Iterator[None]:
             handle.truncate()  # no pid: `status` knows nobody is sending
 
 
-def is_locked(state_dir: Path, issue: int) -> bool:
+def _lock_path(state_dir: Path, issue: int, kind: str) -> Path:
+    return state_dir / f"send-{issue}{'-' + kind if kind else ''}.lock"
+
+
+def is_locked(state_dir: Path, issue: int, kind: str = "") -> bool:
     """Whether a send of ``issue`` is running, without touching the lock (a starting send must get it)."""
     try:
-        pid = int((state_dir / f"send-{issue}.lock").read_text().strip() or 0)
+        pid = int(_lock_path(state_dir, issue, kind).read_text().strip() or 0)
     except (OSError, ValueError):
         return False
     if pid <= 0:

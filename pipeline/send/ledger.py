@@ -124,7 +124,8 @@ def plan_campaign(
 
 def find_campaign(db: sqlite3.Connection, issue: int) -> Campaign | None:
     row = db.execute(
-        "SELECT id, issue, content_hash, status, transport FROM campaigns WHERE issue = ?", (issue,)
+        "SELECT id, issue, content_hash, status, transport FROM campaigns WHERE issue = ? AND erratum = 0",
+        (issue,),
     ).fetchone()
     return Campaign(*row) if row else None
 
@@ -366,3 +367,91 @@ class Ledger:
                 (status, pause_reason, stamp, status, stamp, self.campaign.id),
             )
         return Closing(status, pause_reason, counts)
+
+
+# --- Stop presses: a correction mailed to the readers of a sent issue -----------------------------
+# Its own campaign row (``erratum`` set) and ledger, sent by the same runner; its recipients are
+# those the issue's campaign sent to, minus anyone who left since.
+
+
+def find_stop_press(db: sqlite3.Connection, issue: int, erratum: int) -> Campaign | None:
+    row = db.execute(
+        "SELECT id, issue, content_hash, status, transport FROM campaigns WHERE issue = ? AND erratum = ?",
+        (issue, erratum),
+    ).fetchone()
+    return Campaign(*row) if row else None
+
+
+def stop_presses_of(db: sqlite3.Connection, issue: int) -> list[tuple[int, Campaign]]:
+    """(erratum id, campaign) of every stop press of ``issue``, oldest first."""
+    rows = db.execute(
+        "SELECT erratum, id, issue, content_hash, status, transport FROM campaigns"
+        " WHERE issue = ? AND erratum > 0 ORDER BY id",
+        (issue,),
+    ).fetchall()
+    return [(row[0], Campaign(*row[1:])) for row in rows]
+
+
+_ISSUE_READERS = (
+    "SELECT d.subscriber_id FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id"
+    " WHERE d.campaign_id = ? AND d.status = 'sent' AND s.status = 'active'"
+)
+
+
+def plan_stop_press(db: sqlite3.Connection, issue: Campaign, erratum: int) -> Plan:
+    """Who a stop press of ``issue`` would reach now: its readers still subscribed, or what is left."""
+    campaign = find_stop_press(db, issue.issue, erratum)
+    if campaign is None:
+        count = db.execute(f"SELECT COUNT(*) FROM ({_ISSUE_READERS})", (issue.id,)).fetchone()[0]
+        return Plan(False, int(count), 0)
+    counts = Ledger(db, campaign).counts()
+    return Plan(True, counts["queued"], counts["sending"])
+
+
+def prepare_stop_press(
+    db: sqlite3.Connection,
+    issue: Campaign,
+    erratum: int,
+    digest: str,
+    transport: Transport,
+    *,
+    allow_changed: bool = False,
+    resend_unknown: bool = False,
+) -> Preparation:
+    """Create the stop press's campaign, its ledger filled from the issue's, or pick it up again."""
+    stamp = now()
+    with transaction(db):
+        campaign = find_stop_press(db, issue.issue, erratum)
+        created = campaign is None
+        added = 0
+        if campaign is None:
+            cursor = db.execute(
+                "INSERT INTO campaigns (issue, erratum, content_hash, status, transport, created_at, updated_at)"
+                " VALUES (?, ?, ?, 'sending', ?, ?, ?)",
+                (issue.issue, erratum, digest, transport.name, stamp, stamp),
+            )
+            added = db.execute(
+                "INSERT INTO deliveries (campaign_id, subscriber_id, status, updated_at)"
+                f" SELECT ?, subscriber_id, 'queued', ? FROM ({_ISSUE_READERS})",
+                (cursor.lastrowid, stamp, issue.id),
+            ).rowcount
+        elif campaign.content_hash != digest:
+            if not allow_changed:
+                raise CampaignError(
+                    f"the stop press of erratum {erratum} changed since it started (issue {issue.issue}'s "
+                    "source or the templates): revert the change, or pass --allow-changed"
+                )
+            db.execute(
+                "UPDATE campaigns SET content_hash = ?, history = history || ? WHERE id = ?",
+                (digest, f"content changed at {stamp} (--allow-changed); ", campaign.id),
+            )
+        db.execute(
+            "UPDATE campaigns SET status = 'sending', updated_at = ? WHERE issue = ? AND erratum = ?",
+            (stamp, issue.issue, erratum),
+        )
+    campaign = find_stop_press(db, issue.issue, erratum)
+    assert campaign is not None
+    ledger = Ledger(db, campaign)
+    reconciled = ledger.reconcile_unknown(transport, resend_unknown)
+    counts = ledger.counts()
+    return Preparation(campaign, created, counts["queued"], counts["sending"], reconciled, added)

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.archive.markdown import issue_markdown
-from pipeline.issue.errata import Erratum, mark_announced
+from pipeline.errors import ErrataError
+from pipeline.issue.errata import Erratum, add_erratum, load_errata, mark_announced
 from pipeline.issue.source import read_issue
 from tests.archive.test_archive import (
     NEWSLETTER,
@@ -409,3 +410,135 @@ def test_marking_errata_announced_keeps_the_editors_comments(newsletter: Newslet
     text = errata_file.read_text(encoding="utf-8")
     assert "announced_in: 2" in text
     assert "# Ada confirmed the new URL on 3 November." in text
+
+
+# --- one YAML library: what is written is read back as written ----------------------------------
+
+# Each would come back as something else under YAML 1.1 (PyYAML): a boolean, None, a number or a date.
+YAML_1_1_SURPRISES = [
+    "on",
+    "off",
+    "yes",
+    "no",
+    "y",
+    "n",
+    "True",
+    "null",
+    "~",
+    "1.0",
+    "1e3",
+    "0x1F",
+    "0o17",
+    "2026-01-01",
+    "12:30",
+    "",
+]
+
+
+@pytest.mark.parametrize("value", YAML_1_1_SURPRISES)
+def test_replacement_text_round_trips_through_errata_yaml(newsletter: Newsletter, value: str) -> None:
+    config = newsletter.config()
+    source_body = "The flag was OLD-FLAG."
+    add_erratum(config, 1, f"The flag is {value or 'gone'}.", ("OLD-FLAG", value), source_body)
+    [erratum] = load_errata(config)
+    assert (erratum.replace_old, erratum.replace_new) == ("OLD-FLAG", value)
+
+
+@pytest.mark.parametrize("value", YAML_1_1_SURPRISES[:-1])
+def test_erratum_text_round_trips_through_errata_yaml(newsletter: Newsletter, value: str) -> None:
+    config = newsletter.config()
+    add_erratum(config, 1, value, None, "")
+    mark_announced(config, 2, [1])  # a second write, a second read
+    [erratum] = load_errata(config)
+    assert (erratum.text, erratum.announced_in) == (value, 2)
+
+
+def test_hand_written_yaml_1_1_booleans_are_read_as_words(newsletter: Newsletter) -> None:
+    (newsletter.root / "issues" / "errata.yaml").write_text(
+        HEADER + "- id: 1\n  issue: 1\n  recorded: 2026-11-03\n  text: yes\n  replace: {old: on, new: off}\n",
+        encoding="utf-8",
+    )
+    [erratum] = load_errata(newsletter.config())
+    assert (erratum.text, erratum.replace_old, erratum.replace_new) == ("yes", "on", "off")
+
+
+# --- errata text in the archive: it cannot change the page around it ---------------------------
+
+
+def test_errata_text_cannot_add_structure_or_html_to_the_archive(newsletter: Newsletter) -> None:
+    config = newsletter.config()
+    write_issue(newsletter, 1)
+    write_issue(newsletter, 2)
+    hostile = "# Pwned\n<script>alert(1)</script>\n---\n> quoted\n<!-- hide the rest"
+    erratum = Erratum(1, 1, dt.date(2026, 11, 24), hostile, announced_in=2)
+    archived_2 = issue_markdown(config, read_issue(config.paths.issues, 2), [erratum])
+    archived_1 = issue_markdown(config, read_issue(config.paths.issues, 1), [erratum])
+    for archived in (archived_1, archived_2):
+        assert "<script" not in archived and "<!--" not in archived.split("\n", 1)[1]
+        lines = [line for line in archived.splitlines() if "Pwned" in line]
+        assert len(lines) == 1 and lines[0].startswith("- ")  # one list item, no heading, rule or quote
+    assert (
+        "- \\# Pwned &lt;script&gt;alert(1)&lt;/script&gt; --- &gt; quoted &lt;!-- hide the rest (recorded"
+        in archived_1
+    )
+    # Without the erratum, the headings of issue 2 are those of its source, plus "Errata".
+    headings = [line for line in archived_2.splitlines() if line.startswith("#")]
+    assert headings == ["# Issue 2", "## Errata", "## News", "## Releases"]
+
+
+@pytest.mark.parametrize(
+    ("text", "replace", "expected"),
+    [
+        ("Hi %%email%%", None, "--text: '%%email%%' is a per-recipient placeholder"),
+        ("See %%unsubscribe_url%%", None, "--text: '%%unsubscribe_url%%' is a per-recipient placeholder"),
+        ("Fix.", ("OLD-FLAG", "%%email%%"), "--replace NEW: '%%email%%' is a per-recipient placeholder"),
+        (
+            "Fix.",
+            ("OLD-FLAG", "<script>x</script>"),
+            "--replace NEW: raw HTML would change the archived page",
+        ),
+        (
+            "Fix.",
+            ("OLD-FLAG", "a\n## Injected"),
+            "--replace NEW: a line break would change the archived page",
+        ),
+        ("Bad \x1b[2J", None, "--text: U+001B (escape) at character 5 is not allowed; delete it"),
+        ("Bidi \u202e", None, "--text: U+202E (right-to-left override) at character 6"),
+        ("Nel \x85", None, "--text: U+0085 (next line) at character 5"),
+        ("Fix.", ("OLD\u2066", "x"), "--replace OLD: U+2066 (left-to-right isolate) at character 4"),
+    ],
+)
+def test_errata_add_refuses_what_would_be_filled_per_reader_or_break_later_builds(
+    newsletter: Newsletter, text: str, replace: tuple[str, str] | None, expected: str
+) -> None:
+    with pytest.raises(ErrataError) as caught:
+        add_erratum(newsletter.config(), 1, text, replace, "The flag was OLD-FLAG.")
+    assert str(caught.value).startswith(expected), str(caught.value)
+    assert not (newsletter.root / "issues" / "errata.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ('  text: "Bad \\e[2J"\n', "issues/errata.yaml:6:9: entry 1: text: U+001B (escape) at character 5"),
+        ('  text: "\\u202Eevil"\n', "issues/errata.yaml:6:9: entry 1: text: U+202E (right-to-left override)"),
+        ("  text: Dear %%email%%\n", "issues/errata.yaml:6:9: entry 1: text: '%%email%%' is a per-recipient"),
+        (
+            "  text: Fix.\n  replace:\n    old: a\n    new: <script>alert(1)</script>\n",
+            "issues/errata.yaml:9:10: entry 1: replace new: raw HTML would change the archived page",
+        ),
+        (
+            "  text: Bad \x1b[2J\n",
+            "issues/errata.yaml:6: YAML error: special characters are not allowed: U+001B",
+        ),
+    ],
+)
+def test_hand_edited_errata_with_control_characters_or_placeholders_name_line_and_column(
+    newsletter: Newsletter, entry: str, expected: str
+) -> None:
+    path = newsletter.root / "issues" / "errata.yaml"
+    path.write_text(HEADER + "- id: 1\n  issue: 1\n  recorded: 2026-11-03\n" + entry, encoding="utf-8")
+    with pytest.raises(ErrataError) as caught:
+        load_errata(newsletter.config())
+    message = str(caught.value).replace(f"{newsletter.root}/", "")
+    assert message.startswith(expected), message

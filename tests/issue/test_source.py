@@ -81,3 +81,62 @@ def test_unknown_issue_lists_what_exists(tmp_path: Path) -> None:
     (tmp_path / "3.md").write_text(BASE.replace("number: 5", "number: 3"))
     with pytest.raises(SourceError, match=r"9.md: no such issue \(issues in .*: 3\)"):
         read_issue(tmp_path, 9)
+
+
+# --- one YAML: 1.2, as errata.yaml is read and written ------------------------------------------
+
+
+def test_yaml_1_1_booleans_are_text_in_front_matter() -> None:
+    """PyYAML (YAML 1.1) read ``title: on`` as True and refused it; in YAML 1.2 it is the word."""
+    issue = parse(
+        BASE.replace("title: T", "title: on").replace("date: 2026-11-23", "date: 2026-11-23\nsubject: no")
+    )
+    assert (issue.title, issue.subject) == ("on", "no")
+
+
+def test_yaml_1_1_yes_is_not_a_boolean_for_allow_html() -> None:
+    with pytest.raises(SourceError, match=r"issues/5.md:5: allow_html: must be true or false, got 'yes'"):
+        parse(BASE.replace("date: 2026-11-23", "date: 2026-11-23\nallow_html: yes"))
+
+
+# --- control characters: refused where they were typed ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("character", "name"),
+    [
+        ("\x1b", "U+001B (escape)"),
+        ("\x00", "U+0000 (null)"),
+        ("\r", "U+000D"),
+        ("\x7f", "U+007F (delete)"),
+        ("\x85", "U+0085 (next line)"),
+        ("\x9b", "U+009B (csi)"),
+        ("\u202a", "U+202A (left-to-right embedding)"),
+        ("\u202e", "U+202E (right-to-left override)"),
+        ("\u2066", "U+2066 (left-to-right isolate)"),
+        ("\u2069", "U+2069 (pop directional isolate)"),
+    ],
+)
+def test_control_character_in_the_body_is_refused_with_line_and_column(character: str, name: str) -> None:
+    before = "A line with \tcolour: "
+    text = BASE.replace("Body\n", "Body\n\n" + before + character + "[31mred\n")
+    with pytest.raises(SourceError) as caught:
+        parse(text)
+    # File line 8: "---" is line 1, the body starts on line 6 ("Body"), then a blank line.
+    assert str(caught.value).startswith(f"{PATH}:8:{len(before) + 1}: {name}"), str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_tabs_and_newlines_in_the_body_are_fine() -> None:
+    assert "\tindented" in parse(BASE.replace("Body\n", "Body\n\n\tindented\n")).body  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("escape", ["\\e", "\\x85", "\\u202E", "\\u2066", "\\t"])
+def test_control_character_in_a_one_line_field_is_refused(escape: str) -> None:
+    with pytest.raises(SourceError, match=r"issues/5.md:3: title: must be a single line of text"):
+        parse(BASE.replace("title: T", f'title: "Weekly{escape}news"'))
+
+
+def test_literal_control_character_in_front_matter_names_the_line() -> None:
+    with pytest.raises(SourceError, match=r"issues/5.md:5: YAML error in front matter: .*U\+001B"):
+        parse(BASE.replace("date: 2026-11-23", "date: 2026-11-23\nauthor: A\x1bB"))
