@@ -1,7 +1,7 @@
 """The welcome mail: ``email_templates/welcome.md``, sent once to each subscriber who confirms.
 
 The file is Markdown with front matter (``subject`` required; ``title``, ``preheader``, ``author``
-optional) and is rendered exactly like an issue, through the issue's templates. Its body may use
+optional) and is rendered exactly like an issue, through the issue's templates. It may use
 ``{{ latest_issue_url }}`` (the latest sent issue in the archive, or the archive's index before the
 first one), ``{{ latest_issue_number }}``, ``{{ archive_url }}`` and ``{{ name }}``. No file, no welcome.
 
@@ -114,7 +114,7 @@ def load_welcome(config: Config) -> Welcome | None:
         body=body,
         body_line=text.count("\n", 0, match.end()) + 1,
     )
-    _fill(welcome, _variables(config, None))  # a misspelt variable fails now, not at the first confirmation
+    _filled(welcome, _variables(config, None))  # a misspelt variable fails now, not at the first confirmation
     return welcome
 
 
@@ -152,16 +152,27 @@ def _index_url(config: Config) -> str:
     return f"{config.archive_base_url}/{ARCHIVE_INDEX}"
 
 
-def _fill(welcome: Welcome, variables: dict[str, Any]) -> str:
+def _fill(path: Path, text: str, variables: dict[str, Any], line: int = 1) -> str:
+    """``text`` (from the file's ``line`` on) with its ``{{ variables }}`` filled in."""
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     try:
-        return environment.from_string(welcome.body).render(variables)
+        return environment.from_string(text).render(variables)
     except jinja2.TemplateSyntaxError as error:
-        line = welcome.body_line + (error.lineno or 1) - 1
-        raise SourceError(welcome.path, f"template error: {error.message}", line) from None
+        raise SourceError(path, f"template error: {error.message}", line + (error.lineno or 1) - 1) from None
     except jinja2.UndefinedError as error:
         known = ", ".join(sorted(variables))
-        raise SourceError(welcome.path, f"{error.message} (variables: {known})") from None
+        raise SourceError(path, f"{error.message} (variables: {known})", line) from None
+
+
+def _filled(welcome: Welcome, variables: dict[str, Any]) -> Welcome:
+    """The welcome with its variables filled in: subject, title and preheader too."""
+    return replace(
+        welcome,
+        subject=_fill(welcome.path, welcome.subject, variables),
+        title=_fill(welcome.path, welcome.title, variables),
+        preheader=_fill(welcome.path, welcome.preheader, variables),
+        body=_fill(welcome.path, welcome.body, variables, welcome.body_line),
+    )
 
 
 def render_welcome(config: Config, welcome: Welcome, latest: int | None, today: dt.date) -> Rendered:
@@ -170,6 +181,7 @@ def render_welcome(config: Config, welcome: Welcome, latest: int | None, today: 
     from the issue number and [archive] filename, so the welcome gets a config naming that one page."""
     target = config.archive_name(latest) if latest else ARCHIVE_INDEX
     pointed = replace(config, archive_filename=target.replace("{", "{{").replace("}", "}}"))
+    welcome = _filled(welcome, _variables(config, latest))
     issue = Issue(
         path=welcome.path,
         number=latest or 0,
@@ -179,7 +191,7 @@ def render_welcome(config: Config, welcome: Welcome, latest: int | None, today: 
         preheader=welcome.preheader,
         author=welcome.author,
         allow_html=False,
-        body=_fill(welcome, _variables(config, latest)),
+        body=welcome.body,
         body_line=welcome.body_line,
     )
     return render_issue(pointed, issue)
