@@ -629,9 +629,7 @@ def init(folder: Path, force: bool, **given: str | None) -> None:
     values: dict[str, str] = {}
     for field, (_, _, question) in QUESTIONS.items():
         value = given[field]
-        if value is None and field == "archive_url":
-            value = ""  # derived from the remote: asked for by nobody who does not pass it
-        if value is None:
+        if value is None and field != "archive_url":  # the archive's URL follows from the remote
             try:
                 value = click.prompt(
                     question,
@@ -639,12 +637,15 @@ def init(folder: Path, force: bool, **given: str | None) -> None:
                     show_default=False,
                     value_proc=_checked_answer(field),
                 )
-            except click.Abort:  # no terminal, or the input ended
-                missing = [QUESTIONS[f][0] for f in QUESTIONS if given[f] is None and f not in OPTIONAL]
-                raise QuickstartError(
-                    f"missing {', '.join(missing)}: give them as options, or answer in a terminal"
-                ) from None
-        values[field] = check_answer(field, str(value))
+            except click.Abort:  # the input ended: there is nobody to ask
+                missing = [
+                    flag for f, (flag, _, _) in QUESTIONS.items() if f not in OPTIONAL and f not in values
+                ]
+                if field not in OPTIONAL:
+                    raise QuickstartError(
+                        f"missing {', '.join(missing)}: give them as options, or answer in a terminal"
+                    ) from None
+        values[field] = check_answer(field, value or "")
     written, kept = init_newsletter(folder, Answers(**values), force=force)
     for path in kept:
         click.echo(f"kept     {_relative(path)}")
