@@ -471,9 +471,11 @@ def errata_list(ctx: click.Context) -> None:
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the subscriber web service: sign-up, confirmation, unsubscribe, SES bounce/complaint webhook."""
+    from pipeline.send.welcome import load_welcome
     from pipeline.web.app import serve as run_server
 
     config = _config(ctx)
+    load_welcome(config)  # a broken welcome.md stops the start with its line, not each confirmation later
     run_server(config, host or config.serve.host, config.serve.port if port is None else port)
 
 
@@ -577,6 +579,7 @@ def welcome(ctx: click.Context, address: str | None, pending: bool) -> None:
     from pipeline.send.transports import open_transport
     from pipeline.send.welcome import (
         load_welcome,
+        require_welcome,
         send_pending_welcomes,
         send_test_welcome,
         welcome_counts,
@@ -586,7 +589,8 @@ def welcome(ctx: click.Context, address: str | None, pending: bool) -> None:
     config = _config(ctx)
     if address and pending:
         raise click.UsageError("give --to ADDRESS or --pending, not both")
-    found = load_welcome(config)  # a broken welcome.md is one line here, before anything is opened
+    # A missing or broken welcome.md is one line here, before anything is opened.
+    found = require_welcome(config) if address else load_welcome(config)
     db = open_db(config.paths.state)
     if not (address or pending):
         counts = welcome_counts(db)

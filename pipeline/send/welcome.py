@@ -161,7 +161,20 @@ def _fill(path: Path, text: str, variables: dict[str, Any], line: int = 1) -> st
         raise SourceError(path, f"template error: {error.message}", line + (error.lineno or 1) - 1) from None
     except jinja2.UndefinedError as error:
         known = ", ".join(sorted(variables))
-        raise SourceError(path, f"{error.message} (variables: {known})", line) from None
+        raise SourceError(
+            path, f"{error.message} (variables: {known})", line + _line_of(text, error)
+        ) from None
+
+
+def _line_of(text: str, error: jinja2.UndefinedError) -> int:
+    """How many lines into ``text`` the undefined name is used (Jinja does not say)."""
+    name = re.search(r"'(\w+)' is undefined", error.message or "")
+    if name:
+        used = re.compile(r"\{[{%][^}]*\b" + re.escape(name.group(1)) + r"\b")
+        for index, line in enumerate(text.split("\n")):
+            if used.search(line):
+                return index
+    return 0
 
 
 def _filled(welcome: Welcome, variables: dict[str, Any]) -> Welcome:
@@ -366,13 +379,19 @@ def _deliver(
         return "failed", str(error)
 
 
+def require_welcome(config: Config) -> Welcome:
+    """The welcome mail, for a command that needs one."""
+    welcome = load_welcome(config)
+    if welcome is None:
+        raise SourceError(welcome_path(config), "no such file: without it no welcome mail is sent")
+    return welcome
+
+
 def send_test_welcome(
     config: Config, db: sqlite3.Connection, transport: Transport, secret: bytes, to: str
 ) -> str:
     """One copy of the welcome to ``to``, as a subscriber who confirms now gets it; nothing is recorded."""
-    welcome = load_welcome(config)
-    if welcome is None:
-        raise SourceError(welcome_path(config), "no such file: without it no welcome mail is sent")
+    welcome = require_welcome(config)
     try:
         address = check_address(to)
     except ValueError as error:
