@@ -277,6 +277,8 @@ def send_pending_welcomes(
         return report
     with guard:
         latest = latest_sent_issue(db)
+        if db.execute("SELECT 1 FROM welcome_mails WHERE status = 'pending' LIMIT 1").fetchone() is None:
+            return report  # nothing to render for
     template = MessageTemplate(
         config, render_welcome(config, welcome, latest, dt.datetime.fromtimestamp(clock(), dt.UTC).date())
     )
