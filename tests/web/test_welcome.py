@@ -308,3 +308,35 @@ def test_serve_refuses_to_start_with_a_broken_welcome_md(newsletter: Newsletter)
     result = run_cli(newsletter.root, "serve", "--port", "0", env=clean_env({"NEWSLETTER_SECRET": SECRET}))
     assert result.returncode == 2
     assert "welcome.md:5: template error" in one_line(result.stderr)
+
+
+def test_two_senders_at_once_send_each_welcome_once(newsletter: Newsletter) -> None:
+    write_welcome(newsletter)
+    addresses = [f"reader{n}@example.org" for n in range(6)]
+    queued(newsletter, *addresses).close()
+    both_sending = threading.Barrier(2, timeout=30)
+
+    def slow(envelope: Any) -> str:
+        try:
+            both_sending.wait()  # the first message of each sender is in flight at the same time
+        except threading.BrokenBarrierError:
+            pass  # later messages: the other sender may be done
+        return f"id-{envelope.recipient}"
+
+    transport = FakeTransport(slow)
+    config = newsletter.config()
+
+    def sender() -> None:
+        db = open_db(config.paths.state)
+        try:
+            send_pending_welcomes(config, db, lambda: transport, SECRET.encode())
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=sender) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert transport.recipients() == dict.fromkeys(addresses, 1)
+    assert set(welcome_rows(config.paths.state).values()) == {("sent", 1)}
