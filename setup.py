@@ -13,7 +13,7 @@ from setuptools.command.build_py import build_py
 TEMPLATES = Path(__file__).parent / "email_templates"
 
 
-class BuildWithTemplates(build_py):  # type: ignore[misc]
+class BuildWithTemplates(build_py):
     def run(self) -> None:
         super().run()
         if not self.editable_mode:  # an editable install reads them where they are

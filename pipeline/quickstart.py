@@ -181,6 +181,7 @@ serve: ## The subscriber web service: sign-up, confirmation, unsubscribe
 \t$(NEWSLETTER) serve
 
 welcome: ## Send a test copy of the welcome mail: make welcome TO=you@example.org
+\t@test -n "$(TO)" || { echo 'usage: make welcome TO=address'; exit 2; }
 \t$(NEWSLETTER) welcome --to "$(TO)"
 """
 
