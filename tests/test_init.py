@@ -101,8 +101,8 @@ def test_init_asks_for_what_is_not_given(tmp_path: Path) -> None:
 
 def test_init_refuses_a_folder_in_use_and_writes_nothing(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine\n")
-    result = run_cli(tmp_path, "init", ".", *ANSWERS)
-    assert result.returncode == 2
+    result = CliRunner().invoke(main, ["init", str(tmp_path), *ANSWERS])
+    assert result.exit_code == 2
     assert "the folder is not empty; --force adds the missing files" in one_line(result.stderr)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
@@ -142,8 +142,8 @@ def test_a_bad_answer_is_one_line_and_nothing_is_written(
 
 
 def test_without_a_terminal_init_names_what_is_missing(tmp_path: Path) -> None:
-    result = run_cli(tmp_path, "init", "tide", "--name", "Tide Notes")
-    assert result.returncode == 2
+    result = CliRunner().invoke(main, ["init", str(tmp_path / "tide"), "--name", "Tide Notes"], input="")
+    assert result.exit_code == 2
     assert one_line(result.stderr) == (
         "error: missing --from, --postal-address, --public-url: give them as options, or answer in a terminal"
     )

@@ -23,7 +23,7 @@ from pipeline.audience.subscribers import find, set_status
 from pipeline.db import open_db, transaction
 from pipeline.send.welcome import load_welcome, send_pending_welcomes
 from tests.conftest import REPO, Newsletter
-from tests.support.cli import clean_env, one_line, run_cli
+from tests.support.cli import clean_env, invoke_cli, one_line, run_cli
 from tests.support.fakes import FakeTransport
 from tests.web.test_web import (
     SECRET,
@@ -254,6 +254,7 @@ def test_a_subscriber_gone_before_their_welcome_is_skipped(newsletter: Newslette
 # --- newsletter welcome -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_welcome_to_sends_a_test_copy_and_records_nothing(newsletter: Newsletter) -> None:
     write_welcome(newsletter)
     result = run_cli(newsletter.root, "welcome", "--to", "editor@example.org")
@@ -283,16 +284,16 @@ def test_a_bad_welcome_md_is_one_line_and_sends_nothing(
     newsletter: Newsletter, text: str, expected: str
 ) -> None:
     write_welcome(newsletter, text)
-    result = run_cli(newsletter.root, "welcome", "--to", "editor@example.org")
+    result = invoke_cli(newsletter.config_path, "welcome", "--to", "editor@example.org")
     assert result.returncode == 2
     assert expected in one_line(result.stderr)
     assert not (newsletter.root / "outbox").exists()
 
 
 def test_without_welcome_md_there_is_no_test_copy_to_send(newsletter: Newsletter) -> None:
-    result = run_cli(newsletter.root, "welcome", "--to", "editor@example.org")
+    result = invoke_cli(newsletter.config_path, "welcome", "--to", "editor@example.org")
     assert result.returncode == 2 and "welcome.md: no such file" in one_line(result.stderr)
-    status = run_cli(newsletter.root, "welcome")
+    status = invoke_cli(newsletter.config_path, "welcome")
     assert "welcome.md: absent: no welcome mail is sent" in status.stdout
 
 
@@ -303,6 +304,7 @@ def test_the_sample_welcome_md_loads() -> None:
     assert welcome is not None and welcome.subject
 
 
+@pytest.mark.slow  # the console script in a subprocess
 def test_serve_refuses_to_start_with_a_broken_welcome_md(newsletter: Newsletter) -> None:
     write_welcome(newsletter, "---\nsubject: Hi\n---\n\n{% if %}\n")
     result = run_cli(newsletter.root, "serve", "--port", "0", env=clean_env({"NEWSLETTER_SECRET": SECRET}))
