@@ -7,7 +7,7 @@ ISSUE ?= 1
 
 .DEFAULT_GOAL := help
 CSV ?= subscribers.sample.csv
-.PHONY: lint lock help demo build check preview send status config subscribers serve events archive links links-archive errata stop-press test test-fast golden bench bench-send clean
+.PHONY: lint lock help demo new welcome init build check preview send status config subscribers serve events archive links links-archive errata stop-press test test-fast golden bench bench-send clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,17 @@ demo: $(READY) ## Quick start: import the sample subscribers, send issue 1 into 
 	$(BIN)/newsletter subscribers import $(CSV)
 	$(BIN)/newsletter send $(ISSUE)
 	@echo "Messages are in outbox/new/ (a Maildir: open it in any mail client)."
+
+new: $(READY) ## Start the next issue: issues/<next number>.md, dated, titled, with the last issue's sections
+	$(BIN)/newsletter new
+
+welcome: $(READY) ## Send a test copy of the welcome mail (email_templates/welcome.md): make welcome TO=you@example.org
+	@test -n "$(TO)" || { echo 'usage: make welcome TO=address'; exit 2; }
+	$(BIN)/newsletter welcome --to "$(TO)"
+
+init: $(READY) ## Start a newsletter of your own in an empty folder: make init DIR=../my-letter (asks the rest)
+	@test -n "$(DIR)" || { echo 'usage: make init DIR=folder'; exit 2; }
+	$(BIN)/newsletter init "$(DIR)"
 
 build: $(READY) ## Render issue ISSUE into build/ISSUE/ (email.html, email.txt, message.eml)
 	$(BIN)/newsletter build $(ISSUE)

@@ -598,9 +598,11 @@ def errata_list(ctx: click.Context) -> None:
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the subscriber web service: sign-up, confirmation, unsubscribe, SES bounce/complaint webhook."""
+    from pipeline.send.welcome import load_welcome
     from pipeline.web.app import serve as run_server
 
     config = _config(ctx)
+    load_welcome(config)  # a broken welcome.md stops the start with its line, not each confirmation later
     run_server(config, host or config.serve.host, config.serve.port if port is None else port)
 
 
@@ -674,3 +676,123 @@ def _plain(value: object) -> object:
 def _shown(setting: Setting) -> str:
     # As TOML writes it (quoted, escaped): a value with spaces or line breaks still reads as one.
     return MASK if setting.value == MASK else json.dumps(_plain(setting.value), ensure_ascii=False)
+
+
+# --- Starting issues and newsletters, welcoming subscribers -----------------------------------------
+
+
+@main.command("new")
+@click.option(
+    "--number", type=click.IntRange(min=1), help="The issue's number (default: one more than the last)."
+)
+@click.pass_context
+def new_issue(ctx: click.Context, number: int | None) -> None:
+    """Start the next issue: issues/<next number>.md, dated, titled, with the last issue's sections."""
+    from pipeline.issue.new import create_issue
+
+    click.echo(_relative(create_issue(_config(ctx), number)))
+
+
+@main.command("welcome")
+@click.option(
+    "--to", "address", metavar="ADDRESS", help="Send one test copy to ADDRESS; nothing is recorded."
+)
+@click.option("--pending", is_flag=True, help="Send the welcomes a failing transport left pending.")
+@click.pass_context
+def welcome(ctx: click.Context, address: str | None, pending: bool) -> None:
+    """The welcome mail (email_templates/welcome.md): a test copy, the pending ones, or where they stand."""
+    from pipeline.audience.tokens import load_secret
+    from pipeline.db import open_db
+    from pipeline.send.transports import open_transport
+    from pipeline.send.welcome import (
+        load_welcome,
+        require_welcome,
+        send_pending_welcomes,
+        send_test_welcome,
+        welcome_counts,
+        welcome_path,
+    )
+
+    config = _config(ctx)
+    if address and pending:
+        raise click.UsageError("give --to ADDRESS or --pending, not both")
+    # A missing or broken welcome.md is one line here, before anything is opened.
+    found = require_welcome(config) if address else load_welcome(config)
+    db = open_db(config.paths.state)
+    if not (address or pending):
+        counts = welcome_counts(db)
+        state = f"subject {found.subject!r}" if found else "absent: no welcome mail is sent"
+        click.echo(f"{_relative(welcome_path(config))}: {state}")
+        click.echo("  ".join(f"{status} {count:,}" for status, count in counts.items()))
+        return
+    secret = load_secret(allow_development=config.transport == "maildir")
+    transport = open_transport(config)
+    try:
+        if address:
+            provider_id = send_test_welcome(config, db, transport, secret, address)
+            click.secho(f"test welcome sent to {address} via {config.transport} ({provider_id})", fg="green")
+            return
+        report = send_pending_welcomes(config, db, lambda: transport, secret)
+    finally:
+        transport.close()
+    click.echo(
+        f"{len(report.sent)} welcome(s) sent, {len(report.retry)} still pending, {len(report.failed)} failed, "
+        f"{len(report.unknown)} unknown, {report.skipped} skipped (no longer subscribed)"
+    )
+    if report.unavailable is not None:
+        raise report.unavailable
+
+
+@main.command("init")
+@click.argument("folder", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", help="The newsletter's name.")
+@click.option("--from", "sender", help="The sender, 'Name <address>'.")
+@click.option("--postal-address", help="The postal address printed in every issue.")
+@click.option("--public-url", help="The public URL of the subscriber pages (https://...).")
+@click.option("--archive-remote", help="The archive's git remote (empty: the archive stays local).")
+@click.option("--archive-url", help="Where readers browse the archive (default: from a GitHub remote).")
+@click.option("--force", is_flag=True, help="Also in a folder that is not empty; no file is overwritten.")
+def init(folder: Path, force: bool, **given: str | None) -> None:
+    """Start a newsletter of your own in DIR: config, first issue, templates, Makefile. Asks what is not given."""
+    from pipeline.errors import QuickstartError
+    from pipeline.quickstart import OPTIONAL, QUESTIONS, Answers, check_answer, init_newsletter
+
+    values: dict[str, str] = {}
+    for field, (_, _, question) in QUESTIONS.items():
+        value = given[field]
+        if value is None and field != "archive_url":  # the archive's URL follows from the remote
+            try:
+                value = click.prompt(
+                    question,
+                    default="" if field in OPTIONAL else None,
+                    show_default=False,
+                    value_proc=_checked_answer(field),
+                )
+            except click.Abort:  # the input ended: there is nobody to ask
+                missing = [
+                    flag for f, (flag, _, _) in QUESTIONS.items() if f not in OPTIONAL and f not in values
+                ]
+                if field not in OPTIONAL:
+                    raise QuickstartError(
+                        f"missing {', '.join(missing)}: give them as options, or answer in a terminal"
+                    ) from None
+        values[field] = check_answer(field, value or "")
+    written, kept = init_newsletter(folder, Answers(**values), force=force)
+    for path in kept:
+        click.echo(f"kept     {_relative(path)}")
+    click.echo(
+        f"wrote {len(written)} file(s) into {_relative(folder)}; next: cd {_relative(folder)} && newsletter build 1"
+    )
+
+
+def _checked_answer(field: str) -> Any:
+    from pipeline.errors import QuickstartError
+    from pipeline.quickstart import check_answer
+
+    def check(value: str) -> str:
+        try:
+            return check_answer(field, value)
+        except QuickstartError as error:
+            raise click.UsageError(str(error)) from None  # click asks again
+
+    return check

@@ -139,6 +139,26 @@ def _filename_pattern(pattern: str) -> str:
     return pattern
 
 
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _weekday_or_empty(value: str) -> str:
+    day = value.strip().lower()
+    if day and day not in WEEKDAYS:
+        raise Invalid(f"must be a day of the week (monday ... sunday) or empty, got {value!r}")
+    return day
+
+
+def _title_pattern(pattern: str) -> str:
+    try:
+        title = pattern.format(name="Name", number=1)
+    except (KeyError, IndexError, ValueError):
+        raise Invalid(f"may only use {{name}} and {{number}}, got {pattern!r}") from None
+    if title == pattern.format(name="Name", number=2):
+        raise Invalid(f"must contain {{number}}, got {pattern!r}")
+    return _one_line(pattern)
+
+
 def _main_if_empty(branch: str) -> str:
     return branch or "main"
 
@@ -275,6 +295,18 @@ class Config:
         check=_url,
     )
     language: str = key("en", toml="newsletter.language", help="the email's lang attribute")
+    send_day: str = key(
+        "",
+        toml="newsletter.send_day",
+        help="the weekday issues go out (e.g. monday): `newsletter new` dates the next issue on it; empty: today",
+        check=_weekday_or_empty,
+    )
+    title_pattern: str = key(
+        "{name} #{number}",
+        toml="newsletter.title_pattern",
+        help="the title `newsletter new` gives an issue; {name} and {number} are filled in",
+        check=_title_pattern,
+    )
     paths: Paths = table()
     max_html_bytes: int = key(
         102_000,

@@ -140,6 +140,20 @@ MIGRATIONS: list[str] = [
         FROM campaigns_before_stop_press;
     DROP TABLE campaigns_before_stop_press;
     """,
+    # The welcome mail (pipeline/send/welcome.py): one row per subscriber who confirmed while a
+    # welcome.md existed, marked 'sending' before the message is handed over, so it goes out at most once.
+    """
+    CREATE TABLE welcome_mails (
+        subscriber_id INTEGER PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'sending', 'sent', 'failed', 'skipped')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        provider_id TEXT,
+        last_error TEXT,
+        queued_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX welcome_mails_by_status ON welcome_mails (status, subscriber_id);
+    """,
 ]
 
 

@@ -25,6 +25,7 @@ not a :class:`NewsletterError` is a bug and keeps its traceback. Success is neve
     │   └── MirrorError             the archive could not be pushed; nothing was lost
     ├── PreviewError                the preview server cannot start
     ├── ServeError                  the subscriber web service cannot start
+    ├── QuickstartError             ``newsletter init`` cannot start a newsletter there as asked
     ├── EventsError                 the SQS queue of SES events cannot be read
     └── NotificationError           an SNS notification was not applied
         ├── NotificationRejected    exit 1: never valid (unsigned, tampered, foreign, malformed):
@@ -170,6 +171,10 @@ class PreviewError(NewsletterError):
 
 class ServeError(NewsletterError):
     """The subscriber web service cannot start (port taken, bad settings)."""
+
+
+class QuickstartError(NewsletterError):
+    """``newsletter init`` cannot start a newsletter as asked (a folder in use, a bad answer)."""
 
 
 class EventsError(NewsletterError):

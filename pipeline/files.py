@@ -20,6 +20,20 @@ def write_atomically(path: Path, data: bytes) -> Path:
     return path
 
 
+def write_new(path: Path, data: bytes) -> Path:
+    """Write a file that must not exist yet: FileExistsError if it does, even if it appears meanwhile
+    (a hard link never replaces a file); a crash leaves nothing half-written under its name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.link(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return path
+
+
 def display_path(path: Path) -> str:
     """A path as the editor would type it: relative to where they stand, when it is below."""
     try:

@@ -92,11 +92,19 @@ def fill(state: Path, version: int) -> None:
             )
         if version >= 3:
             db.execute("UPDATE campaigns SET history = 'abc000 -> abc123' WHERE id = 1")
-        if version >= 4:
+        # Tables by name, not by version: migrations appended in parallel branches may change places.
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "sns_messages" in tables:
             db.execute(
                 "INSERT INTO sns_messages (message_id, topic_arn, kind, outcome, received_at)"
-                " VALUES ('m-1', 'arn:aws:sns:eu-west-1:1:ses', 'Bounce', 'applied', ?)",
+                " VALUES ('m-1', 'arn:aws:sns:us-east-1:123456789012:ses', 'Bounce', 'bounced', ?)",
                 (STAMP,),
+            )
+        if "welcome_mails" in tables:
+            db.execute(
+                "INSERT INTO welcome_mails (subscriber_id, status, attempts, provider_id, queued_at, updated_at)"
+                " VALUES (1, 'sent', 1, 'welcome-s1', ?, ?)",
+                (STAMP, STAMP),
             )
         db.commit()
     finally:

@@ -200,14 +200,13 @@ def _edit(config: Config, change: Callable[[CommentedSeq], None]) -> None:
     """Change the file in place, round trip: the editor's comments and layout survive."""
     path = errata_path(config)
     yaml_rt = round_trip_yaml()
-    exists = path.exists()
-    data = yaml_rt.load(path.read_text(encoding="utf-8")) if exists else None
-    if data is None:
-        data = CommentedSeq()
+    loaded = yaml_rt.load(path.read_text(encoding="utf-8")) if path.exists() else None
+    data = CommentedSeq() if loaded is None else loaded
     change(data)
     buffer = io.StringIO()
     yaml_rt.dump(data, buffer)
-    text = buffer.getvalue() if exists else HEADER + buffer.getvalue()
+    # A new file, or one with comments only (as `newsletter init` writes it): the header goes first.
+    text = HEADER + buffer.getvalue() if loaded is None else buffer.getvalue()
     write_atomically(path, text.encode("utf-8"))
 
 

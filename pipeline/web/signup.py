@@ -34,6 +34,7 @@ from pipeline.send.transports import Envelope
 from pipeline.web import links
 from pipeline.web.security import HOUR, MAX_FORM_BYTES, client_key, parse_form, read_body
 from pipeline.web.state import Service
+from pipeline.web.welcome import welcome_after
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,9 @@ def _confirm(service: Service, token: str) -> Response:
         with service.db_lock:
             outcome = confirm(service.db, subscriber_id, "confirmed by link", sent_at=sent_at)
     log.info("confirm: s%d: %s", subscriber_id, outcome)
-    return _confirmed_page(service, outcome, link.row["email"])
+    return welcome_after(
+        service, outcome, subscriber_id, _confirmed_page(service, outcome, link.row["email"])
+    )
 
 
 def _confirmed_page(service: Service, outcome: str, email: str) -> Response:
