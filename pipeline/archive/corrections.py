@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from pipeline.issue.errata import Erratum, errata_markdown
 
-from pipeline.config import Config
-from pipeline.issue.errata import Erratum
+__all__ = ["corrections_of", "errata_markdown"]
 
 
 def corrections_of(errata: list[Erratum], number: int) -> list[Erratum]:
     """Announced corrections to issue ``number``, for its archived copy."""
     return [e for e in errata if e.issue == number and e.announced_in is not None]
-
-
-def errata_markdown(config: Config, carried: list[Erratum], heading: str = "##") -> str:
-    items = "\n".join(
-        f"- In [issue {e.issue}]({quote(config.archive_name(e.issue))}): {e.text}" for e in carried
-    )
-    return f"{heading} Errata\n\n{items}\n"

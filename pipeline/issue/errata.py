@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import html
 import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 from ruamel.yaml import YAML
@@ -192,10 +192,10 @@ def mark_announced(config: Config, number: int, ids: list[int]) -> None:
         _edit(config, mark)
 
 
-def errata_html(config: Config, carried: list[Erratum]) -> str:
-    """The Errata section of an email, slotted in after the opening text."""
-    items = "".join(
-        f'<li>In <a href="{html.escape(config.archive_url(e.issue))}">issue {e.issue}</a>: {html.escape(e.text)}</li>'
-        for e in carried
+def errata_markdown(config: Config, carried: list[Erratum], heading: str = "##") -> str:
+    """The Errata section, in the email and in the archive copy alike (the links are relative to the
+    archive, as an archived issue's own links are; the email resolves them against it)."""
+    items = "\n".join(
+        f"- In [issue {e.issue}]({quote(config.archive_name(e.issue))}): {e.text}" for e in carried
     )
-    return f"<h2>Errata</h2>\n<ul>{items}</ul>\n"
+    return f"{heading} Errata\n\n{items}\n"
