@@ -107,7 +107,7 @@ def test_bare_urls_end_where_github_ends_them() -> None:
         ("https://w.example/Rust_(lang)", "https://w.example/Rust_(lang)", "autolink"),
         ("https://www.x.example/p?q=1", "www.x.example/p?q=1", "autolink"),
     ]
-    assert "<em><a href=\"https://doi.org/10.21105/joss.01450\">" in html_of(document)
+    assert '<em><a href="https://doi.org/10.21105/joss.01450">' in html_of(document)
 
 
 def test_email_addresses_are_linked_like_github() -> None:
@@ -138,7 +138,9 @@ def test_relative_images_come_from_the_raw_files_and_root_paths_from_the_reposit
 
 
 def test_allowed_html_goes_through_githubs_tagfilter() -> None:
-    body = "<div><b>kept</b></div>\n\n<script>alert(1)</script>\n\nInline <STYLE>x</style> and <iframe src=x>.\n"
+    body = (
+        "<div><b>kept</b></div>\n\n<script>alert(1)</script>\n\nInline <STYLE>x</style> and <iframe src=x>.\n"
+    )
     document = render(body, allow_html=True)
     html = html_of(document)
     assert "<div><b>kept</b></div>" in html
