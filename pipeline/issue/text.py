@@ -208,7 +208,9 @@ class TextWriter:
             if kind == "text":
                 parts.append(token.content)
             elif kind == "code_inline":
-                parts.append(f"`{token.content}`")
+                # A short code span stays on one line: `tesc check` split over two reads as two words.
+                code = token.content if len(token.content) > 30 else token.content.replace(" ", _GLUE)
+                parts.append(f"`{code}`")
             elif kind == "softbreak":
                 parts.append(" ")
             elif kind == "hardbreak":
