@@ -318,5 +318,5 @@ def test_raw_base_url_is_derived_from_a_github_archive(
 
 def test_raw_base_url_must_be_a_url(tmp_path: Path) -> None:
     path = _write(tmp_path, GOOD + '\n[archive]\nraw_base_url = "raw.example.org"\n')
-    with pytest.raises(ConfigError, match="archive.raw_base_url must be an http"):
+    with pytest.raises(ConfigError, match=r"archive\.raw_base_url must be an http"):
         load_config(path)

@@ -1,4 +1,5 @@
-"""GitHub's autolink extension, as markdown-it rules: the links GitHub shows for bare URLs and addresses.
+"""GitHub's autolink and tagfilter extensions: the links GitHub shows for bare URLs and addresses,
+and the raw HTML tags it disarms.
 
 markdown-it-py's own ``linkify`` (linkify-it-py) follows linkify-it's rules, not GFM's: it links bare
 names such as ``README.md``, keeps a trailing ``_`` or ``*`` (``_https://doi.org/x_`` linked to
@@ -31,6 +32,18 @@ _ASCII_SPACE = frozenset(" \t\n\r\f\v")
 # The end of a URL: a space (any, see the module's docstring) or '<'.
 _URL_END = re.compile(r"[\s<]")
 _TRIMMED = frozenset("?!.,:*_~'\"")
+
+
+# GFM's tagfilter: these tags would take over the page (or the email), so GitHub disarms them even in
+# allowed raw HTML by escaping their '<'.
+FILTERED_TAG = re.compile(
+    r"<(/?(?:title|textarea|style|xmp|iframe|noembed|noframes|script|plaintext))(?=[ \t\n\r\f\v>]|/>)",
+    re.IGNORECASE,
+)
+
+
+def tagfilter(html: str) -> str:
+    return FILTERED_TAG.sub(r"&lt;\1", html)
 
 
 def enable_gfm_autolinks(md: MarkdownIt) -> None:
@@ -112,6 +125,10 @@ def trim_autolink_end(text: str) -> int:
     return end
 
 
+# A code span (its brackets are text, not brackets), roughly: a backtick run up to the same run.
+_CODE_SPAN = re.compile(r"(`+)(?!`).*?(?<!`)\1(?!`)", re.DOTALL)
+
+
 def _in_bracket(state: StateInline) -> bool:
     """cmark-gfm links nothing while a '[' is open, even one that turns out not to start a link."""
     if state.linkLevel > 0:
@@ -119,6 +136,8 @@ def _in_bracket(state: StateInline) -> bool:
     src = state.src[: state.pos]
     if "[" not in src:
         return False
+    if "`" in src:
+        src = _CODE_SPAN.sub("", src)
     depth = 0
     index = 0
     while index < len(src):

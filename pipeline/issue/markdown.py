@@ -22,7 +22,7 @@ from markdown_it.rules_core import StateCore
 from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 
-from pipeline.issue.gfm import AUTOLINK_MARKUP, enable_gfm_autolinks
+from pipeline.issue.gfm import AUTOLINK_MARKUP, FILTERED_TAG, enable_gfm_autolinks, tagfilter
 from pipeline.issue.source import Issue
 from pipeline.issue.text import TextWriter
 
@@ -130,16 +130,6 @@ def make_url_resolver(base_url: str, page_url: str, raw_base_url: str = "") -> U
 
 
 _COMMENT = re.compile(r"^\s*<!--.*?-->\s*$", re.DOTALL)
-# GFM's tagfilter: these tags would take over the page (or the email), so GitHub disarms them even in
-# allowed raw HTML by escaping their '<'.
-_FILTERED_TAG = re.compile(
-    r"<(/?(?:title|textarea|style|xmp|iframe|noembed|noframes|script|plaintext))(?=[ \t\n\r\f\v>]|/>)",
-    re.IGNORECASE,
-)
-
-
-def tagfilter(html: str) -> str:
-    return _FILTERED_TAG.sub(r"&lt;\1", html)
 
 
 class _EmailRenderer(RendererHTML):
@@ -232,7 +222,7 @@ def _record_raw_html(content: str, context: _Context, line: int) -> None:
         first = content.strip().split("\n")[0]
         context.document.escaped_html.append(UnparsedLink(first, line))
         return
-    for match in _FILTERED_TAG.finditer(content):
+    for match in FILTERED_TAG.finditer(content):
         offset = content.count("\n", 0, match.start())
         context.document.filtered_html.append(UnparsedLink(f"<{match.group(1)}>", line + offset))
 
@@ -249,7 +239,7 @@ def _find_unparsed(block: Token, context: _Context) -> None:
         elif token.type in ("softbreak", "hardbreak"):
             plain.append("\n")
         elif token.type == "html_inline" and not _COMMENT.match(token.content):
-            if context.allow_html and not _FILTERED_TAG.search(token.content):
+            if context.allow_html and not FILTERED_TAG.search(token.content):
                 continue
             line = _find_line(lines, start, end, (token.content,))
             target = document.filtered_html if context.allow_html else document.escaped_html

@@ -14,11 +14,14 @@ in each section of the email. Images are ``[alt text]`` with their address as a 
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from markdown_it.token import Token
+
+from pipeline.issue.gfm import FILTERED_TAG
 
 WIDTH = 72
 _GLUE = "\x00"  # joins a link's last word to its [n] while wrapping; becomes a space after
@@ -238,9 +241,14 @@ class TextWriter:
         return "".join(parts)
 
     def _raw_html(self, content: str) -> str:
-        """Raw HTML as the HTML part shows it: its text when the issue allows HTML, else as written."""
+        """Raw HTML as the HTML part shows it: its text when the issue allows HTML (the tags the
+        tagfilter disarms stay, as the HTML part shows them), else as written."""
         content = _COMMENT.sub("", content)
-        return _TAG.sub("", content) if self.allow_html else content
+        if not self.allow_html:
+            return content
+        return html.unescape(
+            _TAG.sub(lambda tag: tag.group(0) if FILTERED_TAG.match(tag.group(0)) else "", content)
+        )
 
 
 def _closing(tokens: Sequence[Token], index: int) -> int:

@@ -110,6 +110,11 @@ def test_bare_urls_end_where_github_ends_them() -> None:
     assert '<em><a href="https://doi.org/10.21105/joss.01450">' in html_of(document)
 
 
+def test_nothing_is_autolinked_inside_open_brackets_like_github() -> None:
+    document = render("[see https://a.example/x] and `[` https://c.example/z\n\n[b https://b.example/y `]`\n")
+    assert [link.href for link in document.links] == ["https://c.example/z"]
+
+
 def test_email_addresses_are_linked_like_github() -> None:
     document = render("Write to editor@news.example.org. Or mailto:x@y.example, not a@b or @name.\n")
     assert [(link.href, link.kind) for link in document.links] == [
