@@ -16,6 +16,7 @@ so ``https://x.org/a_`` followed by a no-break space keeps the ``_`` and swallow
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 
 from markdown_it import MarkdownIt
@@ -28,7 +29,6 @@ AUTOLINK_MARKUP = "linkify"
 
 _SCHEMES = ("http://", "https://", "ftp://")
 _WWW_BEFORE = frozenset("*_~( \t\n\r\f\v")
-_ASCII_SPACE = frozenset(" \t\n\r\f\v")
 # The end of a URL: a space (any, see the module's docstring) or '<'.
 _URL_END = re.compile(r"[\s<]")
 _TRIMMED = frozenset("?!.,:*_~'\"")
@@ -64,7 +64,7 @@ def _is_hostchar(ch: str) -> bool:
     if ch.isspace():
         return False
     if ch.isascii():
-        return ch.isalnum() or ord(ch) > 127
+        return ch not in string.punctuation
     return not unicodedata.category(ch).startswith("P")
 
 
