@@ -11,6 +11,10 @@ in the text that ended up outside any link.
 
 One deliberate difference: a URL ends at any Unicode space. cmark-gfm ends it only at an ASCII space,
 so ``https://x.org/a_`` followed by a no-break space keeps the ``_`` and swallows the next word.
+Not copied either, found by comparing with cmark-gfm on generated text: two of its email slips
+(``x@y.org@-a`` links ``y.org@-a``, the dot count of the first address carried over; ``mailto:@x@y.org``
+makes a relative link). Parser differences outside links remain: markdown-it follows a newer
+CommonMark, where ``<!x`` opens an HTML block, and keeps entities in ``<...>`` autolinks as written.
 """
 
 from __future__ import annotations
@@ -178,23 +182,31 @@ def _url_rule(state: StateInline, silent: bool) -> bool:
     rewind = 0
     while rewind < len(pending) and pending[-rewind - 1].isascii() and pending[-rewind - 1].isalpha():
         rewind += 1
-    scheme = pending[len(pending) - rewind :].lower() + "://"
-    if scheme not in _SCHEMES or not _is_hostchar(src[pos + 3]) or _in_bracket(state):
+    scheme = pending[len(pending) - rewind :]
+    # A backslash before a letter escapes nothing, but markdown-it keeps the two as one token: the
+    # letter is the scheme's first (cmark-gfm reads the source, where "\ftp://" holds "ftp").
+    escape = state.tokens[-1] if rewind == len(pending) and state.tokens else None
+    if escape is not None and escape.type == "text_special" and escape.content[1:].isalpha():
+        scheme = escape.content[1:] + scheme
+    else:
+        escape = None
+    if scheme.lower() + "://" not in _SCHEMES or not _is_hostchar(src[pos + 3]) or _in_bracket(state):
+        return False
+    # The domain is checked against the rest of the text, not just up to the next space, as cmark-gfm does.
+    if _domain_end(src[pos + 3 : maximum], allow_short=True) == 0:
         return False
     end = _url_end(src, pos, maximum)
-    domain = _domain_end(src[pos + 3 : end], allow_short=True)
-    if domain == 0:
-        return False
     end = pos + trim_autolink_end(src[pos:end])
     if end <= pos + 3:
         return False
     if not silent:
-        url = pending[len(pending) - rewind :] + src[pos:end]
-        state.pending = pending[: len(pending) - rewind]
+        url = scheme + src[pos:end]
         full = state.md.normalizeLink(url)
         if not state.md.validateLink(full):
-            state.pending = pending
             return False
+        state.pending = pending[: len(pending) - rewind]
+        if escape is not None:
+            escape.content = escape.markup = "\\"
         _push_link(state, full, url)
     state.pos = end
     return True
@@ -206,9 +218,9 @@ def _www_rule(state: StateInline, silent: bool) -> bool:
         return False
     if _in_bracket(state):
         return False
-    end = _url_end(src, pos, maximum)
-    if _domain_end(src[pos:end], allow_short=False) == 0:
+    if _domain_end(src[pos:maximum], allow_short=False) == 0:
         return False
+    end = _url_end(src, pos, maximum)
     end = pos + trim_autolink_end(src[pos:end])
     if end <= pos:
         return False

@@ -115,6 +115,12 @@ def test_nothing_is_autolinked_inside_open_brackets_like_github() -> None:
     assert [link.href for link in document.links] == ["https://c.example/z"]
 
 
+def test_a_backslash_before_the_scheme_escapes_nothing_like_github() -> None:
+    document = render("Odd \\https://a.example/x and \\*https://b.example/y\n")
+    assert [link.href for link in document.links] == ["https://a.example/x", "https://b.example/y"]
+    assert "Odd \\<a href" in html_of(document)
+
+
 def test_email_addresses_are_linked_like_github() -> None:
     document = render("Write to editor@news.example.org. Or mailto:x@y.example, not a@b or @name.\n")
     assert [(link.href, link.kind) for link in document.links] == [
