@@ -34,6 +34,15 @@ def test_paragraphs_wrap_at_72_and_their_links_follow_them() -> None:
     assert "a link [1]" in " ".join(lines) and lines[-1] == "[3] https://two.example"
 
 
+@pytest.mark.parametrize("after", [":", " (", ","])
+def test_a_link_followed_by_punctuation_does_not_stop_the_wrapping(after: str) -> None:
+    """html2text left such paragraphs unwrapped: lines of hundreds of characters."""
+    words = "plenty of words in a sentence that goes on " * 6
+    text = text_of(f"- [Tessel 1.19]({'https://blog.example.org/' + 'x' * 40}){after}{words}\n")
+    assert max(len(line) for line in text.split("\n") if "https://" not in line) <= 72
+    assert len(text.split("\n")) >= 5
+
+
 def test_headings_lists_quotes_code_and_images() -> None:
     body = (
         "## News\n\n- one [a](https://a.example)\n- two ![logo](img/l.png)\n\n"
