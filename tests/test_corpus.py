@@ -8,7 +8,10 @@ rendered twice: as written (raw HTML escaped, the default) and with
 ``allow_html: true``.
 
 For each issue and mode: it renders, fits the HTML budget, loses no link in
-the HTML or the plain text, and the checker runs. Run with ``-v`` (or
+the HTML or the plain text, the plain text fits 72 columns, and the checker
+runs. With ``allow_html: true`` (what GitHub shows), every link and image equals
+the one GitHub's own renderer (cmark-gfm, through ``cmarkgfm``) makes of the
+same Markdown, but for the deliberate differences listed at the test. Run with ``-v`` (or
 ``CORPUS_REPORT=1``) to get a table of what the checker reports per issue.
 """
 
