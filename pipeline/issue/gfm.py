@@ -13,7 +13,7 @@ One deliberate difference: a URL ends at any Unicode space. cmark-gfm ends it on
 so ``https://x.org/a_`` followed by a no-break space keeps the ``_`` and swallows the next word.
 Not copied either, found by comparing with cmark-gfm on generated text: two of its email slips
 (``x@y.org@-a`` links ``y.org@-a``, the dot count of the first address carried over; ``mailto:@x@y.org``
-makes a relative link). Parser differences outside links remain: markdown-it follows a newer
+makes a relative link); and markdown-it's URL normaliser drops one ':' of a host followed by '::'. Parser differences outside links remain: markdown-it follows a newer
 CommonMark, where ``<!x`` opens an HTML block, and keeps entities in ``<...>`` autolinks as written.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import string
 import unicodedata
+import weakref
 
 from markdown_it import MarkdownIt
 from markdown_it.rules_core import StateCore
@@ -133,6 +134,10 @@ def trim_autolink_end(text: str) -> int:
 _CODE_SPAN = re.compile(r"(`+)(?!`).*?(?<!`)\1(?!`)", re.DOTALL)
 
 
+# The stretches of each inline text already linked as bare URLs: brackets in them are part of a URL.
+_LINKED: weakref.WeakKeyDictionary[StateInline, list[tuple[int, int]]] = weakref.WeakKeyDictionary()
+
+
 def _in_bracket(state: StateInline) -> bool:
     """cmark-gfm links nothing while a '[' is open, even one that turns out not to start a link."""
     if state.linkLevel > 0:
@@ -140,6 +145,8 @@ def _in_bracket(state: StateInline) -> bool:
     src = state.src[: state.pos]
     if "[" not in src:
         return False
+    for start, end in reversed(_LINKED.get(state, [])):
+        src = src[:start] + src[end:]
     if "`" in src:
         src = _CODE_SPAN.sub("", src)
     depth = 0
@@ -208,6 +215,7 @@ def _url_rule(state: StateInline, silent: bool) -> bool:
         if escape is not None:
             escape.content = escape.markup = "\\"
         _push_link(state, full, url)
+        _LINKED.setdefault(state, []).append((pos, end))
     state.pos = end
     return True
 
@@ -228,6 +236,7 @@ def _www_rule(state: StateInline, silent: bool) -> bool:
         text = src[pos:end]
         # cmark-gfm writes http://; browsers and the web have moved to https.
         _push_link(state, state.md.normalizeLink("https://" + text), text)
+        _LINKED.setdefault(state, []).append((pos, end))
     state.pos = end
     return True
 
