@@ -64,7 +64,7 @@ STAGE_LABELS = {
     "template": "  Jinja -> MJML (context + template)",
     "mjml": "  MJML compile (mjml-python)",
     "inline_css": "  CSS inlining (premailer)",
-    "text": "  plain text (html2text)",
+    "text": "  plain text (templating; the text renderer runs with the Markdown stage)",
     "stages_sum": "  sum of the stages",
 }
 PACKAGES = ("mjml-python", "premailer", "cssutils", "lxml", "markdown-it-py", "html2text", "Jinja2")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping
@@ -129,6 +130,10 @@ def _url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _optional_url(value: str) -> str:
+    return _url(value) if value else ""
+
+
 def _filename_pattern(pattern: str) -> str:
     try:
         name = pattern.format(number=1)
@@ -167,6 +172,9 @@ def _texts(value: list[Any]) -> tuple[str, ...]:
     if not all(isinstance(item, str) and item.strip() for item in value):
         raise Invalid(f"must be a list of non-empty texts in quotes, got {value!r}")
     return tuple(item.strip() for item in value)
+
+
+_GITHUB_BLOB = re.compile(r"^https://github\.com/([^/]+/[^/]+)/blob/(.+)$")
 
 
 # --- the schema ------------------------------------------------------------------------------------
@@ -320,6 +328,13 @@ class Config:
         help="an issue's file name in the archive",
         check=_filename_pattern,
     )
+    archive_raw_base_url: str = key(
+        "",
+        toml="archive.raw_base_url",
+        help="where the archive's files are served as they are (images, the feed); "
+        "empty: derived from a GitHub archive_base_url, else archive_base_url",
+        check=_optional_url,
+    )
     archive_remote: str = key(
         "", toml="archive.remote", help="git URL or path of a bare repository; empty: the archive stays local"
     )
@@ -345,6 +360,21 @@ class Config:
 
     def archive_name(self, number: int) -> str:
         return self.archive_filename.format(number=number)
+
+    @property
+    def raw_base_url(self) -> str:
+        """Where the archive's files themselves are served: images and the feed must come from there.
+
+        A GitHub ``/blob/`` URL serves a web page around the file; the same file as it is comes
+        from ``raw.githubusercontent.com``, which is what ``raw_base_url`` defaults to for it.
+        """
+        if self.archive_raw_base_url:
+            return self.archive_raw_base_url
+        github = _GITHUB_BLOB.match(self.archive_base_url)
+        if github:
+            owner_repo, branch_path = github.groups()
+            return f"https://raw.githubusercontent.com/{owner_repo}/{branch_path}"
+        return self.archive_base_url
 
 
 @dataclass(frozen=True)

@@ -294,3 +294,31 @@ def test_config_show_with_a_bad_config_is_one_line(
     result = CliRunner().invoke(main, ["config", "show"])
     assert result.exit_code == 2
     assert result.stderr == "error: newsletter.toml: serve.port must be a port number (1-65535), got 99999\n"
+
+
+@pytest.mark.parametrize(
+    ("archive", "raw", "expected"),
+    [
+        (
+            "https://github.com/o/r/blob/main/issues",
+            "",
+            "https://raw.githubusercontent.com/o/r/main/issues",
+        ),
+        ("https://github.com/o/r/blob/main", "", "https://raw.githubusercontent.com/o/r/main"),
+        ("https://archive.example.org/news", "", "https://archive.example.org/news"),
+        ("https://github.com/o/r/blob/main", "https://cdn.example.org/r/", "https://cdn.example.org/r"),
+    ],
+)
+def test_raw_base_url_is_derived_from_a_github_archive(
+    tmp_path: Path, archive: str, raw: str, expected: str
+) -> None:
+    text = GOOD.replace("https://example.org/archive/", archive)
+    if raw:
+        text += f'\n[archive]\nraw_base_url = "{raw}"\n'
+    assert load_config(_write(tmp_path, text)).raw_base_url == expected
+
+
+def test_raw_base_url_must_be_a_url(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD + '\n[archive]\nraw_base_url = "raw.example.org"\n')
+    with pytest.raises(ConfigError, match=r"archive\.raw_base_url must be an http"):
+        load_config(path)

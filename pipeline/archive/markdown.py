@@ -90,7 +90,8 @@ def issue_markdown(config: Config, issue: Issue, errata: list[Erratum]) -> str:
 
 def _insert_after_intro(config: Config, issue: Issue, body: str, carried: list[Erratum]) -> str:
     sections = render_markdown(
-        issue, make_url_resolver(config.archive_base_url, config.archive_url(issue.number))
+        issue,
+        make_url_resolver(config.archive_base_url, config.archive_url(issue.number), config.raw_base_url),
     ).sections
     lines = body.split("\n")
     cut = sections[1].start if len(sections) > 1 else len(lines)
@@ -133,12 +134,17 @@ def write_index(config: Config, folder: Path | None = None) -> list[Path]:
     )
     readme = (
         f"# {config.name}: the archive\n\n"
-        f"Every issue, newest first. Follow new issues with the [Atom feed](feed.xml).\n\n"
+        f"Every issue, newest first. Follow new issues with the [Atom feed]({feed_url(config)}).\n\n"
         f"| Issue | Date | Title |\n|---|---|---|\n{rows}\n"
     )
     index = write_atomically(folder / "README.md", readme.encode("utf-8"))
     feed = write_atomically(folder / "feed.xml", atom_feed(config, entries, folder))
     return [index, feed]
+
+
+def feed_url(config: Config) -> str:
+    """The feed's own address: its raw file (a feed reader given GitHub's /blob/ page gets HTML)."""
+    return f"{config.raw_base_url}/feed.xml"
 
 
 def _cell(text: str) -> str:
@@ -160,6 +166,7 @@ def atom_feed(config: Config, entries: list[Entry], folder: Path | None = None) 
     add(feed, "title", config.name)
     add(feed, "id", base_id)
     add(feed, "link", href=config.archive_base_url + "/")
+    add(feed, "link", rel="self", href=feed_url(config))
     add(feed, "updated", _timestamp(max((e.updated for e in entries), default=dt.date(first_year, 1, 1))))
     add(add(feed, "author"), "name", config.name)
     for entry in entries:
@@ -188,9 +195,8 @@ def archived_document(config: Config, entry: Entry, folder: Path | None = None) 
     path = (folder or config.paths.archive) / entry.filename
     body = path.read_text(encoding="utf-8").split("\n", 1)[1]
     issue = Issue(path, entry.number, entry.title, entry.date, entry.title, "", "", False, body, 2)
-    return render_markdown(
-        issue, make_url_resolver(config.archive_base_url, f"{config.archive_base_url}/{entry.filename}")
-    )
+    page = f"{config.archive_base_url}/{entry.filename}"
+    return render_markdown(issue, make_url_resolver(config.archive_base_url, page, config.raw_base_url))
 
 
 def archived_documents(config: Config) -> list[tuple[Entry, Document]]:

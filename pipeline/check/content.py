@@ -62,6 +62,14 @@ def check_rendered(rendered: Rendered, html_size: int, max_html_bytes: int) -> l
                 f"raw HTML {raw.markdown[:40]!r} is shown as text (allow_html: true passes it through)",
             )
         )
+    for raw in rendered.document.filtered_html:
+        problems.add(
+            Problem(
+                raw.line,
+                "warning",
+                f"raw HTML {raw.markdown[:40]!r} is shown as text: GitHub's tagfilter disarms it, so the email does too",
+            )
+        )
     for offset, line in enumerate(lines):
         if _URL_WITH_ZERO_WIDTH.search(line):
             problems.add(
@@ -93,10 +101,49 @@ def check_link(link: Link, source_line: str = "") -> list[Problem]:
         found.append(problem("error", f"space inside the URL {href}"))
     if scheme == "http":
         found.append(problem("warning", f"plain http:// link, use https:// if the site offers it: {href}"))
+    cut = _meant_as_part_of_url(link, source_line)
+    if cut:
+        found.append(
+            problem(
+                "warning",
+                f"the bare URL ends before {cut!r} (GitHub's autolink rule): readers get {href}; "
+                f"if {cut!r} belongs to it, write <{link.text}{cut}> or [text]({link.text}{cut})",
+            )
+        )
     text = link.text.strip()
     if _LOOKS_LIKE_URL.match(text) and _comparable(text) != _comparable(href):
         found.append(problem("warning", f"the text looks like a URL but the link goes to {href}"))
     return found
+
+
+def _meant_as_part_of_url(link: Link, source_line: str) -> str:
+    """What GFM cut off a bare URL's end that the editor clearly meant as part of it, or "".
+
+    Sentence punctuation after a URL is normal. Left as text right after it are the characters
+    that end URLs but not sentences: ``_ ~ *`` (``https://x.org/a_``), and a ``)`` that closes no
+    parenthesis opened before the URL (``https://en.wikipedia.org/wiki/Rust_(language``...``)``).
+    """
+    if link.kind != "autolink" or not link.cut:
+        return ""
+    cut = link.cut.rstrip(".,:;!?'\"")
+    if any(ch in cut for ch in "_~*"):
+        return cut
+    if ")" in cut and not _open_parenthesis(source_line.split(link.text, 1)[0]):
+        return cut
+    return ""
+
+
+def _open_parenthesis(text: str) -> bool:
+    """Whether ``text`` ends inside an unclosed parenthesis."""
+    depth = 0
+    for ch in reversed(text):
+        if ch == ")":
+            depth += 1
+        elif ch == "(":
+            if depth == 0:
+                return True
+            depth -= 1
+    return False
 
 
 def _unparsed_message(markdown: str) -> str:

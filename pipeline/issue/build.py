@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.config import Config
-from pipeline.issue.errata import errata_for, errata_html, load_errata
+from pipeline.issue.errata import errata_for, errata_markdown, load_errata
 from pipeline.issue.render import Rendered, render_issue, sample_recipient
 from pipeline.issue.source import read_issue
 
@@ -33,6 +33,6 @@ def build_issue(config: Config, number: int, *, pinned: bool = False) -> Build:
     """
     issue = read_issue(config.paths.issues, number)
     carried = errata_for(load_errata(config), number, started=pinned)
-    rendered = render_issue(config, issue, after_intro=[errata_html(config, carried)] if carried else [])
+    rendered = render_issue(config, issue, after_intro=[errata_markdown(config, carried)] if carried else [])
     html, text = rendered.personalise(sample_recipient(config))
     return Build(rendered, html, text, [e.id for e in carried])

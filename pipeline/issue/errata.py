@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ruamel.yaml.comments import CommentedSeq
 
@@ -287,10 +288,28 @@ def mark_announced(config: Config, number: int, ids: list[int]) -> None:
         _edit(config, mark)
 
 
-def errata_html(config: Config, carried: list[Erratum]) -> str:
-    """The Errata section of an email, slotted in after the opening text."""
-    items = "".join(
-        f'<li>In <a href="{html.escape(config.archive_url(e.issue))}">issue {e.issue}</a>: {html.escape(e.text)}</li>'
+_BLOCK_START = re.compile(r"^(\d+)([.)])")
+
+
+def archive_text(text: str) -> str:
+    """An erratum's text as one line of Markdown, unable to change the page around it.
+
+    Line breaks become spaces (no heading, rule, quote or table can start), HTML is escaped (no
+    ``<script>``, no ``<!--`` hiding the rest of the page), and a first character that could open
+    a block (``#``, ``>``, ``-``, ``1.``) is escaped; inline Markdown (emphasis, links) still works.
+    """
+    one_line = " ".join(text.split())
+    escaped = html.escape(one_line, quote=False)
+    if escaped[:1] in "#>-+*=|[`~_:\\" and escaped:
+        return "\\" + escaped
+    return _BLOCK_START.sub(r"\1\\\2", escaped)
+
+
+def errata_markdown(config: Config, carried: list[Erratum], heading: str = "##") -> str:
+    """The Errata section, in the email and in the archive copy alike (the links are relative to the
+    archive, as an archived issue's own links are; the email resolves them against it)."""
+    items = "\n".join(
+        f"- In [issue {e.issue}]({quote(config.archive_name(e.issue))}): {archive_text(e.text)}"
         for e in carried
     )
-    return f"<h2>Errata</h2>\n<ul>{items}</ul>\n"
+    return f"{heading} Errata\n\n{items}\n"

@@ -1,23 +1,22 @@
 """Issue -> email: Markdown fragments -> Jinja2 -> MJML -> HTML -> inlined CSS, plus plain text.
 
+The plain text comes from the same parse as the HTML fragments (``markdown.py``, ``text.py``).
+
 Per-recipient values are left as ``%%name%%`` placeholders, so an issue is
 rendered once and personalised per subscriber by plain substitution.
 """
 
 from __future__ import annotations
 
-import functools
 import html
 import logging
 import re
-import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import html2text
 import jinja2
 import mjml
 import premailer
@@ -26,7 +25,7 @@ from markupsafe import Markup
 
 from pipeline.config import Config
 from pipeline.errors import RenderError
-from pipeline.issue.markdown import Document, make_url_resolver, render_markdown
+from pipeline.issue.markdown import Document, UrlResolver, make_url_resolver, render_body, render_markdown
 from pipeline.issue.source import Issue
 
 RECIPIENT_FIELDS = ("email", "unsubscribe_url")
@@ -34,11 +33,6 @@ PLACEHOLDER = re.compile(r"%%(" + "|".join(RECIPIENT_FIELDS) + r")%%")
 HTML_TEMPLATE = "issue.mjml.j2"
 TEXT_TEMPLATE = "email.txt.j2"
 INLINE_CSS = "email.css"
-TEXT_WIDTH = 72
-
-# html2text wraps with textwrap's defaults, which break long URLs at their hyphens
-# (a link in the text part would no longer work). It looks `wrap` up in its module.
-html2text.wrap = functools.partial(textwrap.wrap, break_on_hyphens=False)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -72,9 +66,11 @@ def sample_recipient(config: Config) -> dict[str, str]:
 
 
 def render_issue(config: Config, issue: Issue, after_intro: Sequence[str] = ()) -> Rendered:
-    """Render ``issue``; ``after_intro`` holds HTML blocks (errata) placed after the opening text."""
+    """Render ``issue``; ``after_intro`` holds Markdown blocks (errata) placed after the opening text."""
     document = markdown_stage(config, issue)
-    context = template_context(config, issue, document, after_intro)
+    resolve = url_resolver(config, issue)
+    inserted = [render_body(block, 0, False, resolve) for block in after_intro]
+    context = template_context(config, issue, document, inserted)
     source = render_mjml(config.paths.templates, context)
     return Rendered(
         issue=issue,
@@ -85,18 +81,23 @@ def render_issue(config: Config, issue: Issue, after_intro: Sequence[str] = ()) 
     )
 
 
+def url_resolver(config: Config, issue: Issue) -> UrlResolver:
+    return make_url_resolver(config.archive_base_url, config.archive_url(issue.number), config.raw_base_url)
+
+
 def markdown_stage(config: Config, issue: Issue) -> Document:
-    resolve = make_url_resolver(config.archive_base_url, config.archive_url(issue.number))
-    return render_markdown(issue, resolve)
+    return render_markdown(issue, url_resolver(config, issue))
 
 
 def template_context(
-    config: Config, issue: Issue, document: Document, after_intro: Sequence[str] = ()
+    config: Config, issue: Issue, document: Document, after_intro: Sequence[Document] = ()
 ) -> dict[str, Any]:
     sections = [{"heading": section.heading, "html": Markup(section.html)} for section in document.sections]
-    blocks = [Markup(block) for block in after_intro]
+    blocks = [Markup("".join(s.html for s in block.sections)) for block in after_intro]
     body_html = [section["html"] for section in sections]
     body_html[1:1] = blocks
+    body_text = [section.text for section in document.sections]
+    body_text[1:1] = [section.text for block in after_intro for section in block.sections]
     return {
         "newsletter": {
             "name": config.name,
@@ -117,6 +118,7 @@ def template_context(
         "sections": sections,
         "after_intro": blocks,
         "body_html": Markup("\n".join(body_html)),
+        "body_text": "\n\n".join(text for text in body_text if text),
         "recipient": {field: f"%%{field}%%" for field in RECIPIENT_FIELDS},
     }
 
@@ -233,19 +235,5 @@ def inline_css(document: str, stylesheet: str) -> str:
     return inlined
 
 
-def html_to_text(fragment: str) -> str:
-    converter = html2text.HTML2Text()
-    converter.body_width = TEXT_WIDTH
-    converter.inline_links = False  # numbered references keep 150 URLs from drowning the prose
-    converter.wrap_links = False
-    converter.wrap_list_items = True
-    converter.unicode_snob = True
-    converter.ignore_emphasis = True  # html2text pads "_word_ ," oddly; plain text reads fine without
-    converter.pad_tables = True
-    converter.use_automatic_links = True
-    return converter.handle(fragment).strip("\n")
-
-
 def render_text(templates: Path, context: dict[str, Any]) -> str:
-    text_context = dict(context, body_text=html_to_text(str(context["body_html"])))
-    return _render_template(templates, TEXT_TEMPLATE, text_context)
+    return _render_template(templates, TEXT_TEMPLATE, context)

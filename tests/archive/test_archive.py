@@ -178,6 +178,11 @@ def check_index(folder: Path, expected: list[tuple[int, str, str, str]]) -> None
     issue_links = [(text, href) for text, href in links if text.startswith("#")]
     assert issue_links == [(f"#{n}", name) for n, _, _, name in expected], readme
     for text, href in links:
+        if text == "Atom feed":
+            # Absolute, at the raw file: a feed reader given GitHub's /blob/ page would get HTML.
+            assert href.startswith("https://") and href.endswith("/feed.xml"), href
+            assert (folder / "feed.xml").is_file()
+            continue
         assert not urlsplit(href).scheme, href
         assert (folder / unquote(href)).is_file(), f"index link {text!r} -> {href!r} does not resolve"
 
@@ -307,6 +312,11 @@ def test_archive_writes_issue_index_and_feed(newsletter: Newsletter) -> None:
     feed_id = ET.fromstring((folder / "feed.xml").read_bytes()).findtext(f"{ATOM}id")
     content = feedparser.parse((folder / "feed.xml").read_bytes()).entries[0].content[0].value
     assert "<table>" in content and 'href="https://example.org/news?a=1&amp;b=2"' in content
+    # The feed names itself at its raw file, where a feed reader gets XML, not GitHub's page around it.
+    raw_feed = f"{newsletter.config().raw_base_url}/feed.xml"
+    root_links = ET.fromstring((folder / "feed.xml").read_bytes()).findall(f"{ATOM}link")
+    assert [link.get("href") for link in root_links if link.get("rel") == "self"] == [raw_feed]
+    assert ("Atom feed", raw_feed) in index_links(folder)
 
     # Archiving again changes nothing, byte for byte.
     before = snapshot(folder)
@@ -358,8 +368,9 @@ def test_filename_pattern_with_a_space_still_links(newsletter: Newsletter) -> No
     assert (folder / "Issue 1.md").exists()
     links = index_links(folder)
     assert [text for text, _ in links if text.startswith("#")] == ["#1"], (folder / "README.md").read_text()
-    for _, href in links:
-        assert (folder / unquote(href)).is_file(), href
+    for text, href in links:
+        if text != "Atom feed":  # the feed is linked at its raw URL
+            assert (folder / unquote(href)).is_file(), href
 
 
 def test_filename_pattern_with_another_extension_is_refused(newsletter: Newsletter) -> None:

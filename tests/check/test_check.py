@@ -68,3 +68,37 @@ def test_size_budget(newsletter: Newsletter) -> None:
     problems = problems_for(newsletter, "Hello.\n")
     assert len(problems) == 1 and problems[0].line == 0
     assert "over the budget of 5,000" in problems[0].message
+
+
+@pytest.mark.parametrize(
+    ("body", "cut"),
+    [
+        ("See https://example.org/notes_ for more.\n", "'_'"),
+        ("See https://en.wikipedia.org/wiki/Ref_(a)) for more.\n", "')'"),
+    ],
+)
+def test_a_bare_url_cut_short_by_gfm_is_reported_with_its_line(
+    newsletter: Newsletter, body: str, cut: str
+) -> None:
+    found = [p for p in problems_for(newsletter, body) if "bare URL ends before" in p.message]
+    assert [(p.line, p.severity) for p in found] == [(7, "warning")], problems_for(newsletter, body)
+    assert cut in found[0].message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "A sentence ending in https://example.org/a.\n",
+        "(see https://en.wikipedia.org/wiki/Ref_(a)), and _https://doi.org/10.1/x_ in italics.\n",
+    ],
+)
+def test_sentence_punctuation_after_a_bare_url_is_fine(newsletter: Newsletter, body: str) -> None:
+    assert problems_for(newsletter, body) == []
+
+
+def test_filtered_html_is_reported_with_its_line(newsletter: Newsletter) -> None:
+    newsletter.write_issue(4, "Fine <b>bold</b>.\n\n<script>track()</script>\n", allow_html="true")
+    config = newsletter.config()
+    found = check_build(config, build_issue(config, 4))
+    assert [(p.line, p.severity) for p in found] == [(10, "warning"), (10, "warning")]
+    assert "'<script>'" in found[0].message + found[1].message and "tagfilter" in found[0].message

@@ -90,15 +90,9 @@ def html_errata(html: str) -> str | None:
 
 
 def text_errata(text: str) -> str | None:
-    """The Errata section of an email's plain text, links resolved, whitespace normalised."""
-    match = re.search(r"^## Errata\n(.*?)(?=^## )", text, re.DOTALL | re.MULTILINE)
-    if not match:
-        return None
-    references = dict(re.findall(r"^ *\[(\d+)\]: (\S+)$", text, re.MULTILINE))
-    section = re.sub(
-        r"\[([^\]]+)\]\[(\d+)\]", lambda m: f"[{m.group(1)}]({references[m.group(2)]})", match.group(1)
-    )
-    return " ".join(section.split())
+    """The Errata section of an email's plain text (up to the next heading), whitespace normalised."""
+    match = re.search(r"^Errata\n=+\n(.*?)(?=^[^\n]+\n=+$)", text, re.DOTALL | re.MULTILINE)
+    return " ".join(match.group(1).split()) if match else None
 
 
 def check_placement(content: str, number: int, errata_heading: str, first_heading: str) -> None:
@@ -144,13 +138,13 @@ def test_erratum_is_announced_once_and_corrects_the_archive(newsletter: Newslett
     expected_html = (
         f'<h2>Errata</h2><ul><li>In <a href="{config.archive_url(1)}">issue 1</a>: {FIX}</li></ul>'
     )
-    expected_text = f"* In [issue 1]({config.archive_url(1)}): {FIX}"
+    expected_text = f"- In issue 1 [1]: {FIX} [1] {config.archive_url(1)}"
     for message in messages:
         html, text = parts(message)
         assert html_errata(html) == expected_html
         assert text_errata(text) == expected_text
         check_placement(html, 2, ">Errata</h2>", ">News</h2>")
-        check_placement(text, 2, "## Errata", "## News")
+        check_placement(text, 2, "Errata\n===", "News\n===")
 
     # B's archive carries the same section, in the same place, linking to A's archived file.
     archive = newsletter.root / "archive"

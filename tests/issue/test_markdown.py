@@ -93,6 +93,79 @@ def test_unparsed_links_are_found_but_escaped_brackets_are_not() -> None:
     ]
 
 
+def test_bare_urls_end_where_github_ends_them() -> None:
+    """GFM's trailing-punctuation rule: a URL in italics or before '*' keeps neither."""
+    body = (
+        "_https://doi.org/10.21105/joss.01450_ and *https://a.example/b*, "
+        "https://c.example/d_\u00a0next, (https://w.example/Rust_(lang)) www.x.example/p?q=1.\n"
+    )
+    document = render(body)
+    assert [(link.href, link.text, link.kind) for link in document.links] == [
+        ("https://doi.org/10.21105/joss.01450", "https://doi.org/10.21105/joss.01450", "autolink"),
+        ("https://a.example/b", "https://a.example/b", "autolink"),
+        ("https://c.example/d", "https://c.example/d", "autolink"),
+        ("https://w.example/Rust_(lang)", "https://w.example/Rust_(lang)", "autolink"),
+        ("https://www.x.example/p?q=1", "www.x.example/p?q=1", "autolink"),
+    ]
+    assert '<em><a href="https://doi.org/10.21105/joss.01450">' in html_of(document)
+
+
+def test_nothing_is_autolinked_inside_open_brackets_like_github() -> None:
+    document = render("[see https://a.example/x] and `[` https://c.example/z\n\n[b https://b.example/y `]`\n")
+    assert [link.href for link in document.links] == ["https://c.example/z"]
+
+
+def test_a_backslash_before_the_scheme_escapes_nothing_like_github() -> None:
+    document = render("Odd \\https://a.example/x and \\*https://b.example/y\n")
+    assert [link.href for link in document.links] == ["https://a.example/x", "https://b.example/y"]
+    assert "Odd \\<a href" in html_of(document)
+
+
+def test_email_addresses_are_linked_like_github() -> None:
+    document = render("Write to editor@news.example.org. Or mailto:x@y.example, not a@b or @name.\n")
+    assert [(link.href, link.kind) for link in document.links] == [
+        ("mailto:editor@news.example.org", "email"),
+        ("mailto:x@y.example", "autolink"),
+    ]
+
+
+def test_relative_images_come_from_the_raw_files_and_root_paths_from_the_repository() -> None:
+    github = make_url_resolver(
+        "https://github.com/o/r/blob/main/issues",
+        "https://github.com/o/r/blob/main/issues/3.md",
+        "https://raw.githubusercontent.com/o/r/main/issues",
+    )
+    head = "---\nnumber: 3\ntitle: T\ndate: 2026-11-23\n---\n"
+    body = "[a](2.md) ![i](img/a.png) [r](/docs/x.md) ![s](/logo.svg) [h](https://x.example/) [f](#top)\n"
+    document = render_markdown(parse_issue(Path("issues/3.md"), (head + body).encode()), github)
+    assert [(link.href, link.kind, link.relative) for link in document.links] == [
+        ("https://github.com/o/r/blob/main/issues/2.md", "link", True),
+        ("https://raw.githubusercontent.com/o/r/main/issues/img/a.png", "image", True),
+        ("https://github.com/o/r/blob/main/docs/x.md", "link", True),
+        ("https://raw.githubusercontent.com/o/r/main/logo.svg", "image", True),
+        ("https://x.example/", "link", False),
+        ("https://github.com/o/r/blob/main/issues/3.md#top", "link", True),
+    ]
+
+
+def test_allowed_html_goes_through_githubs_tagfilter() -> None:
+    body = (
+        "<div><b>kept</b></div>\n\n<script>alert(1)</script>\n\nInline <STYLE>x</style> and <iframe src=x>.\n"
+    )
+    document = render(body, allow_html=True)
+    html = html_of(document)
+    assert "<div><b>kept</b></div>" in html
+    assert "<script" not in html and "<STYLE" not in html and "<iframe" not in html
+    assert "&lt;script>alert(1)&lt;/script>" in html
+    assert [(raw.markdown, raw.line) for raw in document.filtered_html] == [
+        ("<script>", 9),
+        ("</script>", 9),
+        ("<STYLE>", 11),
+        ("</style>", 11),
+        ("<iframe src=x>", 11),
+    ]
+
+
 def test_only_scheme_and_www_autolinks_like_github() -> None:
     document = render("See README.md, kit.edu and www.example.org/a or https://x.example/b.\n")
     assert [link.href for link in document.links] == ["https://www.example.org/a", "https://x.example/b"]

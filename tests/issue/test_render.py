@@ -38,10 +38,14 @@ def test_after_intro_blocks_go_after_the_opening_text(newsletter: Newsletter) ->
     newsletter.write_issue(1, "Opening words.\n\n## News\n\nnews\n")
     config = newsletter.config()
     rendered = render_issue(
-        config, read_issue(config.paths.issues, 1), after_intro=["<h2>Errata</h2><p>fix</p>"]
+        config, read_issue(config.paths.issues, 1), after_intro=["## Errata\n\n[fix](1.md)\n"]
     )
     for output in (rendered.html, rendered.text):
         assert output.index("Opening words") < output.index("Errata") < output.index("News")
+    # Markdown, parsed like the body: its relative link resolves against the archive in both parts.
+    assert (
+        f'href="{config.archive_url(1)}"' in rendered.html and f"[1] {config.archive_url(1)}" in rendered.text
+    )
 
 
 def test_recipient_values_are_filled_and_escaped(newsletter: Newsletter) -> None:
