@@ -12,14 +12,17 @@ import click
 from click.core import ParameterSource
 
 from pipeline import __version__
-from pipeline.check.content import Problem
 from pipeline.config import CONFIG_ENV, MASK, Config, Environment, Setting, load_config, settings
 from pipeline.errors import ArchiveError, CheckFailed, ErrataError, NewsletterError, NotConfirmed
 from pipeline.files import display_path
 from pipeline.issue.build import build_issue
 
+# Each command imports what it uses when it runs: `build` must not pay for httpx, boto3, starlette,
+# uvicorn or rich at start-up (tests/test_cli.py checks it).
 if TYPE_CHECKING:
     from rich.progress import Progress
+
+    from pipeline.check.content import Problem
 
 ISSUE = click.argument("number", metavar="N", type=click.IntRange(min=1))
 
@@ -70,8 +73,8 @@ def _size(size: int) -> str:
 @click.pass_context
 def build(ctx: click.Context, number: int) -> None:
     """Render issue N into build/N/: email.html, email.txt, message.eml."""
-    from pipeline.publish import write_build
     from pipeline.send.ledger import campaign_state
+    from pipeline.send.message import write_build
 
     config = _config(ctx)
     result = build_issue(config, number, pinned=campaign_state(config, number) is not None)

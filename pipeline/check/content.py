@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlsplit
 
-from pipeline.check.links import LinkResult
 from pipeline.issue.markdown import Link
 from pipeline.issue.render import Rendered
+
+if TYPE_CHECKING:
+    from pipeline.check.links import LinkResult  # httpx: loaded only when links are checked
 
 Severity = Literal["error", "warning"]
 

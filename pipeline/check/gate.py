@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.check.content import Problem, check_rendered, http_problems
-from pipeline.check.links import check_urls
 from pipeline.config import Config
 from pipeline.db import open_db
 from pipeline.issue.build import Build, build_issue
@@ -44,6 +43,8 @@ def check_issue(
         return CheckResult(build, offline, [], "links not checked over HTTP (--offline)")
     if not config.links.enabled:
         return CheckResult(build, offline, [], "links not checked over HTTP (links.enabled = false)")
+    from pipeline.check.links import check_urls  # httpx and asyncio: only when links go over HTTP
+
     db = open_db(config.paths.state)
     try:
         report = check_urls([link.href for link in links], config.links, db, progress=progress)

@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedSeq
+
+if TYPE_CHECKING:
+    from ruamel.yaml.comments import CommentedSeq
 
 from pipeline.config import Config
 from pipeline.errors import ErrataError
@@ -134,6 +135,10 @@ def _locked(config: Config) -> Iterator[None]:
 
 def _edit(config: Config, change: Callable[[CommentedSeq], None]) -> None:
     """Change the file in place, round trip: the editor's comments and layout survive."""
+    # Imported here: only writing needs the round-trip parser, and it costs every build ~40 ms to load.
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedSeq
+
     path = errata_path(config)
     yaml_rt = YAML()
     yaml_rt.width = 100

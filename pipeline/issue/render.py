@@ -20,7 +20,6 @@ from typing import Any
 import html2text
 import jinja2
 import mjml
-import premailer
 from lxml import etree
 from markupsafe import Markup
 
@@ -214,6 +213,9 @@ def inline_css(document: str, stylesheet: str) -> str:
     MJML's reset rules (``p {margin:13px 0}``, ``td {mso-table-...}``) are left in the
     head: inlining them on every paragraph would cost kilobytes of the 102 KB budget.
     """
+    # Imported here: premailer brings requests and cssutils (~70 ms), which only rendering needs.
+    import premailer
+
     document = document.replace("<style", '<style data-premailer="ignore"')
     inliner = premailer.Premailer(
         document,
