@@ -79,7 +79,10 @@ def render_issue(config: Config, issue: Issue, after_intro: Sequence[str] = ()) 
         issue=issue,
         document=document,
         mjml=source,
-        html=inline_css(frame_tables(compile_mjml(source)), inline_stylesheet(config.paths.templates)),
+        # <wbr> after inlining: lxml's HTML parser does not know it is a void element.
+        html=break_long_link_texts(
+            inline_css(frame_tables(compile_mjml(source)), inline_stylesheet(config.paths.templates))
+        ),
         text=render_text(config.paths.templates, context),
     )
 
@@ -107,7 +110,7 @@ def template_context(
             "number": issue.number,
             "title": issue.title,
             "subject": issue.subject,
-            "preheader": issue.preheader,
+            "preheader": issue.preheader or default_preheader(document),
             "author": issue.author,
             "date": issue.date,
             "date_text": f"{issue.date:%d %B %Y}".lstrip("0"),
@@ -200,6 +203,63 @@ def frame_tables(document: str) -> str:
     return str(etree.tostring(root, method="html", encoding="unicode"))
 
 
+_PARAGRAPH = re.compile(r"<p>(.*?)</p>", re.DOTALL)
+_TAG = re.compile(r"<[^>]+>")
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+(?=\S)")
+PREHEADER_MAX = 140  # characters: about what the longest inbox previews show
+
+
+def default_preheader(document: Document) -> str:
+    """The issue's first sentence, for the inbox preview when the issue gives no ``preheader``.
+
+    Without one, clients preview the masthead ("Crate Notes Crate Notes #18 7 December ...").
+    """
+    for section in document.sections:
+        found = _PARAGRAPH.search(section.html)
+        if found is None:
+            continue
+        text = " ".join(html.unescape(_TAG.sub("", found.group(1))).split())
+        sentence = _SENTENCE_END.split(text, maxsplit=1)[0]
+        if len(sentence) > PREHEADER_MAX:
+            sentence = sentence[:PREHEADER_MAX].rsplit(" ", 1)[0] + "…"
+        return sentence
+    return ""
+
+
+# A link whose text is plain text (no markup inside), with at least one word too long for a phone line.
+PHONE_LINE = 36  # characters of body text on a 375 px phone at 16 px, with room to spare
+_LINK_TEXT = re.compile(rf"(<a\b[^>]*>)([^<]*\S{{{PHONE_LINE},}}[^<]*)(</a>)")
+# After a slash (not between the two of "https://"), and after the query's ? = & and a #.
+_BREAK_AFTER = re.compile(r"(?<=[=&?#])|(?<=/)(?!/)")
+_CHUNK = 30  # a stretch with no break point longer than this gets one anyway
+
+
+def break_long_link_texts(document: str) -> str:
+    """Give long link texts (URLs shown as text) places to break: ``<wbr>`` after ``/``, ``=``, ``&``...
+
+    ``overflow-wrap``/``word-break`` would do it, but Yahoo and Windows Mail ignore them, and a
+    140-character URL then pushes a phone's layout sideways. ``<wbr>`` is plain HTML that every
+    client keeps; a stretch that still has no break point gets one every ``_CHUNK`` characters.
+    """
+
+    def add_breaks(match: re.Match[str]) -> str:
+        text = html.unescape(match.group(2))
+        pieces: list[str] = []
+        for word in re.split(r"(\s+)", text):
+            if len(word) < PHONE_LINE:
+                pieces.append(html.escape(word, quote=False))
+                continue
+            chunks = [
+                part[start : start + _CHUNK]
+                for part in _BREAK_AFTER.split(word)
+                for start in range(0, len(part), _CHUNK)
+            ]
+            pieces.append("<wbr>".join(html.escape(chunk, quote=False) for chunk in chunks if chunk))
+        return match.group(1) + "".join(pieces) + match.group(3)
+
+    return _LINK_TEXT.sub(add_breaks, document)
+
+
 def inline_stylesheet(templates: Path) -> str:
     try:
         return (templates / INLINE_CSS).read_text(encoding="utf-8")
@@ -225,6 +285,9 @@ def inline_css(document: str, stylesheet: str) -> str:
         keep_style_tags=False,
         remove_classes=False,  # media queries select by class
         disable_validation=True,
+        # premailer copies CSS sizes into attributes: `img {height: auto}` became height="auto",
+        # which is invalid HTML (the attribute takes pixels) and some clients read as 0.
+        disable_basic_attributes=["height"],
         disable_leftover_css=True,  # nothing is left over: media queries live in the head's own style blocks
         cssutils_logging_level=logging.CRITICAL,
     )
