@@ -103,8 +103,9 @@ def check(ctx: click.Context, number: int, offline: bool) -> None:
     summary = _report_problems(
         result.build.rendered.issue.path, result.problems, len(result.build.rendered.document.links)
     )
-    _budget_line(config, result.build.html_size)
+    _budget_line(config, result.html_sent, "HTML part as sent")
     click.echo(result.links_note)
+    click.echo(result.spam_note)
     if any(p.severity == "error" for p in result.problems):
         raise CheckFailed(f"{summary}: fix the errors before sending")
     click.secho(f"{summary}: ready to send", fg="green")
@@ -154,9 +155,9 @@ def preview(ctx: click.Context, number: int, port: int, open_browser: bool) -> N
     serve_preview(_config(ctx), number, port=port, open_browser=open_browser)
 
 
-def _budget_line(config: Config, size: int) -> None:
+def _budget_line(config: Config, size: int, what: str = "HTML") -> None:
     share = 100 * size / config.max_html_bytes
-    click.echo(f"HTML {size:,} bytes: {share:.0f}% of the {config.max_html_bytes:,}-byte budget")
+    click.echo(f"{what} {size:,} bytes: {share:.0f}% of the {config.max_html_bytes:,}-byte budget")
 
 
 def _relative(path: Path) -> str:

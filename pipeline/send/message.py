@@ -257,3 +257,13 @@ def _fill(segments: list[str], values: dict[str, str], *, escape: bool) -> str:
             value = values[segment]
             out.append(_qp(html.escape(value) if escape else value) + _SOFT_BREAK)
     return "".join(out)
+
+
+def sample_as_sent(config: Config, rendered: Rendered) -> bytes:
+    """The bytes a subscriber gets (quoted-printable parts, List-Unsubscribe headers), for the sample
+    recipient: what ``check`` measures against the clip budget and scores for spam."""
+    sample = sample_recipient(config)
+    recipient = Recipient(
+        sample["email"], "", sample["unsubscribe_url"], make_msgid(domain=sender_domain(config))
+    )
+    return MessageTemplate(config, rendered).build(recipient)
