@@ -54,9 +54,8 @@ def spam_score(message: bytes) -> SpamScore | str:
         last = (done.stderr.decode("utf-8", "replace").strip().splitlines() or ["no report"])[-1]
         return f"spam score not checked: spamassassin gave no score ({last})"
     table = report.partition("Content analysis details:")[2]
-    rules = [
-        Rule(m.group(2), float(m.group(1)), m.group(3).strip())
-        for m in map(_RULE.match, table.splitlines())
-        if m and float(m.group(1)) > 0
-    ]
-    return SpamScore(float(found.group(1)), sorted(rules, key=lambda rule: -rule.points))
+    rules: dict[str, Rule] = {}  # a rule that hits the text and the HTML part is listed twice
+    for m in map(_RULE.match, table.splitlines()):
+        if m and float(m.group(1)) > 0:
+            rules.setdefault(m.group(2), Rule(m.group(2), float(m.group(1)), m.group(3).strip()))
+    return SpamScore(float(found.group(1)), sorted(rules.values(), key=lambda rule: -rule.points))
