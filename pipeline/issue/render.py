@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import html
-import logging
 import re
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import css_inline
 import html2text
 import jinja2
 import mjml
@@ -199,7 +199,7 @@ def frame_tables(document: str) -> str:
         frame.tail, wrap.tail = wrap.tail, None  # the text after the scroller stays after the frame
         wrap.addprevious(frame)
         cell.append(wrap)
-    # The root element only: premailer then sees no doctype and inline_css puts the usual one back.
+    # The root element only: the inliner then sees no doctype and inline_css puts the usual one back.
     return str(etree.tostring(root, method="html", encoding="unicode"))
 
 
@@ -267,35 +267,34 @@ def inline_stylesheet(templates: Path) -> str:
         raise RenderError(f"{templates / INLINE_CSS}: cannot read: {error.strerror}") from None
 
 
+_IGNORE = ' data-css-inline="ignore"'
+_DOCTYPE = re.compile(r"^\s*<!doctype[^>]*>\s*", re.IGNORECASE)
+_STYLE_ATTRIBUTE = re.compile(r' style="[^"]*"')
+_DECLARATION_GAP = re.compile(r"(?<=[\w-])(:) (?=\S)")  # "margin: 0" -> "margin:0", a property's colon only
+
+
 def inline_css(document: str, stylesheet: str) -> str:
     """Put ``stylesheet`` on each element; the document's own style blocks stay as they are.
 
     MJML's reset rules (``p {margin:13px 0}``, ``td {mso-table-...}``) are left in the
     head: inlining them on every paragraph would cost kilobytes of the 102 KB budget.
-    """
-    # Imported here: premailer brings requests and cssutils (~70 ms), which only rendering needs.
-    import premailer
 
-    document = document.replace("<style", '<style data-premailer="ignore"')
-    inliner = premailer.Premailer(
-        document,
-        css_text=stylesheet,
-        allow_network=False,
-        strip_important=False,  # the phone layout's media queries rely on !important
-        keep_style_tags=False,
-        remove_classes=False,  # media queries select by class
-        disable_validation=True,
-        # premailer copies CSS sizes into attributes: `img {height: auto}` became height="auto",
-        # which is invalid HTML (the attribute takes pixels) and some clients read as 0.
-        disable_basic_attributes=["height"],
-        disable_leftover_css=True,  # nothing is left over: media queries live in the head's own style blocks
-        cssutils_logging_level=logging.CRITICAL,
+    css-inline (Rust, MIT), not premailer: 1 ms instead of 15 ms for the large sample issue, and
+    no requests/cssutils to import (premailer's ~70 ms). It also leaves sizes in CSS: premailer
+    copied ``img {height: auto}`` into an invalid ``height="auto"`` attribute. A style attribute
+    already on an element (MJML's) wins over the stylesheet, as it did with premailer.
+    """
+    inliner = css_inline.CSSInliner(
+        extra_css=stylesheet,
+        keep_style_tags=True,  # the head's own blocks: media queries, dark mode, MJML's resets
+        load_remote_stylesheets=False,
     )
-    # Style blocks inside Outlook's conditional comments are text to premailer: strip the marker there too.
-    inlined: str = inliner.transform(pretty_print=False).replace(' data-premailer="ignore"', "")
-    if not inlined.lstrip().lower().startswith("<!doctype"):
-        inlined = "<!doctype html>\n" + inlined  # premailer drops it; without it clients use quirks mode
-    return inlined
+    # Style blocks inside Outlook's conditional comments are text to the parser: strip the marker there too.
+    inlined = inliner.inline(document.replace("<style", "<style" + _IGNORE)).replace(_IGNORE, "")
+    # css-inline writes "margin: 0;font-size: 14px;": the spaces cost ~1.5 KB of the clip budget.
+    inlined = _STYLE_ATTRIBUTE.sub(lambda m: _DECLARATION_GAP.sub(r"\1", m.group(0)), inlined)
+    # One doctype, whatever the parser kept of MJML's: without one, clients use quirks mode.
+    return "<!doctype html>\n" + _DOCTYPE.sub("", inlined, count=1)
 
 
 def html_to_text(fragment: str) -> str:

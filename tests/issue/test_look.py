@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 from pipeline.issue.build import build_issue
@@ -11,11 +12,11 @@ from tests.support.newsletter import Newsletter
 FILLER = "\u034f\u200c\u00a0"  # combining grapheme joiner, zero-width non-joiner, no-break space
 
 
-def preheader_div(html: str) -> tuple[str, str]:
+def preheader_div(email_html: str) -> tuple[str, str]:
     """The hidden preview div's style and text."""
-    found = re.search(r'<div class="preheader"[^>]*style="([^"]*)"[^>]*>([^<]*)</div>', html)
+    found = re.search(r'<div class="preheader"[^>]*style="([^"]*)"[^>]*>([^<]*)</div>', email_html)
     assert found, "no preheader div in the email"
-    return found.group(1), found.group(2)
+    return found.group(1), html.unescape(found.group(2))
 
 
 def test_preheader_is_hidden_without_colour_tricks_and_followed_by_filler(newsletter: Newsletter) -> None:
