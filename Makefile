@@ -89,8 +89,10 @@ lock: ## Re-resolve every dependency to the newest version pyproject.toml allows
 golden: $(READY) ## Refresh the golden files in tests/golden/ after an intended rendering change
 	$(BIN)/python -m tests.golden
 
-bench: $(READY) ## Time the build of the large sample issue and sending (quick); figures in bench/README.md
+BASE ?= 0b06fa9
+bench: $(READY) ## Time the build (also side by side against commit BASE) and sending (quick); figures in bench/README.md
 	$(BIN)/python bench/bench_build.py
+	$(BIN)/python bench/compare_build.py $(BASE)
 	$(BIN)/python bench/bench_send.py --quick
 
 bench-send: $(READY) ## The full sending benchmark, 1,000,000 subscribers included (~20 min)
