@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -64,11 +65,11 @@ def child(tree: Path, number: int, runs: int, warmup: int) -> dict[str, Any]:
 
     def timed(name: str, function: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start = time.process_time()
             try:
                 return function(*args, **kwargs)
             finally:
-                spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+                spent[name] = spent.get(name, 0.0) + time.process_time() - start
 
         return wrapper
 
@@ -79,18 +80,20 @@ def child(tree: Path, number: int, runs: int, warmup: int) -> dict[str, Any]:
     for _ in range(warmup):
         build_module.build_issue(config, number)
     wholes: list[float] = []
+    cpus: list[float] = []
     shares: dict[str, list[float]] = {}
     for _ in range(runs):
         gc.collect()
         spent.clear()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         build_module.build_issue(config, number)
-        whole = time.perf_counter() - start
-        wholes.append(whole)
+        wholes.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
         for name in STAGES:
-            shares.setdefault(name, []).append(spent.get(name, 0.0) / whole)
+            shares.setdefault(name, []).append(spent.get(name, 0.0) / max(cpus[-1], 1e-9))
     return {
         "build_ms": [w * 1000 for w in wholes],
+        "build_cpu_ms": [c * 1000 for c in cpus],
         "stage_share": {name: statistics.median(values) for name, values in shares.items()},
         "stages_present": [name for name in STAGES if any(shares.get(name, []))],
     }
@@ -145,8 +148,8 @@ def in_process(python: str, tree: Path, number: int, runs: int, warmup: int) -> 
     return result
 
 
-def whole_process(python: str, tree: Path, number: int, runs: int) -> list[float]:
-    """``newsletter build N`` as the console script runs it: a fresh interpreter each time."""
+def whole_process(python: str, tree: Path, number: int, runs: int) -> tuple[list[float], list[float]]:
+    """``newsletter build N`` as the console script runs it, a fresh interpreter each time: wall and CPU ms."""
     command = [
         python,
         "-c",
@@ -154,12 +157,15 @@ def whole_process(python: str, tree: Path, number: int, runs: int) -> list[float
         "build",
         str(number),
     ]
-    times = []
+    walls, cpus = [], []
     for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(command, cwd=tree, env=_env(tree), check=True, stdout=subprocess.DEVNULL)
-        times.append((time.perf_counter() - start) * 1000)
-    return times
+        walls.append((time.perf_counter() - start) * 1000)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000)
+    return walls, cpus
 
 
 def compare(rev: str, number: int, rounds: int, runs: int, process_runs: int, warmup: int) -> dict[str, Any]:
@@ -177,7 +183,9 @@ def compare(rev: str, number: int, rounds: int, runs: int, process_runs: int, wa
     with base_worktree(rev) as base_tree:
         sides = {"base": (base_tree, python_for(base_tree, number)), "head": (REPO, python_for(REPO, number))}
         builds: dict[str, list[float]] = {"base": [], "head": []}
+        build_cpus: dict[str, list[float]] = {"base": [], "head": []}
         processes: dict[str, list[float]] = {"base": [], "head": []}
+        process_cpus: dict[str, list[float]] = {"base": [], "head": []}
         shares: dict[str, list[dict[str, float]]] = {"base": [], "head": []}
         load_before = os.getloadavg()[0]
         for round_ in range(rounds):
@@ -187,8 +195,11 @@ def compare(rev: str, number: int, rounds: int, runs: int, process_runs: int, wa
                 tree, python = sides[side]
                 result = in_process(python, tree, number, runs, warmup)
                 builds[side] += result["build_ms"]
+                build_cpus[side] += result["build_cpu_ms"]
                 shares[side].append(result["stage_share"])
-                processes[side] += whole_process(python, tree, number, process_runs)
+                walls, cpus = whole_process(python, tree, number, process_runs)
+                processes[side] += walls
+                process_cpus[side] += cpus
             print(f"round {round_ + 1}/{rounds} done", file=sys.stderr)
         load_after = os.getloadavg()[0]
     summary: dict[str, Any] = {
@@ -202,15 +213,17 @@ def compare(rev: str, number: int, rounds: int, runs: int, process_runs: int, wa
     }
     for side in ("base", "head"):
         summary[side + "_build_ms"] = statistics.median(builds[side])
+        summary[side + "_build_cpu_ms"] = statistics.median(build_cpus[side])
         summary[side + "_process_ms"] = statistics.median(processes[side])
+        summary[side + "_process_cpu_ms"] = statistics.median(process_cpus[side])
         summary[side + "_stages"] = {
             name: statistics.median(r[name] for r in shares[side] if name in r)
             for name in STAGES
             if any(r.get(name) for r in shares[side])
         }
         summary[side + "_samples"] = {"build": len(builds[side]), "process": len(processes[side])}
-    summary["build_ratio"] = summary["head_build_ms"] / summary["base_build_ms"]
-    summary["process_ratio"] = summary["head_process_ms"] / summary["base_process_ms"]
+    for measure in ("build", "build_cpu", "process", "process_cpu"):
+        summary[measure + "_ratio"] = summary[f"head_{measure}_ms"] / summary[f"base_{measure}_ms"]
     return summary
 
 
@@ -220,17 +233,25 @@ def table(s: dict[str, Any]) -> str:
         f"load average {s['load_before']:.1f} -> {s['load_after']:.1f} on {s['cores']} cores",
         "",
         f"{'':34}{'base':>12}{'head':>12}{'head/base':>12}",
-        f"{'in-process build (median)':34}{s['base_build_ms']:>10.1f}ms{s['head_build_ms']:>10.1f}ms"
-        f"{s['build_ratio']:>11.2f}x",
-        f"{'newsletter build (median)':34}{s['base_process_ms']:>10.1f}ms{s['head_process_ms']:>10.1f}ms"
-        f"{s['process_ratio']:>11.2f}x",
+        *(
+            f"{label:34}{s[f'base_{key}_ms']:>10.1f}ms{s[f'head_{key}_ms']:>10.1f}ms{s[f'{key}_ratio']:>11.2f}x"
+            for label, key in (
+                ("in-process build, wall (median)", "build"),
+                ("in-process build, CPU (median)", "build_cpu"),
+                ("newsletter build, wall (median)", "process"),
+                ("newsletter build, CPU (median)", "process_cpu"),
+            )
+        ),
         "",
-        "stage split (share of the in-process build, median):",
+        "CPU time is this process's (and its children's) own: on a busy machine, wall time also counts",
+        "the waits for a core; compare the CPU ratios there.",
+        "",
+        "stage split (CPU share of the in-process build, median):",
     ]
 
     def cell(side: str, name: str) -> str:
         share = s[side + "_stages"].get(name)
-        return f"{'-':>14}" if share is None else f"{share * s[side + '_build_ms']:>7.1f}ms {share:>4.0%}"
+        return f"{'-':>14}" if share is None else f"{share * s[side + '_build_cpu_ms']:>7.1f}ms {share:>4.0%}"
 
     for name in STAGES:
         if name in s["base_stages"] or name in s["head_stages"]:
