@@ -191,7 +191,24 @@ def image_problems(config: Config, rendered: Rendered) -> list[Problem]:
                 f"{size / 1e6:.1f} MB, over {IMAGE_MAX_BYTES // 1000} KB: slow to load on a phone; "
                 "scale it down or compress it",
             )
+    if rendered.issue.allow_html:  # raw <img> tags pass through as written
+        issue = rendered.issue
+        for offset, text in enumerate(issue.body.split("\n")):
+            for tag in _RAW_IMAGE.findall(text):
+                if not _ALT.search(tag):
+                    problems.append(
+                        Problem(
+                            issue.body_line + offset,
+                            "warning",
+                            f"image {tag[:70]!r}: no alt attribute: screen readers read out the file "
+                            'name; add alt="what it shows" (alt="" only for a purely decorative image)',
+                        )
+                    )
     return problems
+
+
+_RAW_IMAGE = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
+_ALT = re.compile(r"\salt\s*=", re.IGNORECASE)
 
 
 def _known_size(config: Config, written: str) -> int | None:

@@ -35,6 +35,18 @@ def test_an_image_without_alt_text_is_a_warning_with_its_line(newsletter: Newsle
     assert "no alt text" in found[0].message and "decorative" in found[0].message
 
 
+def test_a_raw_html_image_without_alt_is_a_warning_when_html_is_allowed(newsletter: Newsletter) -> None:
+    newsletter.write_issue(
+        4,
+        'Intro.\n\n<img src="https://example.org/a.png">\n<img src="https://example.org/b.png" alt="">\n',
+        allow_html="true",
+    )
+    config = newsletter.config()
+    found = [p for p in check_build(config, build_issue(config, 4)) if "alt attribute" in p.message]
+    assert [(p.line, p.severity) for p in found] == [(10, "warning")], found
+    assert "a.png" in found[0].message
+
+
 def test_an_image_with_alt_text_on_a_web_address_is_fine(newsletter: Newsletter) -> None:
     assert image_problems(newsletter, "![A chart of downloads](https://example.org/chart.png)\n") == []
 
