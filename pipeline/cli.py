@@ -18,7 +18,7 @@ from pipeline.files import display_path
 from pipeline.issue.build import build_issue
 
 # Each command imports what it uses when it runs: `build` must not pay for httpx, boto3, starlette,
-# uvicorn or rich at start-up (tests/test_cli.py checks it).
+# uvicorn or rich at start-up (tests/test_cli_imports.py checks it).
 if TYPE_CHECKING:
     from rich.progress import Progress
 
