@@ -6,7 +6,7 @@ import email
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipeline.check.content import Problem, check_rendered, http_problems, image_problems
+from pipeline.check.content import Problem, Severity, check_rendered, http_problems, image_problems
 from pipeline.check.spam import SpamScore, spam_score
 from pipeline.config import Config
 from pipeline.db import open_db
@@ -110,14 +110,10 @@ def spam_problems(config: Config, message: bytes) -> tuple[list[Problem], str]:
         f"SpamAssassin score {result.score:.1f} (warn above {config.spam_warn:g}, fail above "
         f"{config.spam_fail:g}); top rules: {result.top()}"
     )
-    if result.score > config.spam_fail:
-        return [
-            Problem(0, "error", f"spam score {result.score:.1f} is over {config.spam_fail:g}: {result.top()}")
-        ], note
-    if result.score > config.spam_warn:
-        return [
-            Problem(
-                0, "warning", f"spam score {result.score:.1f} is over {config.spam_warn:g}: {result.top()}"
-            )
-        ], note
+    limits: tuple[tuple[Severity, float], ...] = (("error", config.spam_fail), ("warning", config.spam_warn))
+    for severity, limit in limits:
+        if result.score > limit:
+            return [
+                Problem(0, severity, f"spam score {result.score:.1f} is over {limit:g}: {result.top()}")
+            ], note
     return [], note
