@@ -459,3 +459,15 @@ def test_wide_image_scales_down_on_a_phone(
     assert 0 < width < PHONE, f"the 1,200 px image is {width} px wide on a {PHONE} px phone"
     errors = overflow_report(page, PHONE)
     assert not errors, "\n  ".join(errors)
+
+
+def test_contrast_probe_finds_poor_contrast(open_email: Callable[[str, int], Any]) -> None:
+    """The dark-mode test's measurement itself: grey on black is caught, white on black is not."""
+    page = open_email(
+        '<body style="background:#000"><div class="content"><p style="color:#fff">fine</p>'
+        '<p style="color:#444">too dim</p></div></body>',
+        PANE,
+    )
+    result = page.evaluate(_CONTRAST_JS, {"min": MIN_CONTRAST})
+    assert [p["text"] for p in result["poor"]] == ["too dim"] and result["poor"][0]["ratio"] < 2.5
+    assert result["count"] == 2
