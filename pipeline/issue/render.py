@@ -228,7 +228,7 @@ def default_preheader(document: Document) -> str:
 
 # A link whose text is plain text (no markup inside), with at least one word too long for a phone line.
 PHONE_LINE = 36  # characters of body text on a 375 px phone at 16 px, with room to spare
-_LINK_TEXT = re.compile(rf"(<a\b[^>]*>)([^<]*\S{{{PHONE_LINE},}}[^<]*)(</a>)")
+_LINK_TEXT = re.compile(rf"(<a\b[^>]*>)([^<]*[^<\s]{{{PHONE_LINE},}}[^<]*)(</a>)")
 # After a slash (not between the two of "https://"), and after the query's ? = & and a #.
 _BREAK_AFTER = re.compile(r"(?<=[=&?#])|(?<=/)(?!/)")
 _CHUNK = 30  # a stretch with no break point longer than this gets one anyway

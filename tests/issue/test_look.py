@@ -64,6 +64,14 @@ def test_long_link_texts_get_break_points_and_keep_their_target(newsletter: News
     assert ">short</a>" in html
 
 
+def test_break_points_stay_inside_each_link(newsletter: Newsletter) -> None:
+    first, second = "https://example.org/" + "a" * 40, "https://example.org/" + "b" * 40
+    newsletter.write_issue(1, f"- <{first}>\n- <{second}>\n")
+    html_part = build_issue(newsletter.config(), 1).html
+    anchors = re.findall(r'<a href="(https://example.org/[ab]+)"[^>]*>(.*?)</a>', html_part)
+    assert [(href, text.replace("<wbr>", "")) for href, text in anchors] == [(first, first), (second, second)]
+
+
 def test_break_points_leave_short_texts_and_entities_alone() -> None:
     assert break_long_link_texts('<a href="x">short text</a>') == '<a href="x">short text</a>'
     broken = break_long_link_texts('<a href="x">' + "a&amp;b/" * 10 + "</a>")
