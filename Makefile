@@ -27,7 +27,7 @@ demo: $(READY) ## Quick start: import the sample subscribers, send issue 1 into 
 build: $(READY) ## Render issue ISSUE into build/ISSUE/ (email.html, email.txt, message.eml)
 	$(BIN)/newsletter build $(ISSUE)
 
-check: $(READY) ## Validate and build issue ISSUE; fail on problems (size, malformed links)
+check: $(READY) ## Validate and build issue ISSUE; fail on problems (size, links, images, spam score)
 	$(BIN)/newsletter check $(ISSUE)
 
 preview: $(READY) ## Serve issue ISSUE on 127.0.0.1:8000, live-reloading on changes
