@@ -471,3 +471,22 @@ def test_contrast_probe_finds_poor_contrast(open_email: Callable[[str, int], Any
     result = page.evaluate(_CONTRAST_JS, {"min": MIN_CONTRAST})
     assert [p["text"] for p in result["poor"]] == ["too dim"] and result["poor"][0]["ratio"] < 2.5
     assert result["count"] == 2
+
+
+def test_dark_mode_covers_every_element_an_issue_can_have(
+    open_email: Callable[[str, int], Any], newsletter: Newsletter
+) -> None:
+    body = (
+        "Opening **bold**, *emphasis*, ~~struck~~ and `code` with [a link](https://example.org/).\n\n"
+        "## Section\n\n### Sub\n\n#### Minor\n\n> A quote with [a link](https://example.org/q).\n\n"
+        "```\npre formatted\n```\n\n| Head | Other |\n|---|---|\n| cell | `x` |\n\n---\n\n"
+        "1. one\n2. two\n"
+    )
+    newsletter.write_issue(1, body)
+    page = open_email(build_issue(newsletter.config(), 1).html, PHONE)
+    page.emulate_media(color_scheme="dark")
+    result = page.evaluate(_CONTRAST_JS, {"min": MIN_CONTRAST})
+    assert result["page"] < 0.05 and result["count"] > 20
+    assert not result["poor"], "\n  ".join(
+        f"<{p['tag']}> {p['ratio']}:1 {p['color']} on {p['on']}: {p['text']!r}" for p in result["poor"]
+    )
