@@ -38,7 +38,7 @@ init: $(READY) ## Start a newsletter of your own in an empty folder: make init D
 build: $(READY) ## Render issue ISSUE into build/ISSUE/ (email.html, email.txt, message.eml)
 	$(BIN)/newsletter build $(ISSUE)
 
-check: $(READY) ## Validate and build issue ISSUE; fail on problems (size, malformed links)
+check: $(READY) ## Validate and build issue ISSUE; fail on problems (size, links, images, spam score)
 	$(BIN)/newsletter check $(ISSUE)
 
 preview: $(READY) ## Serve issue ISSUE on 127.0.0.1:8000, live-reloading on changes
@@ -104,8 +104,10 @@ lock: ## Re-resolve every dependency to the newest version pyproject.toml allows
 golden: $(READY) ## Refresh the golden files in tests/golden/ after an intended rendering change
 	$(BIN)/python -m tests.golden
 
-bench: $(READY) ## Time the build of the large sample issue and sending (quick); figures in bench/README.md
+BASE ?= 0b06fa9
+bench: $(READY) ## Time the build (also side by side against commit BASE) and sending (quick); figures in bench/README.md
 	$(BIN)/python bench/bench_build.py
+	$(BIN)/python bench/compare_build.py $(BASE)
 	$(BIN)/python bench/bench_send.py --quick
 
 bench-send: $(READY) ## The full sending benchmark, 1,000,000 subscribers included (~20 min)

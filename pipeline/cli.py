@@ -13,15 +13,17 @@ import click
 from click.core import ParameterSource
 
 from pipeline import __version__
-from pipeline.check.content import Problem
 from pipeline.config import CONFIG_ENV, MASK, Config, Environment, Setting, load_config, settings
 from pipeline.errors import ArchiveError, CheckFailed, ErrataError, NewsletterError, NotConfirmed
 from pipeline.files import display_path
 from pipeline.issue.build import build_issue
 
+# Each command imports what it uses when it runs: `build` must not pay for httpx, boto3, starlette,
+# uvicorn or rich at start-up (tests/test_cli_imports.py checks it).
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from pipeline.check.content import Problem
     from pipeline.send.ledger import Plan
     from pipeline.send.transports.base import Transport
 
@@ -74,8 +76,8 @@ def _size(size: int) -> str:
 @click.pass_context
 def build(ctx: click.Context, number: int) -> None:
     """Render issue N into build/N/: email.html, email.txt, message.eml."""
-    from pipeline.publish import write_build
     from pipeline.send.ledger import campaign_state
+    from pipeline.send.message import write_build
 
     config = _config(ctx)
     result = build_issue(config, number, pinned=campaign_state(config, number) is not None)
@@ -104,8 +106,9 @@ def check(ctx: click.Context, number: int, offline: bool) -> None:
     summary = _report_problems(
         result.build.rendered.issue.path, result.problems, len(result.build.rendered.document.links)
     )
-    _budget_line(config, result.build.html_size)
+    _budget_line(config, result.html_sent, "HTML part as sent")
     click.echo(result.links_note)
+    click.echo(result.spam_note)
     if any(p.severity == "error" for p in result.problems):
         raise CheckFailed(f"{summary}: fix the errors before sending")
     click.secho(f"{summary}: ready to send", fg="green")
@@ -155,9 +158,9 @@ def preview(ctx: click.Context, number: int, port: int, open_browser: bool) -> N
     serve_preview(_config(ctx), number, port=port, open_browser=open_browser)
 
 
-def _budget_line(config: Config, size: int) -> None:
+def _budget_line(config: Config, size: int, what: str = "HTML") -> None:
     share = 100 * size / config.max_html_bytes
-    click.echo(f"HTML {size:,} bytes: {share:.0f}% of the {config.max_html_bytes:,}-byte budget")
+    click.echo(f"{what} {size:,} bytes: {share:.0f}% of the {config.max_html_bytes:,}-byte budget")
 
 
 def _relative(path: Path) -> str:

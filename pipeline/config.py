@@ -88,6 +88,14 @@ def _positive_or_auto(value: int) -> int:
     return value if value == 0 else int(_positive(value))
 
 
+def _spam_score(value: float) -> float:
+    if not 0 < value <= 100:
+        raise Invalid(
+            f"must be a SpamAssassin score between 0 and 100 (mail servers reject from 5), got {value}"
+        )
+    return value
+
+
 def _one_of(*choices: str) -> Check:
     def check(value: str) -> str:
         if value not in choices:
@@ -322,6 +330,17 @@ class Config:
         help="HTML size budget (Gmail clips past ~102 KB)",
         check=_positive,
     )
+    spamassassin: bool = key(
+        True,
+        toml="check.spamassassin",
+        help="score the sample message with SpamAssassin, when it is on PATH (takes ~3 s)",
+    )
+    spam_warn: float = key(
+        3.0, toml="check.spam_warn", help="SpamAssassin score check warns above", check=_spam_score
+    )
+    spam_fail: float = key(
+        5.0, toml="check.spam_fail", help="SpamAssassin score check refuses above", check=_spam_score
+    )
     archive_filename: str = key(
         "{number}.md",
         toml="archive.filename",
@@ -519,6 +538,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     values = {k.attribute: _value(config_path, k, tables[k.section]) for k in KEYS}
     written = frozenset(k.location for k in KEYS if k.name in tables[k.section])
     config: Config = _build(Config, values, path=config_path, written=written)
+    if config.spam_warn > config.spam_fail:
+        raise ConfigError(
+            config_path,
+            f"check.spam_warn ({config.spam_warn}) must not be above check.spam_fail ({config.spam_fail})",
+        )
     # The two values that depend on another: a local archive remote resolves against the config's
     # folder like every path, and the events region defaults to the SES transport's.
     return replace(

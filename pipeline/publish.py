@@ -7,7 +7,6 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import make_msgid
-from pathlib import Path
 
 from pipeline.archive.publish import publish_archive
 from pipeline.audience.addresses import check_address
@@ -17,10 +16,8 @@ from pipeline.check.gate import CheckResult, check_issue
 from pipeline.config import Config
 from pipeline.db import open_db
 from pipeline.errors import CheckFailed, MessageError, NewsletterError, NotConfirmed
-from pipeline.files import write_atomically
 from pipeline.issue.build import Build
 from pipeline.issue.errata import mark_announced
-from pipeline.issue.render import sample_recipient
 from pipeline.send.control import campaign_lock, is_locked
 from pipeline.send.delivery import SendSettings
 from pipeline.send.fanout import run_in_processes, sender_processes
@@ -37,12 +34,12 @@ from pipeline.send.ledger import (
 )
 from pipeline.send.message import (
     MessageTemplate,
-    build_message,
-    message_bytes,
     recipient_for,
     sender_address,
     sender_domain,
 )
+from pipeline.send.message import sample_message as sample_message  # re-exported: the library's API
+from pipeline.send.message import write_build as write_build
 from pipeline.send.runner import CampaignRunner, Reporter, Summary
 from pipeline.send.transports import open_transport
 from pipeline.send.transports.base import Envelope, Transport
@@ -247,31 +244,3 @@ def campaign_status(config: Config, number: int) -> CampaignStatus:
         active,
         notes.updated_at,
     )
-
-
-def sample_message(config: Config, build: Build, now: dt.datetime | None = None) -> bytes:
-    """A complete MIME message to the sample recipient, for opening in a mail client."""
-    message = build_message(
-        config,
-        to=sample_recipient(config)["email"],
-        subject=build.rendered.issue.subject,
-        html=build.html,
-        text=build.text,
-        date=now or dt.datetime.now(dt.UTC),
-    )
-    return message_bytes(message)
-
-
-def write_build(config: Config, build: Build) -> dict[str, Path]:
-    """Write the three files, each atomically: a reader never sees half a file."""
-    folder = config.paths.build / str(build.rendered.issue.number)
-    folder.mkdir(parents=True, exist_ok=True)
-    outputs = {
-        "email.html": build.html.encode("utf-8"),
-        "email.txt": build.text.encode("utf-8"),
-        "message.eml": sample_message(config, build),
-    }
-    written = {}
-    for name, data in outputs.items():
-        written[name] = write_atomically(folder / name, data)
-    return written

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 
-from email_validator import EmailNotValidError, validate_email
-
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_address(address: str) -> str:
     """The address as given (trimmed), if it is a valid one; no DNS look-ups."""
+    # Imported here: building an issue (which needs ascii_address) should not load its tables.
+    from email_validator import EmailNotValidError, validate_email
+
     address = address.strip()
     if _CONTROL.search(address):
         raise ValueError("contains control characters")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlsplit
 
-from pipeline.check.links import LinkResult
+from pipeline.config import Config
 from pipeline.issue.markdown import Link
 from pipeline.issue.render import Rendered
+
+if TYPE_CHECKING:
+    from pipeline.check.links import LinkResult  # httpx: loaded only when links are checked
 
 Severity = Literal["error", "warning"]
 
@@ -39,8 +42,8 @@ def check_rendered(rendered: Rendered, html_size: int, max_html_bytes: int) -> l
             Problem(
                 0,
                 "error",
-                f"the HTML is {html_size:,} bytes, over the budget of {max_html_bytes:,}: "
-                "Gmail clips it, hiding the end of the issue and the unsubscribe link",
+                f"the HTML part is {html_size:,} bytes as sent (quoted-printable), over the budget of "
+                f"{max_html_bytes:,}: Gmail clips it, hiding the end of the issue and the unsubscribe link",
             )
         )
     issue = rendered.issue
@@ -180,3 +183,92 @@ def http_problems(links: list[Link], results: dict[str, LinkResult]) -> list[Pro
                 Problem(link.line, "warning", f"{kind} {link.text!r}: {link.href} {result.describe()}")
             )
     return sorted(problems)
+
+
+# --- images -----------------------------------------------------------------------------------------
+
+IMAGE_MAX_BYTES = 200_000
+"""An image larger than this loads slowly on a phone's connection (and some clients block it)."""
+_GITHUB_BLOB = re.compile(r"^https://github\.com/[^/]+/[^/]+/blob/[^/]+")
+
+
+def raw_base_known(config: Config) -> bool:
+    """Whether a relative image can be made into a URL that serves the image itself.
+
+    An ``archive_base_url`` of the form github.com/OWNER/REPO/blob/BRANCH has a raw counterpart;
+    any other archive page serves HTML, not the image. (To be unified with ``[archive] raw_base_url``.)
+    """
+    return bool(_GITHUB_BLOB.match(config.archive_base_url))
+
+
+def image_problems(config: Config, rendered: Rendered) -> list[Problem]:
+    """Images a reader would miss: no alt text, a relative path no inbox can load, data: URIs, heavy files."""
+    problems: list[Problem] = []
+    for image in (link for link in rendered.document.links if link.is_image):
+        written = image.raw or image.href
+        name = f"image {written[:70]!r}"
+
+        def problem(severity: Severity, message: str, *, line: int = image.line, name: str = name) -> None:
+            problems.append(Problem(line, severity, f"{name}: {message}"))
+
+        if not image.text.strip():
+            problem(
+                "warning",
+                "no alt text: readers whose client blocks images, and screen readers, get nothing; "
+                "write ![what it shows](...), or leave it empty only for a purely decorative image",
+            )
+        scheme = urlsplit(written).scheme.lower() if written else ""
+        if scheme == "data":
+            problem(
+                "warning",
+                "a data: URI: Gmail and Outlook do not show embedded images, and its bytes count "
+                "against the clip budget; host the image and link to it",
+            )
+        elif written and not scheme and not written.startswith(("//", "#")) and not raw_base_known(config):
+            problem(
+                "error",
+                f"a relative image with no raw base to resolve it against: an inbox would ask "
+                f"{image.href} for it, which is a page, not the image; use an absolute URL "
+                "(or set [archive] raw_base_url)",
+            )
+        size = _known_size(config, written)
+        if size is not None and size > IMAGE_MAX_BYTES:
+            problem(
+                "warning",
+                f"{size / 1e6:.1f} MB, over {IMAGE_MAX_BYTES // 1000} KB: slow to load on a phone; "
+                "scale it down or compress it",
+            )
+    if rendered.issue.allow_html:  # raw <img> tags pass through as written
+        issue = rendered.issue
+        for offset, text in enumerate(issue.body.split("\n")):
+            for tag in _RAW_IMAGE.findall(text):
+                if not _ALT.search(tag):
+                    problems.append(
+                        Problem(
+                            issue.body_line + offset,
+                            "warning",
+                            f"image {tag[:70]!r}: no alt attribute: screen readers read out the file "
+                            'name; add alt="what it shows" (alt="" only for a purely decorative image)',
+                        )
+                    )
+    return problems
+
+
+_RAW_IMAGE = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
+_ALT = re.compile(r"\salt\s*=", re.IGNORECASE)
+
+
+def _known_size(config: Config, written: str) -> int | None:
+    """The image's size in bytes when it is known without the network: a data: URI, a local file."""
+    if written.lower().startswith("data:"):
+        header, _, payload = written.partition(",")
+        return len(payload) * 3 // 4 if header.lower().endswith(";base64") else len(unquote(payload))
+    if not written or urlsplit(written).scheme or written.startswith(("/", "#")):
+        return None
+    path = unquote(written.split("#", 1)[0].split("?", 1)[0])
+    for folder in (config.paths.archive, config.paths.issues):
+        try:
+            return (folder / path).stat().st_size
+        except (OSError, ValueError):
+            continue
+    return None

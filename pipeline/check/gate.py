@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import email
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipeline.check.content import Problem, check_rendered, http_problems
-from pipeline.check.links import check_urls
+from pipeline.check.content import Problem, Severity, check_rendered, http_problems, image_problems
+from pipeline.check.spam import SpamScore, spam_score
 from pipeline.config import Config
 from pipeline.db import open_db
 from pipeline.issue.build import Build, build_issue
 from pipeline.issue.markdown import Link
+from pipeline.send.message import sample_as_sent
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,10 @@ class CheckResult:
     """Problems found by checking the links over HTTP."""
     links_note: str
     """How the links were checked over HTTP, or why they were not."""
+    spam_note: str = ""
+    """The SpamAssassin score and its top rules, or why there is none."""
+    html_sent: int = 0
+    """Bytes of the HTML part as sent (quoted-printable), what the clip budget counts."""
 
     @property
     def problems(self) -> list[Problem]:
@@ -38,12 +44,24 @@ def check_issue(
 ) -> CheckResult:
     """Everything ``check`` does: build, offline checks, and (unless offline) links over HTTP."""
     build = build_issue(config, number, pinned=pinned)
-    offline = check_build(config, build)
-    links = checkable_links(config, build)
+    message = sample_as_sent(config, build.rendered)
+    spam, spam_note = spam_problems(config, message)
+    offline = sorted({*check_build(config, build, message), *spam})
+    http, links_note = _links_over_http(config, build, online, progress)
+    return CheckResult(build, offline, http, links_note, spam_note, html_size_as_sent(message))
+
+
+def _links_over_http(
+    config: Config, build: Build, online: bool, progress: Callable[[int, int], None] | None
+) -> tuple[list[Problem], str]:
+    """The problems found by fetching the links, and how they were checked (or why they were not)."""
     if not online:
-        return CheckResult(build, offline, [], "links not checked over HTTP (--offline)")
+        return [], "links not checked over HTTP (--offline)"
     if not config.links.enabled:
-        return CheckResult(build, offline, [], "links not checked over HTTP (links.enabled = false)")
+        return [], "links not checked over HTTP (links.enabled = false)"
+    from pipeline.check.links import check_urls  # httpx and asyncio: only when links go over HTTP
+
+    links = checkable_links(config, build)
     db = open_db(config.paths.state)
     try:
         report = check_urls([link.href for link in links], config.links, db, progress=progress)
@@ -51,11 +69,9 @@ def check_issue(
         db.close()
     found = http_problems(links, report.results)  # cached results count even when the rest was skipped
     if report.skipped:
-        return CheckResult(build, offline, [*found, Problem(0, "warning", report.skipped)], report.skipped)
+        return [*found, Problem(0, "warning", report.skipped)], report.skipped
     broken = sum(not r.ok for r in report.results.values())
-    return CheckResult(
-        build, offline, found, f"{len(report.results)} link(s) checked over HTTP, {broken} broken"
-    )
+    return found, f"{len(report.results)} link(s) checked over HTTP, {broken} broken"
 
 
 def checkable_links(config: Config, build: Build) -> list[Link]:
@@ -64,5 +80,40 @@ def checkable_links(config: Config, build: Build) -> list[Link]:
     return [link for link in build.rendered.document.links if link.href.split("#", 1)[0] != own_page]
 
 
-def check_build(config: Config, build: Build) -> list[Problem]:
-    return check_rendered(build.rendered, build.html_size, config.max_html_bytes)
+def check_build(config: Config, build: Build, message: bytes | None = None) -> list[Problem]:
+    """The offline checks of a build; ``message``: the sample message as sent, if already made."""
+    sent = html_size_as_sent(message or sample_as_sent(config, build.rendered))
+    return sorted(
+        {
+            *check_rendered(build.rendered, sent, config.max_html_bytes),
+            *image_problems(config, build.rendered),
+        }
+    )
+
+
+def html_size_as_sent(message: bytes) -> int:
+    """The HTML part's size as it travels, quoted-printable encoded: what a mailbox provider measures
+    against its clip limit (Gmail's 102 KB), about 10 % more than the decoded HTML."""
+    parsed = email.message_from_bytes(message)
+    html = next(part for part in parsed.walk() if part.get_content_type() == "text/html")
+    return len(str(html.get_payload()).encode("ascii"))
+
+
+def spam_problems(config: Config, message: bytes) -> tuple[list[Problem], str]:
+    """SpamAssassin's score: a warning above ``spam_warn``, an error above ``spam_fail``; and one line for check."""
+    if not config.spamassassin:
+        return [], "spam score not checked (check.spamassassin = false)"
+    result = spam_score(message)
+    if not isinstance(result, SpamScore):
+        return [], result
+    note = (
+        f"SpamAssassin score {result.score:.1f} (warn above {config.spam_warn:g}, fail above "
+        f"{config.spam_fail:g}); top rules: {result.top()}"
+    )
+    limits: tuple[tuple[Severity, float], ...] = (("error", config.spam_fail), ("warning", config.spam_warn))
+    for severity, limit in limits:
+        if result.score > limit:
+            return [
+                Problem(0, severity, f"spam score {result.score:.1f} is over {limit:g}: {result.top()}")
+            ], note
+    return [], note

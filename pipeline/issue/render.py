@@ -9,7 +9,6 @@ rendered once and personalised per subscriber by plain substitution.
 from __future__ import annotations
 
 import html
-import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,9 +16,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import css_inline
 import jinja2
 import mjml
-import premailer
 from lxml import etree
 from markupsafe import Markup
 
@@ -76,7 +75,10 @@ def render_issue(config: Config, issue: Issue, after_intro: Sequence[str] = ()) 
         issue=issue,
         document=document,
         mjml=source,
-        html=inline_css(frame_tables(compile_mjml(source)), inline_stylesheet(config.paths.templates)),
+        # <wbr> after inlining: lxml's HTML parser does not know it is a void element.
+        html=break_long_link_texts(
+            inline_css(frame_tables(compile_mjml(source)), inline_stylesheet(config.paths.templates))
+        ),
         text=render_text(config.paths.templates, context),
     )
 
@@ -109,7 +111,7 @@ def template_context(
             "number": issue.number,
             "title": issue.title,
             "subject": issue.subject,
-            "preheader": issue.preheader,
+            "preheader": issue.preheader or default_preheader(document),
             "author": issue.author,
             "date": issue.date,
             "date_text": f"{issue.date:%d %B %Y}".lstrip("0"),
@@ -199,8 +201,65 @@ def frame_tables(document: str) -> str:
         frame.tail, wrap.tail = wrap.tail, None  # the text after the scroller stays after the frame
         wrap.addprevious(frame)
         cell.append(wrap)
-    # The root element only: premailer then sees no doctype and inline_css puts the usual one back.
+    # The root element only: the inliner then sees no doctype and inline_css puts the usual one back.
     return str(etree.tostring(root, method="html", encoding="unicode"))
+
+
+_PARAGRAPH = re.compile(r"<p>(.*?)</p>", re.DOTALL)
+_TAG = re.compile(r"<[^>]+>")
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+(?=\S)")
+PREHEADER_MAX = 140  # characters: about what the longest inbox previews show
+
+
+def default_preheader(document: Document) -> str:
+    """The issue's first sentence, for the inbox preview when the issue gives no ``preheader``.
+
+    Without one, clients preview the masthead ("Crate Notes Crate Notes #18 7 December ...").
+    """
+    for section in document.sections:
+        found = _PARAGRAPH.search(section.html)
+        if found is None:
+            continue
+        text = " ".join(html.unescape(_TAG.sub("", found.group(1))).split())
+        sentence = _SENTENCE_END.split(text, maxsplit=1)[0]
+        if len(sentence) > PREHEADER_MAX:
+            sentence = sentence[:PREHEADER_MAX].rsplit(" ", 1)[0] + "…"
+        return sentence
+    return ""
+
+
+# A link whose text is plain text (no markup inside), with at least one word too long for a phone line.
+PHONE_LINE = 36  # characters of body text on a 375 px phone at 16 px, with room to spare
+_LINK_TEXT = re.compile(rf"(<a\b[^>]*>)([^<]*[^<\s]{{{PHONE_LINE},}}[^<]*)(</a>)")
+# After a slash (not between the two of "https://"), and after the query's ? = & and a #.
+_BREAK_AFTER = re.compile(r"(?<=[=&?#])|(?<=/)(?!/)")
+_CHUNK = 30  # a stretch with no break point longer than this gets one anyway
+
+
+def break_long_link_texts(document: str) -> str:
+    """Give long link texts (URLs shown as text) places to break: ``<wbr>`` after ``/``, ``=``, ``&``...
+
+    ``overflow-wrap``/``word-break`` would do it, but Yahoo and Windows Mail ignore them, and a
+    140-character URL then pushes a phone's layout sideways. ``<wbr>`` is plain HTML that every
+    client keeps; a stretch that still has no break point gets one every ``_CHUNK`` characters.
+    """
+
+    def add_breaks(match: re.Match[str]) -> str:
+        text = html.unescape(match.group(2))
+        pieces: list[str] = []
+        for word in re.split(r"(\s+)", text):
+            if len(word) < PHONE_LINE:
+                pieces.append(html.escape(word, quote=False))
+                continue
+            chunks = [
+                part[start : start + _CHUNK]
+                for part in _BREAK_AFTER.split(word)
+                for start in range(0, len(part), _CHUNK)
+            ]
+            pieces.append("<wbr>".join(html.escape(chunk, quote=False) for chunk in chunks if chunk))
+        return match.group(1) + "".join(pieces) + match.group(3)
+
+    return _LINK_TEXT.sub(add_breaks, document)
 
 
 def inline_stylesheet(templates: Path) -> str:
@@ -210,29 +269,31 @@ def inline_stylesheet(templates: Path) -> str:
         raise RenderError(f"{templates / INLINE_CSS}: cannot read: {error.strerror}") from None
 
 
+_IGNORE = ' data-css-inline="ignore"'
+_DOCTYPE = re.compile(r"^\s*<!doctype[^>]*>\s*", re.IGNORECASE)
+
+
 def inline_css(document: str, stylesheet: str) -> str:
     """Put ``stylesheet`` on each element; the document's own style blocks stay as they are.
 
     MJML's reset rules (``p {margin:13px 0}``, ``td {mso-table-...}``) are left in the
     head: inlining them on every paragraph would cost kilobytes of the 102 KB budget.
+
+    css-inline (Rust, MIT), not premailer: 1 ms instead of 15 ms for the large sample issue, and
+    no requests/cssutils to import (premailer's ~70 ms). It also leaves sizes in CSS: premailer
+    copied ``img {height: auto}`` into an invalid ``height="auto"`` attribute. A style attribute
+    already on an element (MJML's) wins over the stylesheet, as it did with premailer.
     """
-    document = document.replace("<style", '<style data-premailer="ignore"')
-    inliner = premailer.Premailer(
-        document,
-        css_text=stylesheet,
-        allow_network=False,
-        strip_important=False,  # the phone layout's media queries rely on !important
-        keep_style_tags=False,
-        remove_classes=False,  # media queries select by class
-        disable_validation=True,
-        disable_leftover_css=True,  # nothing is left over: media queries live in the head's own style blocks
-        cssutils_logging_level=logging.CRITICAL,
+    inliner = css_inline.CSSInliner(
+        extra_css=stylesheet,
+        keep_style_tags=True,  # the head's own blocks: media queries, dark mode, MJML's resets
+        load_remote_stylesheets=False,
+        minify_css=True,  # "margin:0" in the style attributes it writes, not "margin: 0;": bytes of the budget
     )
-    # Style blocks inside Outlook's conditional comments are text to premailer: strip the marker there too.
-    inlined: str = inliner.transform(pretty_print=False).replace(' data-premailer="ignore"', "")
-    if not inlined.lstrip().lower().startswith("<!doctype"):
-        inlined = "<!doctype html>\n" + inlined  # premailer drops it; without it clients use quirks mode
-    return inlined
+    # Style blocks inside Outlook's conditional comments are text to the parser: strip the marker there too.
+    inlined = inliner.inline(document.replace("<style", "<style" + _IGNORE)).replace(_IGNORE, "")
+    # One doctype, whatever the parser kept of MJML's: without one, clients use quirks mode.
+    return "<!doctype html>\n" + _DOCTYPE.sub("", inlined, count=1)
 
 
 def render_text(templates: Path, context: dict[str, Any]) -> str:

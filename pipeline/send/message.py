@@ -11,12 +11,15 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.quoprimime import body_encode
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
+from pathlib import Path
 
 from pipeline.audience.addresses import ascii_address
 from pipeline.audience.tokens import make_token
 from pipeline.config import Config
 from pipeline.errors import MessageError
-from pipeline.issue.render import PLACEHOLDER, Rendered
+from pipeline.files import write_atomically
+from pipeline.issue.build import Build
+from pipeline.issue.render import PLACEHOLDER, Rendered, sample_recipient
 
 
 def sender_address(config: Config) -> str:
@@ -60,6 +63,37 @@ def build_message(
 def message_bytes(message: EmailMessage) -> bytes:
     # CRLF line endings: SMTP servers (and aiosmtpd) reject bare LF.
     return message.as_bytes(policy=SMTP)
+
+
+# --- The sample message `build` writes (and `check` scores) ----------------------------------
+
+
+def sample_message(config: Config, build: Build, now: dt.datetime | None = None) -> bytes:
+    """A complete MIME message to the sample recipient, for opening in a mail client."""
+    message = build_message(
+        config,
+        to=sample_recipient(config)["email"],
+        subject=build.rendered.issue.subject,
+        html=build.html,
+        text=build.text,
+        date=now or dt.datetime.now(dt.UTC),
+    )
+    return message_bytes(message)
+
+
+def write_build(config: Config, build: Build) -> dict[str, Path]:
+    """Write the three files, each atomically: a reader never sees half a file."""
+    folder = config.paths.build / str(build.rendered.issue.number)
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs = {
+        "email.html": build.html.encode("utf-8"),
+        "email.txt": build.text.encode("utf-8"),
+        "message.eml": sample_message(config, build),
+    }
+    written = {}
+    for name, data in outputs.items():
+        written[name] = write_atomically(folder / name, data)
+    return written
 
 
 # --- Per-recipient messages, built from one template per issue ------------------------------
@@ -230,3 +264,13 @@ def _fill(segments: list[str], values: dict[str, str], *, escape: bool) -> str:
             value = values[segment]
             out.append(_qp(html.escape(value) if escape else value) + _SOFT_BREAK)
     return "".join(out)
+
+
+def sample_as_sent(config: Config, rendered: Rendered) -> bytes:
+    """The bytes a subscriber gets (quoted-printable parts, List-Unsubscribe headers), for the sample
+    recipient: what ``check`` measures against the clip budget and scores for spam."""
+    sample = sample_recipient(config)
+    recipient = Recipient(
+        sample["email"], "", sample["unsubscribe_url"], make_msgid(domain=sender_domain(config))
+    )
+    return MessageTemplate(config, rendered).build(recipient)

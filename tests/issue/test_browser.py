@@ -16,7 +16,9 @@ never used.
 
 from __future__ import annotations
 
+import base64
 import functools
+import re
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -365,3 +367,126 @@ def test_phone_screenshot(open_email: Callable[[str, int], Any], number: int, tm
 
 def test_sample_issue_one_exists() -> None:
     assert 1 in ISSUES, f"the small sample issue issues/1.md is missing from {CONFIG.paths.issues}"
+
+
+# ---------------------------------------------------------------- dark mode
+
+MIN_CONTRAST = 4.5  # WCAG AA for body text (axe-core's color-contrast rule)
+
+# WCAG 2 contrast of every visible text node against the background it is drawn on: the first
+# ancestor with an opaque background colour (the email has no background images). Computed here
+# rather than with axe-core, which would add an npm install to a Python project's test setup;
+# the formula is the same (relative luminance, (L1 + 0.05) / (L2 + 0.05)).
+_CONTRAST_JS = """
+({min}) => {
+  const rgba = (css) => {
+    const parts = (css.match(/[\\d.]+/g) || []).map(Number);
+    return {r: parts[0], g: parts[1], b: parts[2], a: parts.length > 3 ? parts[3] : 1};
+  };
+  const channel = (v) => (v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  const luminance = (c) => 0.2126 * channel(c.r) + 0.7152 * channel(c.g) + 0.0722 * channel(c.b);
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgba(getComputedStyle(e).backgroundColor);
+      if (c.a > 0) return c;
+    }
+    return {r: 255, g: 255, b: 255, a: 1};
+  };
+  const poor = [];
+  let count = 0;
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const el = node.parentElement;
+    if (!node.data.trim() || el.getClientRects().length === 0) continue;  // hidden (the preheader)
+    count++;
+    const fg = luminance(rgba(getComputedStyle(el).color)), bg = luminance(background(el));
+    const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+    if (ratio < min) poor.push({tag: el.tagName.toLowerCase(), ratio: +ratio.toFixed(2),
+                                color: getComputedStyle(el).color, on: getComputedStyle(el).backgroundColor,
+                                text: node.data.trim().slice(0, 50)});
+  }
+  const page = luminance(background(document.querySelector('.content')));
+  return {count, poor, page};
+}
+"""
+
+
+@issue_param
+@pytest.mark.parametrize("width", [PHONE, COLUMN_MAX])
+def test_dark_mode_keeps_contrast_and_fits(
+    open_email: Callable[[str, int], Any], number: int, width: int
+) -> None:
+    page = open_email(built(number).html, width)
+    page.emulate_media(color_scheme="dark")
+    result = page.evaluate(_CONTRAST_JS, {"min": MIN_CONTRAST})
+    assert result["page"] < 0.05, f"issue {number}: the email stays light when the reader asks for dark"
+    assert result["count"] > 10, f"issue {number}: hardly any text found"
+    assert not result["poor"], (
+        f"issue {number} in dark mode at {width} px: text under {MIN_CONTRAST}:1 contrast:\n  "
+        + "\n  ".join(
+            f"<{p['tag']}> {p['ratio']}:1 {p['color']} on {p['on']}: {p['text']!r}"
+            for p in result["poor"][:15]
+        )
+    )
+    errors = overflow_report(page, width)
+    assert not errors, f"issue {number} in dark mode overflows {width} px:\n  " + "\n  ".join(errors)
+
+
+def test_long_link_text_fits_a_phone_without_overflow_wrap(
+    open_email: Callable[[str, int], Any], newsletter: Newsletter
+) -> None:
+    """Yahoo and Windows Mail drop overflow-wrap/word-break: a long URL shown as text must break anyway."""
+    url = "https://registry.example.net/stats/downloads/export?from=2021-11-28&to=2026-11-28" + "&x=1" * 15
+    newsletter.write_issue(1, f"Intro.\n\nThe data: {url}\n\nAs a link: [{url}]({url})\n")
+    html = build_issue(newsletter.config(), 1).html
+    stripped = re.sub(r"(overflow-wrap|word-break):[^;\"]*;?", "", html)
+    assert "overflow-wrap" not in stripped and "break-word" not in stripped
+    page = open_email(stripped, PHONE)
+    errors = overflow_report(page, PHONE)
+    assert not errors, f"a {len(url)}-character link text widens the phone:\n  " + "\n  ".join(errors)
+
+
+def test_wide_image_scales_down_on_a_phone(
+    open_email: Callable[[str, int], Any], newsletter: Newsletter
+) -> None:
+    newsletter.write_issue(1, "Intro.\n\n![A wide chart](https://example.org/chart.svg)\n")
+    html = build_issue(newsletter.config(), 1).html
+    chart = b'<svg xmlns="http://www.w3.org/2000/svg" width="1200" height="300"><rect width="1200" height="300"/></svg>'
+    inline = "data:image/svg+xml;base64," + base64.b64encode(chart).decode()  # every request is aborted
+    page = open_email(html.replace("https://example.org/chart.svg", inline), PHONE)
+    page.wait_for_function("[...document.images].every((i) => i.complete && i.naturalWidth > 0)")
+    width = page.evaluate("document.images[0].getBoundingClientRect().width")
+    assert 0 < width < PHONE, f"the 1,200 px image is {width} px wide on a {PHONE} px phone"
+    errors = overflow_report(page, PHONE)
+    assert not errors, "\n  ".join(errors)
+
+
+def test_contrast_probe_finds_poor_contrast(open_email: Callable[[str, int], Any]) -> None:
+    """The dark-mode test's measurement itself: grey on black is caught, white on black is not."""
+    page = open_email(
+        '<body style="background:#000"><div class="content"><p style="color:#fff">fine</p>'
+        '<p style="color:#444">too dim</p></div></body>',
+        PANE,
+    )
+    result = page.evaluate(_CONTRAST_JS, {"min": MIN_CONTRAST})
+    assert [p["text"] for p in result["poor"]] == ["too dim"] and result["poor"][0]["ratio"] < 2.5
+    assert result["count"] == 2
+
+
+def test_dark_mode_covers_every_element_an_issue_can_have(
+    open_email: Callable[[str, int], Any], newsletter: Newsletter
+) -> None:
+    body = (
+        "Opening **bold**, *emphasis*, ~~struck~~ and `code` with [a link](https://example.org/).\n\n"
+        "## Section\n\n### Sub\n\n#### Minor\n\n> A quote with [a link](https://example.org/q).\n\n"
+        "```\npre formatted\n```\n\n| Head | Other |\n|---|---|\n| cell | `x` |\n\n---\n\n"
+        "1. one\n2. two\n"
+    )
+    newsletter.write_issue(1, body)
+    page = open_email(build_issue(newsletter.config(), 1).html, PHONE)
+    page.emulate_media(color_scheme="dark")
+    result = page.evaluate(_CONTRAST_JS, {"min": MIN_CONTRAST})
+    assert result["page"] < 0.05 and result["count"] > 20
+    assert not result["poor"], "\n  ".join(
+        f"<{p['tag']}> {p['ratio']}:1 {p['color']} on {p['on']}: {p['text']!r}" for p in result["poor"]
+    )

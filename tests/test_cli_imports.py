@@ -1,0 +1,38 @@
+"""`newsletter build` imports what building uses, and not the link checker, SES, the web service or rich."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support.newsletter import Newsletter
+
+NOT_FOR_BUILD = ("httpx", "boto3", "botocore", "starlette", "uvicorn", "rich", "asyncio")
+
+# Runs the console script's entry point in-process, then names the unwanted modules it loaded.
+_PROBE = """
+import sys
+from pipeline.cli import main
+try:
+    main(["--config", sys.argv[1], "build", "1"])
+except SystemExit as stop:
+    assert not stop.code, stop.code
+print("loaded:", *(name for name in sys.argv[2:] if name in sys.modules))
+"""
+
+
+def test_build_does_not_import_what_it_never_uses(newsletter: Newsletter) -> None:
+    newsletter.write_issue(1, "Intro with [a link](https://example.org/).\n\n## News\n\nMore.\n")
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(newsletter.config_path), *NOT_FOR_BUILD],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=newsletter.root,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (newsletter.root / "build" / "1" / "email.html").is_file(), done.stdout
+    loaded = done.stdout.rpartition("loaded:")[2].split()
+    assert "loaded:" in done.stdout, done.stdout
+    assert loaded == [], f"`newsletter build` imported {loaded}: import them where they are used"
