@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import make_msgid
@@ -22,7 +23,7 @@ from pipeline.issue.build import Build
 from pipeline.issue.errata import mark_announced
 from pipeline.issue.render import sample_recipient
 from pipeline.send.control import campaign_lock, is_locked
-from pipeline.send.delivery import SendSettings
+from pipeline.send.delivery import Reputation, ReputationLimits, SendSettings
 from pipeline.send.fanout import run_in_processes, sender_processes
 from pipeline.send.ledger import (
     Campaign,
@@ -30,9 +31,11 @@ from pipeline.send.ledger import (
     Plan,
     campaign_state,
     content_hash,
+    deadline_of,
     find_campaign,
     plan_campaign,
     prepare_campaign,
+    refuse_if_late,
 )
 from pipeline.send.message import (
     MessageTemplate,
@@ -56,6 +59,10 @@ class SendOptions:
     include_new: bool = False
     resend_unknown: bool = False
     retry_failed: bool = False
+    ignore_breaker: bool = False
+    """Go on whatever the bounce and complaint rates (this run only)."""
+    late: bool = False
+    """Resume a campaign past its ``[send] deadline_hours``."""
 
 
 def checked(
@@ -90,8 +97,11 @@ def send_issue(
     *,
     confirm: Callable[[Plan, Transport, float | None], bool],
     reporter: Reporter | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Summary:
-    """Run (or resume) the campaign of a built and checked issue; archive it once complete."""
+    """Run (or resume) the campaign of a built and checked issue; archive it once complete.
+
+    ``clock`` (seconds since the epoch) tells whether a resumed campaign is past its deadline."""
     rendered = build.rendered
     number = rendered.issue.number
     transport = open_transport(config, dry_run=options.dry_run)
@@ -122,6 +132,10 @@ def send_issue(
                 campaign = find_campaign(db, number)
                 counts = Ledger(db, campaign).counts() if campaign else {}
                 return Summary(counts, 0.0, 0, "done", note=note, archived=archived)
+            if not options.late:
+                refuse_if_late(
+                    number, plan, config.send.deadline_hours, dt.datetime.fromtimestamp(clock(), dt.UTC)
+                )
             rate = send_rate(config, transport, options.dry_run)
             if not confirm(plan, transport, rate):
                 raise NotConfirmed("not sent: nothing was changed")
@@ -145,6 +159,7 @@ def send_issue(
                 max_rate=rate,
                 max_attempts=config.send.max_attempts,
                 max_consecutive_failures=config.send.max_consecutive_failures,
+                reputation=None if options.ignore_breaker else reputation_limits(config),
             )
             processes = sender_processes(config, preparation.queued, dry_run=options.dry_run)
             if processes > 1:
@@ -164,6 +179,12 @@ def send_issue(
         except NewsletterError as error:  # the issue went out; only the archive is behind
             summary.archive_error = str(error)
     return summary
+
+
+def reputation_limits(config: Config) -> ReputationLimits:
+    return ReputationLimits(
+        config.send.max_bounce_rate, config.send.max_complaint_rate, config.send.breaker_min_sent
+    )
 
 
 def _memory_copy(db: sqlite3.Connection) -> sqlite3.Connection:
@@ -208,6 +229,11 @@ class CampaignStatus:
     note: str
     active_subscribers: int
     updated_at: str
+    started_at: str = ""
+    deadline: dt.datetime | None = None
+    """When the campaign becomes late (``[send] deadline_hours`` after it started); None: never."""
+    reputation: Reputation | None = None
+    limits: ReputationLimits | None = None
 
 
 def campaign_status(config: Config, number: int) -> CampaignStatus:
@@ -226,6 +252,10 @@ def campaign_status(config: Config, number: int) -> CampaignStatus:
         " ".join(filter(None, (notes.note, notes.history.strip()))),
         active,
         notes.updated_at,
+        notes.started_at,
+        deadline_of(notes.started_at, config.send.deadline_hours),
+        ledger.reputation(),
+        reputation_limits(config),
     )
 
 
