@@ -35,7 +35,7 @@ from pipeline.send.runner import CampaignRunner, Summary
 from pipeline.send.transports.base import Envelope
 from tests.conftest import Newsletter
 from tests.send.test_crash import set_table
-from tests.support.cli import one_line, run_cli
+from tests.support.cli import invoke_cli, one_line, run_cli
 from tests.support.fakes import FakeTransport, ManualClock
 from tests.support.ledger import maildir_count
 from tests.support.sns import notification, ses_bounce, ses_complaint
@@ -274,3 +274,18 @@ def test_send_with_a_limit_out_of_range_says_so_in_one_line_and_sends_nothing(ne
     )
     assert result.stdout == ""
     assert not (newsletter.root / "state").exists() and maildir_count(newsletter) == 0
+
+
+def test_status_shows_both_rates_and_from_when_they_count(newsletter: Newsletter) -> None:
+    newsletter.write_issue(1, "Hello.\n")
+    db = open_db(newsletter.config().paths.state)
+    for index in range(3):
+        add(db, f"reader{index}@example.org")
+    db.close()
+    sent = invoke_cli(newsletter.config_path, "send", "1")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    shown = invoke_cli(newsletter.config_path, "status", "1").stdout
+    assert (
+        "  hard-bounce rate 0.00 % (0 of 3 sent; pauses over 5 %), complaint rate 0.00 % "
+        "(0; pauses over 0.1 %); counted from 500 sent\n"
+    ) in shown, shown
