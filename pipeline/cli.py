@@ -13,15 +13,16 @@ import click
 from click.core import ParameterSource
 
 from pipeline import __version__
-from pipeline.check.content import Problem
 from pipeline.config import CONFIG_ENV, MASK, Config, Environment, Setting, load_config, settings
 from pipeline.errors import ArchiveError, CheckFailed, ErrataError, NewsletterError, NotConfirmed
 from pipeline.files import display_path
-from pipeline.issue.build import build_issue
 
+# Each command imports what it needs: a sender process of `send` runs this module again (multiprocessing's
+# spawn), and must not pay for the renderer and the checker (about a second on a busy machine).
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from pipeline.check.content import Problem
     from pipeline.send.delivery import Reputation, ReputationLimits
 
 ISSUE = click.argument("number", metavar="N", type=click.IntRange(min=1))
@@ -73,6 +74,7 @@ def _size(size: int) -> str:
 @click.pass_context
 def build(ctx: click.Context, number: int) -> None:
     """Render issue N into build/N/: email.html, email.txt, message.eml."""
+    from pipeline.issue.build import build_issue
     from pipeline.publish import write_build
     from pipeline.send.ledger import campaign_state
 

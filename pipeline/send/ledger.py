@@ -22,13 +22,16 @@ import hashlib
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline.config import Config
 from pipeline.db import DB_NAME, now, open_db, transaction
 from pipeline.errors import CampaignError
-from pipeline.issue.render import Rendered
 from pipeline.send.delivery import Outcome, Reputation
 from pipeline.send.transports import Transport
+
+if TYPE_CHECKING:  # not at run time: a sender process needs no renderer (mjml, premailer)
+    from pipeline.issue.render import Rendered
 
 LEDGER_STATUSES = ("queued", "sending", "sent", "failed", "skipped")
 

@@ -10,12 +10,15 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.quoprimime import body_encode
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
+from typing import TYPE_CHECKING
 
 from pipeline.audience.addresses import ascii_address
 from pipeline.audience.tokens import make_token
 from pipeline.config import Config
 from pipeline.errors import MessageError
-from pipeline.issue.render import PLACEHOLDER, Rendered
+
+if TYPE_CHECKING:  # not at run time: a sender process needs no renderer (mjml, premailer: ~1 s to import)
+    from pipeline.issue.render import Rendered
 
 
 def sender_address(config: Config) -> str:
@@ -199,6 +202,8 @@ def _qp(text: str) -> str:
 
 def _qp_segments(template: str) -> list[str]:
     """Alternate encoded static text and placeholder names: [static, name, static, ...]."""
+    from pipeline.issue.render import PLACEHOLDER  # building the template is the parent's work
+
     pieces = PLACEHOLDER.split(template.replace("\r\n", "\n"))
     encoded: list[str] = []
     for index, piece in enumerate(pieces):
