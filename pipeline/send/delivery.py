@@ -7,6 +7,7 @@ reputation breaker a function that reads the campaign's counts.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -138,6 +139,16 @@ class ReputationLimits:
                 )
         return ""
 
+    def sent_worth_counting(self, bounces: int, complaints: int) -> int:
+        """How many sent messages are worth counting: from this many on, neither rate can be over its
+        limit (and the minimum sample is reached), so a count may stop there. On a large campaign that
+        keeps the breaker's reading to a fraction of the ledger."""
+        most = self.min_sent
+        for count, limit in ((bounces, self.max_bounce_rate), (complaints, self.max_complaint_rate)):
+            if count and limit:  # a limit of 0 with any count: over it once the sample is reached
+                most = max(most, math.ceil(100 * count / limit) + 1)
+        return most
+
 
 REPUTATION_INTERVAL = 2.0
 """Seconds between two readings of a campaign's counts: bounces arrive seconds to minutes after the
@@ -147,13 +158,14 @@ send, and counting a million-row campaign's sent messages costs tens of millisec
 class ReputationBreaker:
     """Trips when the bounces and complaints SES reported for this campaign (the webhook or
     ``events pull`` store them as they come) pass their limits, so a bad list or a spam-flagged issue
-    stops before it costs the account its reputation. Reads the counts through ``read`` at most
-    every ``interval`` seconds, the first time at once: a resumed campaign over its limits sends nothing."""
+    stops before it costs the account its reputation. Reads the counts through ``read`` (which may stop
+    counting sent messages at :meth:`ReputationLimits.sent_worth_counting`) at most every ``interval``
+    seconds, the first time at once: a resumed campaign over its limits sends nothing."""
 
     def __init__(
         self,
         limits: ReputationLimits | None,
-        read: Callable[[], Reputation],
+        read: Callable[[ReputationLimits], Reputation],
         issue: int,
         *,
         interval: float = REPUTATION_INTERVAL,
@@ -170,7 +182,7 @@ class ReputationBreaker:
         if self.limits is None or self.reason or self._clock() < self._next:
             return self.reason
         self._next = self._clock() + self.interval
-        exceeded = self.limits.exceeded(self._read())
+        exceeded = self.limits.exceeded(self._read(self.limits))
         if exceeded:
             self.reason = (
                 f"{exceeded}: see who bounced or complained (`newsletter subscribers list --status bounced`,"

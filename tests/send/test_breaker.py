@@ -29,7 +29,7 @@ from pipeline.send.delivery import (
     ReputationLimits,
     SendSettings,
 )
-from pipeline.send.ledger import content_hash, prepare_campaign
+from pipeline.send.ledger import Ledger, content_hash, find_campaign, prepare_campaign
 from pipeline.send.message import MessageTemplate
 from pipeline.send.runner import CampaignRunner, Summary
 from pipeline.send.transports.base import Envelope
@@ -79,12 +79,44 @@ def test_limits_of_0_and_100_percent_mean_any_and_never() -> None:
     assert never.exceeded(Reputation(10, 10, 10)) == ""
 
 
+@pytest.mark.parametrize(
+    ("bounces", "complaints", "worth"),
+    [(0, 0, 500), (10, 0, 500), (40, 0, 801), (40, 2, 2001), (0, 1, 1001)],
+)
+def test_sent_messages_are_counted_only_as_far_as_they_can_matter(
+    bounces: int, complaints: int, worth: int
+) -> None:
+    assert DEFAULTS.sent_worth_counting(bounces, complaints) == worth
+    # At that many sent, neither rate is over its limit; two fewer and one is (one more is counted
+    # than strictly needed, against rounding).
+    assert DEFAULTS.exceeded(Reputation(worth, bounces, complaints)) == ""
+    if worth > DEFAULTS.min_sent:
+        assert DEFAULTS.exceeded(Reputation(worth - 2, bounces, complaints)) != ""
+
+
+def test_the_ledger_stops_counting_sent_messages_where_they_stop_mattering(
+    letter: tuple[Newsletter, sqlite3.Connection],
+) -> None:
+    newsletter, db = letter
+    clock = ManualClock()
+    service = ReportingService(newsletter.config().paths.state, clock, "bounce", lambda k: k == 2)
+    try:
+        run_campaign(newsletter, db, service.transport, None, clock)
+    finally:
+        service.close()
+    ledger = Ledger(db, find_campaign(db, 1))  # type: ignore[arg-type]
+    assert ledger.reputation() == Reputation(60, 1, 0)
+    limits = ReputationLimits(max_bounce_rate=5.0, max_complaint_rate=0.1, min_sent=10)
+    assert ledger.reputation(limits) == Reputation(21, 1, 0)  # from 21 sent on, 1 bounce is under 5 %
+
+
 def test_the_breaker_reads_at_once_then_at_most_every_interval_and_its_reason_stands() -> None:
     clock = ManualClock(100.0)
     readings = [Reputation(500, 0, 0), Reputation(600, 40, 0), Reputation(700, 0, 0)]
     read: list[Reputation] = []
 
-    def reader() -> Reputation:
+    def reader(limits: ReputationLimits) -> Reputation:
+        assert limits is DEFAULTS
         read.append(readings[len(read)])
         return read[-1]
 
@@ -104,7 +136,7 @@ def test_the_breaker_reads_at_once_then_at_most_every_interval_and_its_reason_st
 
 
 def test_without_limits_the_breaker_never_reads() -> None:
-    def reader() -> Reputation:
+    def reader(limits: ReputationLimits) -> Reputation:
         raise AssertionError("--ignore-breaker: the counts must not even be read")
 
     assert ReputationBreaker(None, reader, 1).check() == ""
