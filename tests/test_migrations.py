@@ -92,6 +92,20 @@ def fill(state: Path, version: int) -> None:
             )
         if version >= 3:
             db.execute("UPDATE campaigns SET history = 'abc000 -> abc123' WHERE id = 1")
+        # Tables added later, by name (not by version: migrations from parallel branches merge in any order).
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "sns_messages" in tables:
+            db.execute(
+                "INSERT INTO sns_messages (message_id, topic_arn, kind, outcome, received_at)"
+                " VALUES ('sns-1', 'arn:aws:sns:us-east-1:1:ses', 'Bounce', 'bounced 1', ?)",
+                (STAMP,),
+            )
+        if "campaign_feedback" in tables:
+            db.execute(
+                "INSERT INTO campaign_feedback (campaign_id, kind, subscriber_id, received_at)"
+                " VALUES (1, 'bounce', 3, ?)",
+                (STAMP,),
+            )
         db.commit()
     finally:
         db.close()
