@@ -19,7 +19,7 @@ from tests.conftest import Newsletter
 from tests.events.test_events import Queue, configure_events
 from tests.send.test_crash import DEADLINE, set_table
 from tests.send.test_ses import ISSUE_BODY, Ses, cli_env, configure_ses, import_subscribers, run
-from tests.support.cli import invoke_cli, one_line, start_cli, wait_for
+from tests.support.cli import invoke_cli, one_line, run_make, start_cli, wait_for
 from tests.support.fault_proxy import FaultProxy
 from tests.support.ledger import delivery_count, read_only
 from tests.support.sns import TOPIC, CertServer, Signer, cert_server, notification, ses_bounce, ses_complaint
@@ -132,7 +132,9 @@ def test_bounces_reported_while_a_campaign_runs_pause_it_until_told_to_go_on(
     assert len(ses.messages()) == handed_to_ses, "a resume over the limits must send nothing"
 
     set_table(newsletter, "send", max_rate=500, concurrency=8, processes=processes, breaker_min_sent=MIN_SENT)
-    ignored = run(newsletter, "send", "1", "--yes", "--ignore-breaker")
+    ignored = run_make(
+        newsletter.config_path, "send", "ISSUE=1", "ARGS=--yes --ignore-breaker", env=cli_env()
+    )
     assert ignored.returncode == 0, ignored.stdout + ignored.stderr
     assert "issue 1: campaign complete" in ignored.stdout
     received = ses.by_recipient()
