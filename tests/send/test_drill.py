@@ -44,12 +44,15 @@ pytestmark = pytest.mark.slow  # real multi-process campaigns through the consol
 
 KILLS = 10
 LIST = 700  # about 680 active: 10 kill points with room between them
-RATE = 400.0  # messages a second over both senders: a run reaches its kill point within a second or two
+# Messages a second over both senders. Each run spends a second or two starting before it sends; the
+# sending itself takes about 2.5 s over all ten runs. Slow enough that a test process the machine
+# holds back for a moment overshoots a kill point by tens of messages, not the rest of the campaign.
+RATE = 200.0
 
 
 def kill_points(rng: random.Random, total: int) -> list[tuple[int, str]]:
     """``KILLS`` (messages delivered, victim) pairs, spread over the campaign, in order."""
-    targets = sorted(rng.sample(range(5, int(total * 0.9)), KILLS))
+    targets = sorted(rng.sample(range(5, int(total * 0.8)), KILLS))  # the last fifth: room to overshoot
     return [(target, rng.choice(("parent", "sender 1", "sender 2"))) for target in targets]
 
 
