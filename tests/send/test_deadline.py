@@ -153,3 +153,20 @@ def test_cli_refuses_a_late_resume_in_one_line_status_shows_the_deadline_and_lat
     assert "issue 1: campaign complete" in late.stdout
     assert len(messages(newsletter)) == 30
     assert "passed" not in cli(newsletter, "status", "1").stdout  # done: the deadline no longer matters
+
+
+def test_a_complete_campaign_is_never_late_but_newcomers_past_the_deadline_need_late(
+    newsletter: Newsletter,
+) -> None:
+    new_issue(newsletter)
+    subscribe(newsletter, 20, inactive=False)
+    assert send_in_process(newsletter).status == "done"
+    started = dt.datetime.fromisoformat(campaign_row(newsletter)["created_at"])
+    subscribe(newsletter, 3, first=100, inactive=False)
+    later = started + dt.timedelta(hours=72)
+    assert resume_at(newsletter, later) == "done"  # nothing to send: not refused, nothing sent
+    assert len(messages(newsletter)) == 20
+    with pytest.raises(CampaignError, match="Pass --late to send it to the 3 recipient"):
+        resume_at(newsletter, later, include_new=True)
+    assert resume_at(newsletter, later, include_new=True, late=True) == "done"
+    assert len(messages(newsletter)) == 23
