@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import sys
@@ -16,14 +17,15 @@ from pipeline import __version__
 from pipeline.config import CONFIG_ENV, MASK, Config, Environment, Setting, load_config, settings
 from pipeline.errors import ArchiveError, CheckFailed, ErrataError, NewsletterError, NotConfirmed
 from pipeline.files import display_path
-from pipeline.issue.build import build_issue
 
 # Each command imports what it uses when it runs: `build` must not pay for httpx, boto3, starlette,
-# uvicorn or rich at start-up (tests/test_cli_imports.py checks it).
+# uvicorn or rich at start-up (tests/test_cli_imports.py checks it), and a sender process of `send`
+# runs this module again (multiprocessing's spawn) and must not pay for the renderer and the checker.
 if TYPE_CHECKING:
     from rich.progress import Progress
 
     from pipeline.check.content import Problem
+    from pipeline.send.delivery import Reputation, ReputationLimits
     from pipeline.send.ledger import Plan
     from pipeline.send.transports.base import Transport
 
@@ -76,6 +78,7 @@ def _size(size: int) -> str:
 @click.pass_context
 def build(ctx: click.Context, number: int) -> None:
     """Render issue N into build/N/: email.html, email.txt, message.eml."""
+    from pipeline.issue.build import build_issue
     from pipeline.send.ledger import campaign_state
     from pipeline.send.message import write_build
 
@@ -185,6 +188,12 @@ def _relative(path: Path) -> str:
     "--include-new", is_flag=True, help="Also send to subscribers who joined after the campaign started."
 )
 @click.option("--allow-broken-links", is_flag=True, help="Send even if links are broken over HTTP.")
+@click.option(
+    "--ignore-breaker",
+    is_flag=True,
+    help="Go on although the bounce or complaint rate is over [send] max_bounce_rate/max_complaint_rate.",
+)
+@click.option("--late", is_flag=True, help="Resume a campaign that started over [send] deadline_hours ago.")
 @OFFLINE
 @click.pass_context
 def send(
@@ -198,6 +207,8 @@ def send(
     allow_changed: bool,
     include_new: bool,
     allow_broken_links: bool,
+    ignore_breaker: bool,
+    late: bool,
     offline: bool,
 ) -> None:
     """Check issue N, then send it to every active subscriber (or resume its campaign); archive it when done."""
@@ -213,6 +224,8 @@ def send(
         include_new=include_new,
         resend_unknown=resend_unknown,
         retry_failed=retry_failed,
+        ignore_breaker=ignore_breaker,
+        late=late,
     )
     with LinkProgress() as progress:
         result = checked(config, number, options, progress)
@@ -242,7 +255,9 @@ def send(
     if summary.status != "done":
         from pipeline.errors import CampaignPaused
 
-        raise CampaignPaused(f"campaign paused: {summary.reason}; run `newsletter send {number}` to resume")
+        # A reason that names its own way on (the reputation breaker's) gets no generic advice after it.
+        advice = "" if "`newsletter send" in summary.reason else f"; run `newsletter send {number}` to resume"
+        raise CampaignPaused(f"campaign paused: {summary.reason}{advice}")
     if summary.reconciled:
         click.echo(
             f"{summary.reconciled} message(s) left in flight by an interruption were settled with the transport"
@@ -313,6 +328,9 @@ def status(ctx: click.Context, number: int) -> None:
     )
     if state.running:
         click.echo(f"  rate over the last minute: {state.rate:.1f}/s")
+    click.echo(f"  started {state.started_at}, {_deadline_line(state.deadline, state.campaign.status)}")
+    if state.reputation is not None and state.limits is not None:
+        click.echo(_reputation_line(state.reputation, state.limits))
     if state.note:
         click.echo(f"  note: {state.note}")
     from pipeline.stop_press import stop_press_statuses
@@ -326,6 +344,27 @@ def status(ctx: click.Context, number: int) -> None:
             f"sent {counts['sent']:,}  failed {counts['failed']:,}  skipped {counts['skipped']:,}  "
             f"queued {counts['queued']:,}  {'in flight' if press.running else 'unknown'} {counts['sending']:,}"
         )
+
+
+def _deadline_line(deadline: dt.datetime | None, status: str) -> str:
+    if deadline is None:
+        return "no deadline ([send] deadline_hours = 0)"
+    shown = deadline.isoformat(timespec="seconds")
+    if status != "done" and dt.datetime.now(dt.UTC) >= deadline:
+        return f"deadline {shown}, passed: `newsletter send` resumes it only with --late"
+    return f"deadline {shown}"
+
+
+def _reputation_line(reputation: Reputation, limits: ReputationLimits) -> str:
+    line = (
+        f"  hard-bounce rate {reputation.percent(reputation.bounces):.2f} % ({reputation.bounces:,} of "
+        f"{reputation.sent:,} sent; pauses over {limits.max_bounce_rate:g} %), complaint rate "
+        f"{reputation.percent(reputation.complaints):.2f} % ({reputation.complaints:,}; "
+        f"pauses over {limits.max_complaint_rate:g} %)"
+    )
+    if reputation.sent < limits.min_sent:
+        line += f"; counted from {limits.min_sent:,} sent"
+    return line
 
 
 @main.group()

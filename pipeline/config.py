@@ -96,6 +96,18 @@ def _spam_score(value: float) -> float:
     return value
 
 
+def _not_negative(value: float) -> float:
+    if value < 0:
+        raise Invalid(f"must be 0 or more, got {value}")
+    return value
+
+
+def _percentage(value: float) -> float:
+    if not 0 <= value <= 100:
+        raise Invalid(f"must be a percentage from 0 to 100, got {value:g}")
+    return value
+
+
 def _one_of(*choices: str) -> Check:
     def check(value: str) -> str:
         if value not in choices:
@@ -239,6 +251,22 @@ class SendConfig:
         0,
         help="sender processes; 0: one per core (at most 4) for SES, one otherwise",
         check=_positive_or_auto,
+    )
+    # The reputation breaker's defaults are the rates at which SES puts an account under review
+    # (bounces 5 %, complaints 0.1 %) and Gmail's spam-rate ceiling (0.1 %): see README, Sending.
+    max_bounce_rate: float = key(
+        5.0, help="hard-bounce rate (% of messages sent) that pauses a campaign", check=_percentage
+    )
+    max_complaint_rate: float = key(
+        0.1, help="complaint rate (% of messages sent) that pauses a campaign", check=_percentage
+    )
+    breaker_min_sent: int = key(
+        500, help="messages a campaign sends before its bounce and complaint rates count", check=_positive
+    )
+    deadline_hours: float = key(
+        48.0,
+        help="a campaign unfinished this long after it started resumes only with --late; 0: never late",
+        check=_not_negative,
     )
 
 

@@ -154,6 +154,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX welcome_mails_by_status ON welcome_mails (status, subscriber_id);
     """,
+    # The reputation breaker's counts: each hard bounce and complaint traced to the campaign that sent
+    # the message (SES's mail.messageId is that delivery's provider_id), at most once per recipient and
+    # kind. The key starts with the campaign and kind, so counting one campaign's bounces reads a range.
+    """
+    CREATE TABLE campaign_feedback (
+        campaign_id INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('bounce', 'complaint')),
+        subscriber_id INTEGER NOT NULL,
+        received_at TEXT NOT NULL,
+        PRIMARY KEY (campaign_id, kind, subscriber_id)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import make_msgid
@@ -19,7 +20,7 @@ from pipeline.errors import CheckFailed, MessageError, NewsletterError, NotConfi
 from pipeline.issue.build import Build
 from pipeline.issue.errata import mark_announced
 from pipeline.send.control import campaign_lock, is_locked
-from pipeline.send.delivery import SendSettings
+from pipeline.send.delivery import Reputation, ReputationLimits, SendSettings
 from pipeline.send.fanout import run_in_processes, sender_processes
 from pipeline.send.ledger import (
     Campaign,
@@ -28,9 +29,11 @@ from pipeline.send.ledger import (
     Preparation,
     campaign_state,
     content_hash,
+    deadline_of,
     find_campaign,
     plan_campaign,
     prepare_campaign,
+    refuse_if_late,
 )
 from pipeline.send.message import (
     MessageTemplate,
@@ -54,6 +57,10 @@ class SendOptions:
     include_new: bool = False
     resend_unknown: bool = False
     retry_failed: bool = False
+    ignore_breaker: bool = False
+    """Go on whatever the bounce and complaint rates (this run only)."""
+    late: bool = False
+    """Resume a campaign past its ``[send] deadline_hours``."""
 
 
 def checked(
@@ -88,8 +95,11 @@ def send_issue(
     *,
     confirm: Callable[[Plan, Transport, float | None], bool],
     reporter: Reporter | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Summary:
-    """Run (or resume) the campaign of a built and checked issue; archive it once complete."""
+    """Run (or resume) the campaign of a built and checked issue; archive it once complete.
+
+    ``clock`` (seconds since the epoch) tells whether a resumed campaign is past its deadline."""
     rendered = build.rendered
     number = rendered.issue.number
     transport = open_transport(config, dry_run=options.dry_run)
@@ -120,6 +130,10 @@ def send_issue(
                 campaign = find_campaign(db, number)
                 counts = Ledger(db, campaign).counts() if campaign else {}
                 return Summary(counts, 0.0, 0, "done", note=note, archived=archived)
+            if not options.late:
+                refuse_if_late(
+                    number, plan, config.send.deadline_hours, dt.datetime.fromtimestamp(clock(), dt.UTC)
+                )
             rate = send_rate(config, transport, options.dry_run)
             if not confirm(plan, transport, rate):
                 raise NotConfirmed("not sent: nothing was changed")
@@ -139,7 +153,16 @@ def send_issue(
             )
             template = MessageTemplate(config, rendered)
             summary = run_campaign(
-                db, config, preparation, template, transport, secret, rate, reporter, dry_run=options.dry_run
+                db,
+                config,
+                preparation,
+                template,
+                transport,
+                secret,
+                rate,
+                reporter,
+                dry_run=options.dry_run,
+                reputation=None if options.ignore_breaker else reputation_limits(config),
             )
     finally:
         transport.close()
@@ -162,13 +185,16 @@ def run_campaign(
     reporter: Reporter | None,
     *,
     dry_run: bool,
+    reputation: ReputationLimits | None,
 ) -> Summary:
-    """Send a prepared campaign's queue, in one process or several: issues and stop presses alike."""
+    """Send a prepared campaign's queue, in one process or several: issues and stop presses alike.
+    ``reputation``: the bounce and complaint limits that pause it (None: ``--ignore-breaker``)."""
     settings = SendSettings(
         concurrency=config.send.concurrency,
         max_rate=rate,
         max_attempts=config.send.max_attempts,
         max_consecutive_failures=config.send.max_consecutive_failures,
+        reputation=reputation,
     )
     processes = sender_processes(config, preparation.queued, dry_run=dry_run)
     if processes > 1:
@@ -181,6 +207,12 @@ def run_campaign(
         ).run()
     summary.reconciled = preparation.reconciled
     return summary
+
+
+def reputation_limits(config: Config) -> ReputationLimits:
+    return ReputationLimits(
+        config.send.max_bounce_rate, config.send.max_complaint_rate, config.send.breaker_min_sent
+    )
 
 
 def memory_copy(db: sqlite3.Connection) -> sqlite3.Connection:
@@ -225,6 +257,11 @@ class CampaignStatus:
     note: str
     active_subscribers: int
     updated_at: str
+    started_at: str = ""
+    deadline: dt.datetime | None = None
+    """When the campaign becomes late (``[send] deadline_hours`` after it started); None: never."""
+    reputation: Reputation | None = None
+    limits: ReputationLimits | None = None
 
 
 def campaign_status(config: Config, number: int) -> CampaignStatus:
@@ -243,4 +280,8 @@ def campaign_status(config: Config, number: int) -> CampaignStatus:
         " ".join(filter(None, (notes.note, notes.history.strip()))),
         active,
         notes.updated_at,
+        notes.started_at,
+        deadline_of(notes.started_at, config.send.deadline_hours),
+        ledger.reputation(),
+        reputation_limits(config),
     )

@@ -25,7 +25,7 @@ from pipeline.issue.build import Build
 from pipeline.issue.errata import Erratum, add_erratum, check_request, load_errata, new_erratum
 from pipeline.issue.render import Rendered, render_issue, sample_recipient
 from pipeline.issue.source import Issue, read_issue
-from pipeline.publish import SendOptions, memory_copy, run_campaign, send_rate, send_test
+from pipeline.publish import SendOptions, memory_copy, reputation_limits, run_campaign, send_rate, send_test
 from pipeline.send.control import campaign_lock, is_locked
 from pipeline.send.ledger import (
     Campaign,
@@ -197,7 +197,16 @@ def send_stop_press(
             )
             template = MessageTemplate(config, build.rendered)
             summary = run_campaign(
-                db, config, preparation, template, transport, secret, rate, reporter, dry_run=options.dry_run
+                db,
+                config,
+                preparation,
+                template,
+                transport,
+                secret,
+                rate,
+                reporter,
+                dry_run=options.dry_run,
+                reputation=None if options.ignore_breaker else reputation_limits(config),
             )
     finally:
         transport.close()

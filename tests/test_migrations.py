@@ -92,7 +92,7 @@ def fill(state: Path, version: int) -> None:
             )
         if version >= 3:
             db.execute("UPDATE campaigns SET history = 'abc000 -> abc123' WHERE id = 1")
-        # Tables by name, not by version: migrations appended in parallel branches may change places.
+        # Tables added later, by name (not by version: migrations from parallel branches merge in any order).
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "sns_messages" in tables:
             db.execute(
@@ -105,6 +105,12 @@ def fill(state: Path, version: int) -> None:
                 "INSERT INTO welcome_mails (subscriber_id, status, attempts, provider_id, queued_at, updated_at)"
                 " VALUES (1, 'sent', 1, 'welcome-s1', ?, ?)",
                 (STAMP, STAMP),
+            )
+        if "campaign_feedback" in tables:
+            db.execute(
+                "INSERT INTO campaign_feedback (campaign_id, kind, subscriber_id, received_at)"
+                " VALUES (1, 'bounce', 3, ?)",
+                (STAMP,),
             )
         db.commit()
     finally:

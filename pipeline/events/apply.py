@@ -11,6 +11,11 @@ What a notification does:
   unsubscribed, bounced and complained are otherwise final, and nobody is ever re-activated;
 * transient or undetermined bounce -> ``subscribers.soft_bounces`` += 1, status unchanged;
 * any other SES event (Delivery, Send, Open...) or a non-SES message -> recorded as ``ignored``.
+
+A permanent bounce or a complaint is also counted against the campaign that sent the message, for
+its reputation breaker (``[send] max_bounce_rate``): ``mail.messageId`` is SES's id for the message,
+which the ledger keeps as the delivery's ``provider_id``, once per recipient and kind, in
+``campaign_feedback``. A message no campaign sent (a test copy, another program's) counts for none.
 """
 
 from __future__ import annotations
@@ -109,10 +114,12 @@ def apply_notification(db: sqlite3.Connection, message: dict[str, str]) -> Appli
     message_id = message["MessageId"]
     event = _ses_event(message.get("Message", ""))
     kind = str(event.get("eventType") or event.get("notificationType") or "Notification")
+    feedback: str | None = None  # what the sending campaign's breaker counts it as
     if kind == "Bounce":
         bounce = _section(message_id, event, "bounce", "bouncedRecipients")
         permanent = bounce.get("bounceType") == PERMANENT_BOUNCE
         action = _bounce if permanent else _soft_bounce
+        feedback = "bounce" if permanent else None
         cause = _bounce_cause(bounce, message_id)
         recipients = bounce["bouncedRecipients"]
     elif kind == "Complaint":
@@ -122,6 +129,7 @@ def apply_notification(db: sqlite3.Connection, message: dict[str, str]) -> Appli
             _complaint_cause(complaint, message_id),
             complaint["complainedRecipients"],
         )
+        feedback = "complaint"
     else:
         return _record_only(db, message, kind, "ignored")
     with transaction(db):
@@ -134,6 +142,8 @@ def apply_notification(db: sqlite3.Connection, message: dict[str, str]) -> Appli
             subscriber = _find_recipient(db, address) if isinstance(address, str) else None
             result = "unknown recipient" if subscriber is None else action(db, subscriber, cause, recipient)
             tally[result] = tally.get(result, 0) + 1
+            if subscriber is not None and feedback is not None:
+                _count_against_campaign(db, subscriber["id"], _ses_message_id(event), feedback)
         outcome = ", ".join(f"{result} {count}" for result, count in tally.items()) or "no recipients"
         _insert(db, message, kind, outcome)
     log.info("SNS message %s: %s: %s", message_id, kind, outcome)
@@ -186,7 +196,30 @@ def _find_recipient(db: sqlite3.Connection, reported: str) -> sqlite3.Row | None
     return None
 
 
+def _count_against_campaign(
+    db: sqlite3.Connection, subscriber_id: int, ses_message_id: str, kind: str
+) -> None:
+    """Count a hard bounce or complaint against the campaign whose delivery to this subscriber SES
+    knows as ``ses_message_id`` (the ses transport's provider_id; through SES's SMTP interface the
+    smtp transport keeps its reply, "Ok <id>"). Campaigns are few, so each is looked up by its key
+    (campaign, subscriber): no index on provider_id weighs on the send."""
+    if not ses_message_id:
+        return
+    db.execute(
+        "INSERT OR IGNORE INTO campaign_feedback (campaign_id, kind, subscriber_id, received_at)"
+        " SELECT d.campaign_id, ?, d.subscriber_id, ? FROM campaigns c CROSS JOIN deliveries d"
+        " WHERE d.campaign_id = c.id AND d.subscriber_id = ? AND d.provider_id IN (?, 'Ok ' || ?)",
+        (kind, now(), subscriber_id, ses_message_id, ses_message_id),
+    )
+
+
 # --- The SES event ---------------------------------------------------------------------------------
+
+
+def _ses_message_id(event: dict[str, Any]) -> str:
+    mail = event.get("mail")
+    found = mail.get("messageId") if isinstance(mail, dict) else None
+    return found if isinstance(found, str) else ""
 
 
 def _ses_event(text: str) -> dict[str, Any]:

@@ -1,11 +1,15 @@
-"""Delivering one message: retries with backoff, what came of it, and when failures mean "pause".
+"""Delivering one message: retries with backoff, what came of it, and when the campaign must pause:
+failures in a row (:class:`FailureBreaker`), or too many bounces and complaints (:class:`ReputationBreaker`).
 
-Neither touches the ledger: the campaign loop records each :class:`Outcome` there.
+None of it touches the ledger: the campaign loop records each :class:`Outcome` there, and hands the
+reputation breaker a function that reads the campaign's counts.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -35,6 +39,8 @@ class SendSettings:
     max_consecutive_failures: int
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
+    reputation: ReputationLimits | None = None
+    """None: no reputation breaker (``send --ignore-breaker``)."""
 
 
 def deliver_with_retry(
@@ -95,3 +101,92 @@ class FailureBreaker:
         if self.in_a_row < self.limit:
             return ""
         return f"{self.in_a_row} failures in a row (last: {self.last_error})"
+
+
+@dataclass(frozen=True)
+class Reputation:
+    """A campaign's messages sent, and the hard bounces and complaints traced back to them so far."""
+
+    sent: int
+    bounces: int
+    complaints: int
+
+    def percent(self, count: int) -> float:
+        return 100.0 * count / self.sent if self.sent else 0.0
+
+
+@dataclass(frozen=True)
+class ReputationLimits:
+    """``[send] max_bounce_rate``, ``max_complaint_rate`` (percentages) and ``breaker_min_sent``."""
+
+    max_bounce_rate: float
+    max_complaint_rate: float
+    min_sent: int
+
+    def exceeded(self, reputation: Reputation) -> str:
+        """Which rate is over its limit, with both numbers; "" while none is or the sample is too small."""
+        if reputation.sent < self.min_sent:
+            return ""
+        for what, count, limit, key in (
+            ("hard-bounce", reputation.bounces, self.max_bounce_rate, "max_bounce_rate"),
+            ("complaint", reputation.complaints, self.max_complaint_rate, "max_complaint_rate"),
+        ):
+            rate = reputation.percent(count)
+            if rate > limit:
+                return (
+                    f"{what} rate {rate:.2f} % ({count:,} of {reputation.sent:,} sent) is over "
+                    f"[send] {key} {limit:g} %"
+                )
+        return ""
+
+    def sent_worth_counting(self, bounces: int, complaints: int) -> int:
+        """How many sent messages are worth counting: from this many on, neither rate can be over its
+        limit (and the minimum sample is reached), so a count may stop there. On a large campaign that
+        keeps the breaker's reading to a fraction of the ledger."""
+        most = self.min_sent
+        for count, limit in ((bounces, self.max_bounce_rate), (complaints, self.max_complaint_rate)):
+            if count and limit:  # a limit of 0 with any count: over it once the sample is reached
+                most = max(most, math.ceil(100 * count / limit) + 1)
+        return most
+
+
+REPUTATION_INTERVAL = 2.0
+"""Seconds between two readings of a campaign's counts: bounces arrive seconds to minutes after the
+send, and counting a million-row campaign's sent messages costs tens of milliseconds."""
+
+
+class ReputationBreaker:
+    """Trips when the bounces and complaints SES reported for this campaign (the webhook or
+    ``events pull`` store them as they come) pass their limits, so a bad list or a spam-flagged issue
+    stops before it costs the account its reputation. Reads the counts through ``read`` (which may stop
+    counting sent messages at :meth:`ReputationLimits.sent_worth_counting`) at most every ``interval``
+    seconds, the first time at once: a resumed campaign over its limits sends nothing."""
+
+    def __init__(
+        self,
+        limits: ReputationLimits | None,
+        read: Callable[[ReputationLimits], Reputation],
+        issue: int,
+        *,
+        interval: float = REPUTATION_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits, self._read, self.issue = limits, read, issue
+        self.interval, self._clock = interval, clock
+        self._next = -float("inf")
+        self.reason = ""
+        """Why the campaign must pause, or "" while it need not."""
+
+    def check(self) -> str:
+        """Read the counts if it is time to; returns :attr:`reason`."""
+        if self.limits is None or self.reason or self._clock() < self._next:
+            return self.reason
+        self._next = self._clock() + self.interval
+        exceeded = self.limits.exceeded(self._read(self.limits))
+        if exceeded:
+            self.reason = (
+                f"{exceeded}: see who bounced or complained (`newsletter subscribers list --status bounced`,"
+                f" `--status complained`) before going on; `newsletter send {self.issue} --ignore-breaker`"
+                " resumes anyway"
+            )
+        return self.reason

@@ -12,14 +12,17 @@ from email.policy import SMTP
 from email.quoprimime import body_encode
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.audience.addresses import ascii_address
 from pipeline.audience.tokens import make_token
 from pipeline.config import Config
 from pipeline.errors import MessageError
 from pipeline.files import write_atomically
-from pipeline.issue.build import Build
-from pipeline.issue.render import PLACEHOLDER, Rendered, sample_recipient
+
+if TYPE_CHECKING:  # not at run time: a sender process needs no renderer (mjml, css-inline, jinja2)
+    from pipeline.issue.build import Build
+    from pipeline.issue.render import Rendered
 
 
 def sender_address(config: Config) -> str:
@@ -68,11 +71,17 @@ def message_bytes(message: EmailMessage) -> bytes:
 # --- The sample message `build` writes (and `check` scores) ----------------------------------
 
 
+def _sample_recipient(config: Config) -> dict[str, str]:
+    from pipeline.issue.render import sample_recipient  # the editor's side only: see the imports
+
+    return sample_recipient(config)
+
+
 def sample_message(config: Config, build: Build, now: dt.datetime | None = None) -> bytes:
     """A complete MIME message to the sample recipient, for opening in a mail client."""
     message = build_message(
         config,
-        to=sample_recipient(config)["email"],
+        to=_sample_recipient(config)["email"],
         subject=build.rendered.issue.subject,
         html=build.html,
         text=build.text,
@@ -240,6 +249,8 @@ def _qp(text: str) -> str:
 
 def _qp_segments(template: str) -> list[str]:
     """Alternate encoded static text and placeholder names: [static, name, static, ...]."""
+    from pipeline.issue.render import PLACEHOLDER  # building the template is the parent's work
+
     pieces = PLACEHOLDER.split(template.replace("\r\n", "\n"))
     encoded: list[str] = []
     for index, piece in enumerate(pieces):
@@ -269,7 +280,7 @@ def _fill(segments: list[str], values: dict[str, str], *, escape: bool) -> str:
 def sample_as_sent(config: Config, rendered: Rendered) -> bytes:
     """The bytes a subscriber gets (quoted-printable parts, List-Unsubscribe headers), for the sample
     recipient: what ``check`` measures against the clip budget and scores for spam."""
-    sample = sample_recipient(config)
+    sample = _sample_recipient(config)
     recipient = Recipient(
         sample["email"], "", sample["unsubscribe_url"], make_msgid(domain=sender_domain(config))
     )

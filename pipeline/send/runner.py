@@ -20,7 +20,13 @@ from typing import Protocol
 from pipeline.config import Config
 from pipeline.errors import MessageError
 from pipeline.send.control import on_stop_signals
-from pipeline.send.delivery import FailureBreaker, Outcome, SendSettings, deliver_with_retry
+from pipeline.send.delivery import (
+    FailureBreaker,
+    Outcome,
+    ReputationBreaker,
+    SendSettings,
+    deliver_with_retry,
+)
 from pipeline.send.ledger import Campaign, Candidate, Ledger, delivery_key
 from pipeline.send.message import MessageTemplate, recipient_for, sender_address, sender_domain
 from pipeline.send.ratelimit import RateLimiter, Unlimited
@@ -128,6 +134,7 @@ class _Run:
     """Where one ``send_all`` stands; kept in one place so an interrupt can record all of it."""
 
     breaker: FailureBreaker
+    reputation: ReputationBreaker
     in_flight: set[int] = field(default_factory=set)
     """Subscriber ids handed to a worker, outcome not back yet."""
     arrived: list[Outcome] = field(default_factory=list)
@@ -156,6 +163,7 @@ class CampaignRunner:
         reporter: Reporter | None = None,
         sleep: Callable[[float], bool] | None = None,
         partition: tuple[int, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db, self.config, self.campaign = db, config, campaign
         self.ledger = Ledger(db, campaign)
@@ -166,6 +174,8 @@ class CampaignRunner:
         self.reporter = reporter or SilentReporter()
         self.stopping = threading.Event()
         self._sleep = sleep or self.stopping.wait
+        self._clock = clock
+        """When the reputation breaker reads the campaign's counts again (monotonic seconds)."""
         self._envelope_sender = sender_address(config)
         self._domain = sender_domain(config)
 
@@ -184,7 +194,12 @@ class CampaignRunner:
         """Send to every queued recipient (of this runner's partition); returns why it stopped early
         (or ""), the time taken and how many outcomes of each kind. The campaign row is not touched."""
         limiter = RateLimiter(self.settings.max_rate) if self.settings.max_rate else Unlimited()
-        run = _Run(FailureBreaker(self.settings.max_consecutive_failures))
+        run = _Run(
+            FailureBreaker(self.settings.max_consecutive_failures),
+            ReputationBreaker(
+                self.settings.reputation, self.ledger.reputation, self.campaign.issue, clock=self._clock
+            ),
+        )
         self.reporter.start(*self.ledger.progress())
         started = time.monotonic()
         pool = _Workers(self.settings.concurrency, self._deliver)
@@ -221,7 +236,9 @@ class CampaignRunner:
                 run.pause_reason = outcome.error
         run.arrived = []
         if not run.pause_reason:
-            run.pause_reason = run.breaker.reason or ("interrupted" if self.interrupted else "")
+            run.pause_reason = (
+                run.breaker.reason or run.reputation.check() or ("interrupted" if self.interrupted else "")
+            )
         if run.pause_reason:
             self.stopping.set()
 

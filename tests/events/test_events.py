@@ -794,3 +794,82 @@ def test_cli_pull_from_a_missing_queue_fails_in_one_line(newsletter: Newsletter,
     configure_events(newsletter, f"{sqs_env}/123456789012/no-such-queue")
     line = one_line_error(run(newsletter, "events", "pull", "--wait", "0", AWS_ENDPOINT_URL_SQS=sqs_env))
     assert "cannot read the SQS queue" in line and "no-such-queue" in line
+
+
+# --- Bounces and complaints counted against the campaign that sent the message ---------------------
+
+
+def sent_campaign(db: sqlite3.Connection, issue: int, provider_ids: dict[str, str]) -> int:
+    """A campaign of ``issue`` whose messages to each address went out with SES's id ``provider_ids[address]``."""
+    stamp = "2026-11-23T10:00:00+00:00"
+    campaign_id = int(
+        db.execute(
+            "INSERT INTO campaigns (issue, content_hash, status, transport, created_at, updated_at)"
+            " VALUES (?, 'x', 'sending', 'ses', ?, ?)",
+            (issue, stamp, stamp),
+        ).lastrowid
+        or 0
+    )
+    for address, provider_id in provider_ids.items():
+        db.execute(
+            "INSERT INTO deliveries (campaign_id, subscriber_id, status, provider_id, attempts, updated_at)"
+            " VALUES (?, ?, 'sent', ?, 1, ?)",
+            (campaign_id, subscriber(db, address)["id"], provider_id, stamp),
+        )
+    return campaign_id
+
+
+def feedback(db: sqlite3.Connection) -> set[tuple[int, str, str]]:
+    rows = db.execute(
+        "SELECT f.campaign_id, f.kind, s.email FROM campaign_feedback f JOIN subscribers s ON s.id = f.subscriber_id"
+    )
+    return {tuple(row) for row in rows}  # type: ignore[misc]
+
+
+def test_hard_bounces_and_complaints_count_against_the_campaign_whose_message_it_was(
+    db: sqlite3.Connection, verifier: SnsVerifier, signer: Signer, server: CertServer
+) -> None:
+    for name in ("ada", "bob", "cy", "dee", "eve"):
+        add(db, f"{name}@example.org")
+    first = sent_campaign(db, 1, {f"{n}@example.org": f"ses-1-{n}" for n in ("ada", "bob", "cy", "dee")})
+    second = sent_campaign(db, 2, {"ada@example.org": "ses-2-ada", "eve@example.org": "Ok ses-2-eve"})
+    bodies = [
+        signed(signer, server, ses_bounce("ada@example.org", ses_message_id="ses-1-ada")),
+        signed(signer, server, ses_complaint("bob@example.org", ses_message_id="ses-1-bob"), version="2"),
+        signed(
+            signer, server, ses_bounce("cy@example.org", bounce_type="Transient", ses_message_id="ses-1-cy")
+        ),
+        # Through SES's SMTP interface the ledger keeps the reply, "Ok <id>".
+        signed(signer, server, ses_complaint("eve@example.org", ses_message_id="ses-2-eve")),
+        # No campaign sent this one (a test copy, another program): it counts for none.
+        signed(signer, server, ses_bounce("dee@example.org", ses_message_id="ses-test-copy")),
+    ]
+    for body in bodies:
+        handle_sns(db, verifier, body)
+    expected = {
+        (first, "bounce", "ada@example.org"),
+        (first, "complaint", "bob@example.org"),
+        (second, "complaint", "eve@example.org"),
+    }
+    assert feedback(db) == expected
+    # SNS redelivers, and SES may report one message twice (a bounce, then a complaint counts as both).
+    handle_sns(db, verifier, bodies[0])
+    handle_sns(
+        db, verifier, signed(signer, server, ses_bounce("ada@example.org", ses_message_id="ses-1-ada"))
+    )
+    handle_sns(
+        db, verifier, signed(signer, server, ses_complaint("ada@example.org", ses_message_id="ses-1-ada"))
+    )
+    assert feedback(db) == expected | {(first, "complaint", "ada@example.org")}
+
+
+def test_a_rejected_notification_counts_for_no_campaign(
+    db: sqlite3.Connection, verifier: SnsVerifier, signer: Signer, server: CertServer
+) -> None:
+    add(db, "ada@example.org")
+    sent_campaign(db, 1, {"ada@example.org": "ses-1-ada"})
+    tampered = json.loads(signed(signer, server, ses_bounce("nobody@example.org", ses_message_id="x")))
+    tampered["Message"] = ses_bounce("ada@example.org", ses_message_id="ses-1-ada")
+    with pytest.raises(NotificationRejected):
+        handle_sns(db, verifier, json.dumps(tampered).encode())
+    assert feedback(db) == set()

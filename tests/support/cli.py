@@ -128,3 +128,33 @@ def one_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     return lines[0]
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_make(
+    config_path: Path, target: str, *variables: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``make TARGET VAR=value...`` in the repository, as the editor runs it, on the newsletter whose
+    config is ``config_path`` (through ``NEWSLETTER_CONFIG``), with the ``newsletter`` next to this
+    Python. ``-o .venv/.ready``: a test never rebuilds the virtual environment."""
+    environment = dict(env) if env is not None else clean_env()
+    environment["NEWSLETTER_CONFIG"] = str(config_path)
+    return subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-o",
+            ".venv/.ready",
+            f"BIN={NEWSLETTER.parent}",
+            target,
+            *variables,
+        ],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )

@@ -112,6 +112,7 @@ def ses_bounce(
     subtype: str = "General",
     field: str = "eventType",
     diagnostic: str = "smtp; 550 5.1.1 user unknown",
+    ses_message_id: str = "ses-message-id",
 ) -> str:
     """An SES Bounce event, from a configuration set (eventType) or an identity (notificationType)."""
     return json.dumps(
@@ -133,7 +134,7 @@ def ses_bounce(
                 "feedbackId": "0100017-feedback",
             },
             "mail": {
-                "messageId": "ses-message-id",
+                "messageId": ses_message_id,
                 "source": "editor@example.org",
                 "destination": list(recipients),
             },
@@ -141,7 +142,12 @@ def ses_bounce(
     )
 
 
-def ses_complaint(*recipients: str, field: str = "eventType", feedback: str | None = "abuse") -> str:
+def ses_complaint(
+    *recipients: str,
+    field: str = "eventType",
+    feedback: str | None = "abuse",
+    ses_message_id: str = "ses-message-id",
+) -> str:
     complaint: dict[str, Any] = {
         "complainedRecipients": [{"emailAddress": address} for address in recipients],
         "timestamp": timestamp(),
@@ -149,7 +155,7 @@ def ses_complaint(*recipients: str, field: str = "eventType", feedback: str | No
     }
     if feedback:
         complaint["complaintFeedbackType"] = feedback
-    return json.dumps({field: "Complaint", "complaint": complaint, "mail": {"messageId": "ses-message-id"}})
+    return json.dumps({field: "Complaint", "complaint": complaint, "mail": {"messageId": ses_message_id}})
 
 
 # A field of an SNS envelope and a value of the wrong JSON type (or one no UTF-8 encoder takes).
