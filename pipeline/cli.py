@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Self
@@ -14,14 +15,16 @@ from click.core import ParameterSource
 from pipeline import __version__
 from pipeline.check.content import Problem
 from pipeline.config import CONFIG_ENV, MASK, Config, Environment, Setting, load_config, settings
-from pipeline.errors import ArchiveError, CheckFailed, ErrataError, NewsletterError, NotConfirmed
+from pipeline.errors import ArchiveError, CheckFailed, ErrataError, NewsletterError, NotConfirmed, StateError
 from pipeline.files import display_path
 from pipeline.issue.build import build_issue
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-ISSUE = click.argument("number", metavar="N", type=click.IntRange(min=1))
+# Issue numbers are SQLite integers; a cap far above any real newsletter refuses 2**63 with one line.
+MAX_ISSUE = 1_000_000
+ISSUE = click.argument("number", metavar="N", type=click.IntRange(min=1, max=MAX_ISSUE))
 
 
 class _Group(click.Group):
@@ -32,6 +35,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except NewsletterError as error:
             _fail(error)
+        except sqlite3.OperationalError as error:
+            # Locked past the timeout, read-only, disk full: the machine's state, not a bug to trace.
+            from pipeline.db import explain
+
+            _fail(StateError(explain(error)))
 
 
 def _fail(error: NewsletterError) -> NoReturn:
@@ -388,9 +396,11 @@ def subscribers_count(ctx: click.Context) -> None:
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
     """List subscribers: email, name, status, since."""
     from pipeline.audience.subscribers import listing
+    from pipeline.text_rules import visible
 
     for row in listing(_db(ctx), status):
-        click.echo(f"{row['email']}\t{row['name']}\t{row['status']}\t{row['status_changed_at']}")
+        # visible(): a name stored before control characters were refused must not drive the terminal.
+        click.echo(visible(f"{row['email']}\t{row['name']}\t{row['status']}\t{row['status_changed_at']}"))
 
 
 @main.command()
@@ -404,7 +414,7 @@ def archive(ctx: click.Context, number: int) -> None:
 
 
 @main.command()
-@click.argument("number", metavar="N", type=click.IntRange(min=1), required=False)
+@click.argument("number", metavar="N", type=click.IntRange(min=1, max=MAX_ISSUE), required=False)
 @click.option(
     "--archive", "whole_archive", is_flag=True, help="Re-check every archived issue; suggest errata."
 )

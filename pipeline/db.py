@@ -7,18 +7,97 @@ what was committed, and ``newsletter status`` can read while a send runs.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import StateError
+from pipeline.text_rules import mailbox_key
+
+log = logging.getLogger(__name__)
 
 DB_NAME = "newsletter.sqlite3"
 
+# A migration is SQL, or a function for what SQL cannot do alone; either runs in the upgrade's transaction.
+Migration = str | Callable[[sqlite3.Connection], None]
+
+
+def merge_mailbox_spellings(db: sqlite3.Connection) -> None:
+    """Re-key every subscriber by :func:`pipeline.text_rules.mailbox_key` and merge the rows that turn out
+    to be one mailbox (``u@bücher.example``, ``u@xn--bcher-kva.example``, a decomposed spelling): they
+    were several subscribers and got several copies.
+
+    The oldest row stays, with its spelling (links already mailed to it keep working). It takes the
+    status most recently set on any of them (the mailbox owner's latest word; at the same second, the
+    one that mails least; a pending row only when all are), the others' history and deliveries, and a status change saying what merged.
+    Each row merged away is kept in ``merged_subscribers`` (its id, spelling and status), which is the
+    report of what merged and lets an unsubscribe link mailed to it still work."""
+    db.execute(
+        "CREATE TABLE merged_subscribers (old_id INTEGER PRIMARY KEY, subscriber_id INTEGER NOT NULL,"
+        " email TEXT NOT NULL, status TEXT NOT NULL, merged_at TEXT NOT NULL)"
+    )
+    rows = db.execute(
+        "SELECT id, email, status, status_changed_at, confirmed_at FROM subscribers ORDER BY id"
+    ).fetchall()
+    groups: dict[str, list[sqlite3.Row]] = {}
+    for row in rows:
+        groups.setdefault(mailbox_key(row["email"]), []).append(row)
+    # Free every key first: a row's new key may be another row's old one.
+    db.execute("UPDATE subscribers SET email_key = '#' || id")
+    stamp = now()
+    mails_least = ("complained", "bounced", "unsubscribed", "pending", "active")
+    for key, group in groups.items():
+        kept, others = group[0], group[1:]
+        db.execute("UPDATE subscribers SET email_key = ? WHERE id = ?", (key, kept["id"]))
+        if not others:
+            continue
+        # Pending is nobody's word (anyone can type an address in): it decides only when all are pending.
+        decided = [r for r in group if r["status"] != "pending"] or group
+        final = max(decided, key=lambda r: (r["status_changed_at"], -mails_least.index(r["status"])))
+        for other in others:
+            db.execute(
+                "INSERT INTO merged_subscribers (old_id, subscriber_id, email, status, merged_at) VALUES (?, ?, ?, ?, ?)",
+                (other["id"], kept["id"], other["email"], other["status"], stamp),
+            )
+            db.execute(
+                "UPDATE status_changes SET subscriber_id = ? WHERE subscriber_id = ?",
+                (kept["id"], other["id"]),
+            )
+            db.execute(
+                "UPDATE OR IGNORE deliveries SET subscriber_id = ? WHERE subscriber_id = ?",
+                (kept["id"], other["id"]),
+            )
+            # What stays under the old id is a campaign that had both: never send the merged one again.
+            db.execute(
+                "UPDATE deliveries SET status = 'skipped', last_error = ? WHERE subscriber_id = ? AND status = 'queued'",
+                (f"merged into subscriber {kept['id']}", other["id"]),
+            )
+            db.execute("DELETE FROM subscribers WHERE id = ?", (other["id"],))
+        if final["status"] != kept["status"]:
+            db.execute(
+                "UPDATE subscribers SET status = ?, status_changed_at = ?,"
+                " confirmed_at = COALESCE(confirmed_at, ?) WHERE id = ?",
+                (final["status"], stamp, final["confirmed_at"], kept["id"]),
+            )
+        merged = ", ".join(f"s{o['id']} {o['email']} ({o['status']})" for o in others)
+        db.execute(
+            "INSERT INTO status_changes (subscriber_id, old_status, new_status, cause, changed_at) VALUES (?, ?, ?, ?, ?)",
+            (
+                kept["id"],
+                kept["status"],
+                final["status"],
+                f"merged spellings of one mailbox: {merged}",
+                stamp,
+            ),
+        )
+        log.warning("merged subscribers %s into s%d %s: one mailbox", merged, kept["id"], kept["email"])
+
+
 # Append only: a migration that has shipped is never edited, a new one is added.
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[Migration] = [
     """
     CREATE TABLE subscribers (
         id INTEGER PRIMARY KEY,
@@ -113,6 +192,7 @@ MIGRATIONS: list[str] = [
         received_at TEXT NOT NULL
     );
     """,
+    merge_mailbox_spellings,
 ]
 
 
@@ -142,6 +222,20 @@ def open_db(state_dir: Path) -> sqlite3.Connection:
     return connection
 
 
+def explain(error: sqlite3.OperationalError) -> str:
+    """One line for an environment fault met while using the state database, saying what to do."""
+    text = str(error)
+    if "locked" in text or "busy" in text:
+        advice = "another process held it too long; what was being written was undone: try again"
+    elif "readonly" in text or "read-only" in text:
+        advice = f"make {DB_NAME}, its -wal and -shm files and their folder writable for this user"
+    elif "full" in text:
+        advice = "free some disk space; what was being written was undone"
+    else:
+        advice = "what was being written was undone"
+    return f"the state database failed ({text}): {advice}"
+
+
 def migrate(connection: sqlite3.Connection) -> None:
     version = connection.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
@@ -151,8 +245,11 @@ def migrate(connection: sqlite3.Connection) -> None:
         )
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         with transaction(connection):
-            for statement in _statements(script):
-                connection.execute(statement)
+            if callable(script):
+                script(connection)
+            else:
+                for statement in _statements(script):
+                    connection.execute(statement)
             connection.execute(f"PRAGMA user_version = {number}")
 
 

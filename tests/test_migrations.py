@@ -25,7 +25,10 @@ def build_old(state: Path, version: int) -> None:
     db = sqlite3.connect(state / DB_NAME)
     try:
         for script in MIGRATIONS[:version]:
-            db.executescript(script)
+            if callable(script):
+                script(db)  # a data migration: a function of the connection
+            else:
+                db.executescript(script)
         db.execute(f"PRAGMA user_version = {version}")
         db.commit()
     finally:
@@ -92,6 +95,18 @@ def fill(state: Path, version: int) -> None:
             )
         if version >= 3:
             db.execute("UPDATE campaigns SET history = 'abc000 -> abc123' WHERE id = 1")
+        if version >= 4:
+            db.execute(
+                "INSERT INTO sns_messages (message_id, topic_arn, kind, outcome, received_at)"
+                " VALUES ('m-1', 'arn:aws:sns:us-east-1:1:ses', 'Bounce', 'bounced', ?)",
+                (STAMP,),
+            )
+        if version >= 5:
+            db.execute(
+                "INSERT INTO merged_subscribers (old_id, subscriber_id, email, status, merged_at)"
+                " VALUES (6, 1, 'ada@EXAMPLE.org', 'active', ?)",
+                (STAMP,),
+            )
         db.commit()
     finally:
         db.close()

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import csv
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from pipeline.audience.addresses import check_address, check_name
+from pipeline.audience.addresses import address_key, check_address, check_name
 from pipeline.db import now, transaction
-from pipeline.errors import SubscriberError
+from pipeline.errors import StateError, SubscriberError
+from pipeline.text_rules import visible
 
 STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
 # Who said no, or whose address failed: an import must not silently mail them again.
@@ -25,6 +27,14 @@ STATUS_ALIASES = {
 }
 EMAIL_HEADERS = ("email", "email address", "e-mail", "e-mail address", "emailaddress")
 EXPORT_COLUMNS = ("email", "name", "status", "source", "created_at", "confirmed_at", "status_changed_at")
+# A cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV Injection"): `=IMPORTXML(...)`
+# from the sign-up form's name field, or the valid address `=1+1@example.com`.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# An import holds the write lock at most this long per transaction, then lets go for longer than SQLite's
+# longest busy-wait sleep (100 ms): every writer waiting (an unsubscribe, a send claiming its next
+# round) wakes within the pause and gets its turn, so none waits much more than one batch.
+BATCH_SECONDS = 0.2
+PAUSE_SECONDS = 0.12
 
 
 @dataclass(frozen=True)
@@ -37,7 +47,7 @@ class Subscriber:
 
 def find(db: sqlite3.Connection, email: str) -> sqlite3.Row | None:
     row: sqlite3.Row | None = db.execute(
-        "SELECT * FROM subscribers WHERE email_key = ?", (email.strip().casefold(),)
+        "SELECT * FROM subscribers WHERE email_key = ?", (address_key(email),)
     ).fetchone()
     return row
 
@@ -48,7 +58,7 @@ def add(
     try:
         email, name = check_address(email), check_name(name)
     except ValueError as error:
-        raise SubscriberError(f"{email!r}: {error}") from None
+        raise SubscriberError(f"{visible(email)!r}: {error}") from None
     if status not in STATUSES:
         raise SubscriberError(f"unknown status {status!r} (one of {', '.join(STATUSES)})")
     with transaction(db):
@@ -64,7 +74,16 @@ def insert(
     cursor = db.execute(
         "INSERT INTO subscribers (email, email_key, name, status, source, created_at, confirmed_at, status_changed_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (email, email.casefold(), name, status, source, stamp, stamp if status == "active" else None, stamp),
+        (
+            email,
+            address_key(email),
+            name,
+            status,
+            source,
+            stamp,
+            stamp if status == "active" else None,
+            stamp,
+        ),
     )
     subscriber_id = int(cursor.lastrowid or 0)
     _log_change(db, subscriber_id, None, status, f"added ({source})", stamp)
@@ -102,12 +121,24 @@ def remove(db: sqlite3.Connection, email: str) -> None:
         row = find(db, email)
         if row is None:
             raise SubscriberError(f"{email} is not on the list")
-        for table, column in (
-            ("deliveries", "subscriber_id"),
-            ("status_changes", "subscriber_id"),
-            ("subscribers", "id"),
-        ):
-            db.execute(f"DELETE FROM {table} WHERE {column} = ?", (row["id"],))
+        # Rows merged into this one (other spellings of the mailbox) are theirs too.
+        ids = [
+            row["id"],
+            *(
+                old
+                for (old,) in db.execute(
+                    "SELECT old_id FROM merged_subscribers WHERE subscriber_id = ?", (row["id"],)
+                )
+            ),
+        ]
+        for subscriber_id in ids:
+            for table, column in (
+                ("merged_subscribers", "subscriber_id"),
+                ("deliveries", "subscriber_id"),
+                ("status_changes", "subscriber_id"),
+                ("subscribers", "id"),
+            ):
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (subscriber_id,))
 
 
 def counts(db: sqlite3.Connection) -> dict[str, int]:
@@ -121,13 +152,28 @@ def listing(db: sqlite3.Connection, status: str | None = None) -> Iterator[sqlit
 
 
 def export_csv(db: sqlite3.Connection, out: IO[str], status: str | None = None) -> int:
+    """Every subscriber as a CSV row; a cell a spreadsheet would run as a formula gets a leading `'`
+    (which :func:`import_csv` takes off again, so an export imports back unchanged)."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(EXPORT_COLUMNS)
     written = 0
     for row in listing(db, status):
-        writer.writerow([row[column] or "" for column in EXPORT_COLUMNS])
+        writer.writerow([_guarded(str(row[column] or "")) for column in EXPORT_COLUMNS])
         written += 1
     return written
+
+
+def _formula_like(cell: str) -> bool:
+    # A cell that starts with `'` and then looks like one is guarded too, so unguarding is exact.
+    return cell.startswith(FORMULA_START) or (cell.startswith("'") and _formula_like(cell[1:]))
+
+
+def _guarded(cell: str) -> str:
+    return "'" + cell if _formula_like(cell) else cell
+
+
+def _unguarded(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") and _formula_like(cell[1:]) else cell
 
 
 @dataclass
@@ -142,7 +188,14 @@ class ImportReport:
 def import_csv(
     db: sqlite3.Connection, path: Path, *, force: bool = False, source: str = "import"
 ) -> ImportReport:
-    """Import every good row; report each bad or skipped one by line. All or nothing on disk."""
+    """Import every good row; report each bad or skipped one by line.
+
+    The whole file is read and parsed first: an unreadable one changes nothing. Rows are then written
+    in short transactions (:data:`BATCH_SECONDS` each, a pause between), so the list stays writable for
+    the web service and a running send. When the database fails part way (locked for longer than its
+    timeout, read-only, disk full), the rows before the batch that failed are stored and the error says
+    from which line: importing the same file again finishes the job, since rows already imported count
+    as unchanged and nobody opted out is re-activated."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
             rows = list(_rows(path, handle))
@@ -151,9 +204,24 @@ def import_csv(
     except UnicodeDecodeError as error:
         raise SubscriberError(f"{path}: not valid UTF-8 ({error.reason}); export the file as UTF-8") from None
     report = ImportReport()
-    with transaction(db):
-        for line, email, name, status in rows:
-            _import_row(db, report, line, email, name, status, force, source)
+    done = 0
+    try:
+        while done < len(rows):
+            if done:
+                time.sleep(PAUSE_SECONDS)
+            with transaction(db):
+                batch_ends = time.monotonic() + BATCH_SECONDS
+                position = done
+                while position < len(rows) and (position == done or time.monotonic() < batch_ends):
+                    _import_row(db, report, *rows[position], force, source)
+                    position += 1
+            done = position
+    except sqlite3.OperationalError as error:
+        stored = f"lines up to {rows[done - 1][0]} are imported" if done else "nothing was imported"
+        raise StateError(
+            f"{path}: import stopped at line {rows[done][0]}: the state database failed ({error}); "
+            f"{stored}: run the same import again to finish"
+        ) from None
     return report
 
 
@@ -187,7 +255,9 @@ def _rows(path: Path, handle: IO[str]) -> Iterator[tuple[int, str, str | None, s
 
 
 def _cell(record: list[str], index: int | None) -> str:
-    return record[index].strip() if index is not None and index < len(record) else ""
+    # Only spaces, tabs and newlines trimmed: str.strip() would also drop U+0085 and U+001C-U+001F,
+    # which must be refused, not hidden.
+    return _unguarded(record[index].strip(" \t\n")) if index is not None and index < len(record) else ""
 
 
 def _name_columns(columns: dict[str, int]) -> list[int]:
@@ -215,13 +285,13 @@ def _import_row(
             raise ValueError("no email address")
         name = check_name(name) if name is not None else None
     except ValueError as error:
-        report.rejected.append((line, f"{email or '(empty)'}: {error}"))
+        report.rejected.append((line, f"{visible(email) or '(empty)'}: {error}"))
         return
     if status is not None:
         status = STATUS_ALIASES.get(status.lower(), status.lower())
         if status not in STATUSES:
             report.rejected.append(
-                (line, f"{email}: unknown status {status!r} (one of {', '.join(STATUSES)})")
+                (line, f"{email}: unknown status {visible(status)!r} (one of {', '.join(STATUSES)})")
             )
             return
     existing = find(db, email)
