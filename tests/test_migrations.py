@@ -8,8 +8,10 @@ of a database created fresh today.
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -217,3 +219,88 @@ def test_a_database_newer_than_the_program_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(StateError, match="newer than this program knows"):
         open_db(state)
+
+
+def test_spellings_of_one_mailbox_are_merged_into_the_oldest_row_keeping_history(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.audience.signup import by_id
+    from pipeline.audience.tokens import make_token, verify_token
+    from pipeline.db import merge_mailbox_spellings
+
+    state = tmp_path / "state"
+    build_old(state, MIGRATIONS.index(merge_mailbox_spellings))
+    decomposed = unicodedata.normalize("NFD", "u@bücher.example")
+    later, latest = "2025-02-01T00:00:00+00:00", "2025-03-01T00:00:00+00:00"
+    db = sqlite3.connect(state / DB_NAME)
+    # Keyed the old way (casefold only): three subscribers for one mailbox, plus an unrelated one.
+    db.executemany(
+        "INSERT INTO subscribers (id, email, email_key, name, status, created_at, confirmed_at, status_changed_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (1, "u@bücher.example", "u@bücher.example", "U", "active", STAMP, STAMP, STAMP),
+            (
+                2,
+                "U@xn--bcher-kva.example",
+                "u@xn--bcher-kva.example",
+                "",
+                "unsubscribed",
+                later,
+                later,
+                latest,
+            ),
+            (3, decomposed, decomposed, "", "pending", latest, None, latest),
+            (4, "other@example.org", "other@example.org", "", "active", STAMP, STAMP, STAMP),
+        ],
+    )
+    db.executemany(
+        "INSERT INTO status_changes (subscriber_id, old_status, new_status, cause, changed_at) VALUES (?, ?, ?, ?, ?)",
+        [(1, None, "active", "import", STAMP), (2, "active", "unsubscribed", "link", latest)],
+    )
+    db.execute(
+        "INSERT INTO campaigns (id, issue, content_hash, status, transport, created_at, updated_at)"
+        " VALUES (1, 17, 'abc', 'paused', 'ses', ?, ?)",
+        (STAMP, STAMP),
+    )
+    db.executemany(
+        "INSERT INTO deliveries (campaign_id, subscriber_id, status) VALUES (1, ?, ?)",
+        [(1, "sent"), (2, "queued"), (4, "queued")],
+    )
+    db.commit()
+    db.close()
+
+    with caplog.at_level(logging.WARNING):
+        db = open_db(state)
+    rows = [
+        tuple(r) for r in db.execute("SELECT id, email, email_key, name, status FROM subscribers ORDER BY id")
+    ]
+    assert rows == [
+        # The oldest row stays, with its spelling; the mailbox owner's latest word (unsubscribed) holds.
+        (1, "u@bücher.example", "u@xn--bcher-kva.example", "U", "unsubscribed"),
+        (4, "other@example.org", "other@example.org", "", "active"),
+    ]
+    merged = [
+        tuple(r) for r in db.execute("SELECT old_id, subscriber_id, email, status FROM merged_subscribers")
+    ]
+    assert merged == [(2, 1, "U@xn--bcher-kva.example", "unsubscribed"), (3, 1, decomposed, "pending")]
+    history = [
+        tuple(r)
+        for r in db.execute("SELECT subscriber_id, new_status, cause FROM status_changes ORDER BY id")
+    ]
+    assert history[:2] == [(1, "active", "import"), (1, "unsubscribed", "link")]
+    assert history[2][:2] == (1, "unsubscribed") and history[2][2].startswith(
+        "merged spellings of one mailbox: s2"
+    )
+    # Both had a delivery in campaign 1: the merged one's stays (history) but is never sent.
+    deliveries = [tuple(r) for r in db.execute("SELECT subscriber_id, status FROM deliveries ORDER BY 1")]
+    assert deliveries == [(1, "sent"), (2, "skipped"), (4, "queued")]
+    reported = [r.getMessage() for r in caplog.records if "merged subscribers" in r.getMessage()]
+    assert len(reported) == 1 and "s2 U@xn--bcher-kva.example (unsubscribed)" in reported[0]
+    # An unsubscribe link mailed to a merged row still verifies, and acts on the row it merged into.
+    secret = b"a-secret-for-the-test-only"
+    token = make_token(secret, "unsubscribe", 2, "U@xn--bcher-kva.example")
+    row = by_id(db, 2)
+    assert row is not None and row["id"] == 1
+    assert verify_token(secret, "unsubscribe", token, row["email"])
+    assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    db.close()
