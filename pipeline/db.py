@@ -218,22 +218,25 @@ def open_db(state_dir: Path) -> sqlite3.Connection:
         connection.execute("PRAGMA foreign_keys = ON")
         migrate(connection)
     except sqlite3.DatabaseError as error:
-        raise StateError(f"{path}: cannot open the state database: {error}") from None
+        hint = ": are it and its folder writable?" if "unable to open" in str(error) else ""
+        raise StateError(f"{path}: cannot open the state database: {error}{hint}") from None
     return connection
 
 
 def explain(error: sqlite3.OperationalError) -> str:
-    """One line for an environment fault met while using the state database, saying what to do."""
+    """One line for an environment fault met while using the state database, saying what to do.
+    SQLite undoes the transaction that failed, so nothing is ever half-written."""
     text = str(error)
     if "locked" in text or "busy" in text:
-        advice = "another process held it too long; what was being written was undone: try again"
-    elif "readonly" in text or "read-only" in text:
-        advice = f"make {DB_NAME}, its -wal and -shm files and their folder writable for this user"
-    elif "full" in text:
-        advice = "free some disk space; what was being written was undone"
-    else:
-        advice = "what was being written was undone"
-    return f"the state database failed ({text}): {advice}"
+        return f"the state database is locked ({text}): another process held it too long; try again"
+    if "readonly" in text or "read-only" in text:
+        return (
+            f"the state database is read-only ({text}): make {DB_NAME}, its -wal and -shm files "
+            "and their folder writable for this user"
+        )
+    if "full" in text:
+        return f"the disk holding the state database is full ({text}): free some space and try again"
+    return f"the state database failed ({text})"
 
 
 def migrate(connection: sqlite3.Connection) -> None:
