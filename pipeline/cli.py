@@ -400,7 +400,8 @@ def subscribers_list(ctx: click.Context, status: str | None) -> None:
 
     for row in listing(_db(ctx), status):
         # visible(): a name stored before control characters were refused must not drive the terminal.
-        click.echo(visible(f"{row['email']}\t{row['name']}\t{row['status']}\t{row['status_changed_at']}"))
+        fields = (row["email"], row["name"], row["status"], row["status_changed_at"])
+        click.echo("\t".join(visible(str(field)) for field in fields))
 
 
 @main.command()

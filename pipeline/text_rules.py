@@ -18,6 +18,8 @@ from email_validator import EmailNotValidError, validate_email
 # terminal, a spreadsheet) shows, so they are never legitimate in a name, an address or an issue.
 _FORBIDDEN_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
+_ANY_CONTROL = re.compile(f"[\t\n{_FORBIDDEN_CONTROL.pattern[1:-1]}]")
+
 # unicodedata.name() has no names for control characters; these are the ones people meet.
 _CONTROL_NAMES = {
     "\x00": "NUL",
@@ -90,6 +92,6 @@ def mailbox_key(text: str) -> str:
 
 
 def visible(text: str) -> str:
-    """``text`` with each forbidden control character written as an escape (``\\x1b``), for a message
-    or a listing that quotes what someone sent: a terminal must show it, not obey it."""
-    return _FORBIDDEN_CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
+    """``text`` with every control character (tab and newline too) written as an escape (``\\x1b``), for
+    a one-line message or a listing that quotes what someone sent: a terminal must show it, not obey it."""
+    return _ANY_CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode(), text)

@@ -58,7 +58,7 @@ def add(
     try:
         email, name = check_address(email), check_name(name)
     except ValueError as error:
-        raise SubscriberError(f"{visible(email)!r}: {error}") from None
+        raise SubscriberError(f"'{visible(email)}': {error}") from None
     if status not in STATUSES:
         raise SubscriberError(f"unknown status {status!r} (one of {', '.join(STATUSES)})")
     with transaction(db):
@@ -240,18 +240,19 @@ def _rows(path: Path, handle: IO[str]) -> Iterator[tuple[int, str, str | None, s
     name_columns = _name_columns(columns)
     status_column = columns.get("status")
     while True:
+        line = reader.line_num + 1  # where the record starts: a quoted cell may span several lines
         try:
             record = next(reader)
         except StopIteration:
             return
         except csv.Error as error:
-            yield reader.line_num, "", None, f"!{error}"
+            yield line, "", None, f"!{error}"
             continue
         if not any(cell.strip() for cell in record):
             continue
         name = " ".join(filter(None, (_cell(record, i) for i in name_columns))) if name_columns else None
         status = _cell(record, status_column) if status_column is not None else None
-        yield reader.line_num, _cell(record, email_column), name, status or None
+        yield line, _cell(record, email_column), name, status or None
 
 
 def _cell(record: list[str], index: int | None) -> str:

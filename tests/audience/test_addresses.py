@@ -79,4 +79,4 @@ def test_addresses_with_control_characters_are_refused_even_at_the_edges(address
 
 
 def test_visible_writes_controls_as_escapes() -> None:
-    assert visible("a\x1b[2Jb\u202ec\td") == "a\\x1b[2Jb\\u202ec\td"
+    assert visible("a\x1b[2Jb\u202ec\td\ne\x85 ü") == "a\\x1b[2Jb\\u202ec\\td\\ne\\x85 ü"
