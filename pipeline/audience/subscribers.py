@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from pipeline.audience.addresses import address_key, check_address, check_name
+from pipeline.audience.addresses import address_key, check_name
 from pipeline.db import now, transaction
 from pipeline.errors import StateError, SubscriberError
-from pipeline.text_rules import visible
+from pipeline.text_rules import mailbox, visible
 
 STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
 # Who said no, or whose address failed: an import must not silently mail them again.
@@ -46,9 +46,12 @@ class Subscriber:
 
 
 def find(db: sqlite3.Connection, email: str) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = db.execute(
-        "SELECT * FROM subscribers WHERE email_key = ?", (address_key(email),)
-    ).fetchone()
+    """The subscriber with this mailbox, whichever spelling of it ``email`` is."""
+    return _by_key(db, address_key(email))
+
+
+def _by_key(db: sqlite3.Connection, key: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = db.execute("SELECT * FROM subscribers WHERE email_key = ?", (key,)).fetchone()
     return row
 
 
@@ -56,27 +59,34 @@ def add(
     db: sqlite3.Connection, email: str, name: str = "", status: str = "active", source: str = "cli"
 ) -> int:
     try:
-        email, name = check_address(email), check_name(name)
+        address, name = mailbox(email), check_name(name)
     except ValueError as error:
         raise SubscriberError(f"'{visible(email)}': {error}") from None
     if status not in STATUSES:
         raise SubscriberError(f"unknown status {status!r} (one of {', '.join(STATUSES)})")
     with transaction(db):
-        if find(db, email) is not None:
-            raise SubscriberError(f"{email} is already on the list")
-        return insert(db, email, name, status, source)
+        if _by_key(db, address.key) is not None:
+            raise SubscriberError(f"{address.address} is already on the list")
+        return insert(db, address.address, name, status, source, key=address.key)
 
 
 def insert(
-    db: sqlite3.Connection, email: str, name: str, status: str, source: str, stamp: str | None = None
+    db: sqlite3.Connection,
+    email: str,
+    name: str,
+    status: str,
+    source: str,
+    stamp: str | None = None,
+    key: str | None = None,
 ) -> int:
+    """Add a row for an address already validated (``key``: its :func:`address_key`, when known)."""
     stamp = stamp or now()
     cursor = db.execute(
         "INSERT INTO subscribers (email, email_key, name, status, source, created_at, confirmed_at, status_changed_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
             email,
-            address_key(email),
+            key or address_key(email),
             name,
             status,
             source,
@@ -281,13 +291,14 @@ def _import_row(
         report.rejected.append((line, f"unreadable CSV row: {status[1:]}"))
         return
     try:
-        email = check_address(email) if email else ""
         if not email:
             raise ValueError("no email address")
+        address = mailbox(email)  # validated once a row: it is most of an import's work
         name = check_name(name) if name is not None else None
     except ValueError as error:
         report.rejected.append((line, f"{visible(email) or '(empty)'}: {error}"))
         return
+    email = address.address
     if status is not None:
         status = STATUS_ALIASES.get(status.lower(), status.lower())
         if status not in STATUSES:
@@ -295,9 +306,9 @@ def _import_row(
                 (line, f"{email}: unknown status {visible(status)!r} (one of {', '.join(STATUSES)})")
             )
             return
-    existing = find(db, email)
+    existing = _by_key(db, address.key)
     if existing is None:
-        insert(db, email, name or "", status or "active", source)
+        insert(db, email, name or "", status or "active", source, key=address.key)
         report.added += 1
         return
     new_status = status or "active"  # a row with no status is a subscriber, as for new rows
