@@ -203,9 +203,9 @@ def import_csv(
     The whole file is read and parsed first: an unreadable one changes nothing. Rows are then written
     in short transactions (:data:`BATCH_SECONDS` each, a pause between), so the list stays writable for
     the web service and a running send. When the database fails part way (locked for longer than its
-    timeout, read-only, disk full), the rows before the batch that failed are stored and the error says
-    from which line: importing the same file again finishes the job, since rows already imported count
-    as unchanged and nobody opted out is re-activated."""
+    timeout, read-only, disk full) or the import is interrupted (Ctrl-C), the rows before the batch under
+    way are stored and the error says from which line: importing the same file again finishes the job,
+    since rows already imported count as unchanged and nobody opted out is re-activated."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
             rows = list(_rows(path, handle))
@@ -226,11 +226,14 @@ def import_csv(
                     _import_row(db, report, *rows[position], force, source)
                     position += 1
             done = position
-    except sqlite3.OperationalError as error:
+    except (sqlite3.OperationalError, KeyboardInterrupt) as error:
+        # The batch under way was rolled back (by transaction()); the ones before are stored.
+        cause = (
+            "interrupted" if isinstance(error, KeyboardInterrupt) else f"the state database failed ({error})"
+        )
         stored = f"lines up to {rows[done - 1][0]} are imported" if done else "nothing was imported"
         raise StateError(
-            f"{path}: import stopped at line {rows[done][0]}: the state database failed ({error}); "
-            f"{stored}: run the same import again to finish"
+            f"{path}: import stopped at line {rows[done][0]}: {cause}; {stored}: run the same import again to finish"
         ) from None
     return report
 

@@ -4,7 +4,9 @@ they meet: one line on stderr, a non-zero exit, nothing changed, never a traceba
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.db import DB_NAME
-from tests.support.cli import one_line, run_cli
+from tests.support.cli import one_line, run_cli, start_cli, wait_for
 from tests.support.newsletter import Newsletter
 
 pytestmark = pytest.mark.slow
@@ -107,3 +109,42 @@ def test_import_names_the_line_and_field_of_a_control_character_and_lists_nothin
     db.close()
     listed = run_cli(newsletter.root, "subscribers", "list")
     assert "\x1b" not in listed.stdout and "Old\\x1b[2J" in listed.stdout
+
+
+def test_an_interrupted_import_says_how_far_it_got_and_running_it_again_finishes(
+    newsletter: Newsletter,
+) -> None:
+    rows = 20_000
+    csv_file = newsletter.root / "big.csv"
+    csv_file.write_text("email\n" + "".join(f"r{n}@example.org\n" for n in range(rows)), encoding="utf-8")
+    importer = start_cli(newsletter.root, "subscribers", "import", str(csv_file))
+    database = newsletter.root / "state" / DB_NAME
+
+    def imported() -> int:
+        if not database.exists():
+            return 0
+        db = sqlite3.connect(database, timeout=30)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0])
+        except sqlite3.OperationalError:  # the importer has not made the table yet
+            return 0
+        finally:
+            db.close()
+
+    wait_for(lambda: imported() > 0, "the first batch", importer)
+    importer.send_signal(signal.SIGINT)  # what Ctrl-C does
+    _, stderr = importer.communicate(timeout=60)
+    assert importer.returncode == 2
+    found = re.fullmatch(
+        r"error: big\.csv: import stopped at line (\d+): interrupted; lines up to (\d+) are imported: "
+        r"run the same import again to finish",
+        one_line(stderr),
+    )
+    assert found, stderr
+    stored = imported()
+    assert int(found.group(2)) == stored + 1 == int(found.group(1)) - 1  # line 1 is the header
+    again = run_cli(newsletter.root, "subscribers", "import", str(csv_file))
+    assert (
+        again.stdout.splitlines()[0]
+        == f"{rows - stored} added, 0 updated, {stored} unchanged, 0 skipped, 0 rejected"
+    )
