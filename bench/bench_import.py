@@ -33,10 +33,11 @@ IMPORTER = (
 
 
 def run_importer(pipeline: Path, state: Path, csv_file: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(pipeline)}
+    env = {**os.environ, "PYTHONPATH": str(pipeline.resolve())}
     return subprocess.Popen(
         [sys.executable, "-c", IMPORTER, str(state), str(csv_file)],
         env=env,
+        cwd=state.parent,  # not this checkout: `python -c` imports from its working folder first
         stdout=subprocess.PIPE,
         text=True,
     )
