@@ -35,7 +35,7 @@ from tests.support.newsletter import Newsletter
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 SECRET = "drill-secret-0123456789abcdef"
-SEEDS = 600  # on the list when the campaign starts
+SEEDS = 300  # on the list when the campaign starts
 ROUNDS = 12  # each: a sign-up, its confirmation, and two unsubscribes (a new reader and a campaign recipient)
 IMPORT_ROWS = 200_000
 ANSWER_SECONDS = (
@@ -106,7 +106,7 @@ def test_serve_send_and_import_together_lose_nothing_and_mail_nobody_who_left(
     set_table(
         newsletter, "serve", port=port, signups_per_ip_per_hour=100_000, signups_per_address_per_day=100
     )
-    set_table(newsletter, "send", max_rate=100, concurrency=4)  # the campaign lasts the whole loop
+    set_table(newsletter, "send", max_rate=50, concurrency=8)  # the campaign lasts about the whole loop
     newsletter.write_issue(1, "Hello.\n")
     state = newsletter.config().paths.state
     seeds = tmp_path / "seeds.csv"
