@@ -106,7 +106,7 @@ def test_serve_send_and_import_together_lose_nothing_and_mail_nobody_who_left(
     set_table(
         newsletter, "serve", port=port, signups_per_ip_per_hour=100_000, signups_per_address_per_day=100
     )
-    set_table(newsletter, "send", max_rate=50, concurrency=8)  # the campaign lasts about the whole loop
+    set_table(newsletter, "send", max_rate=25, concurrency=8)  # the campaign lasts about the whole loop
     newsletter.write_issue(1, "Hello.\n")
     state = newsletter.config().paths.state
     seeds = tmp_path / "seeds.csv"
@@ -137,10 +137,11 @@ def test_serve_send_and_import_together_lose_nothing_and_mail_nobody_who_left(
                     return False
 
             wait_for(up, "the web service to answer", server)
-            importer = start(newsletter, logs["import"], "subscribers", "import", str(bulk))
-            wait_for(lambda: _count(db, "bulk%") > 0, "the import's first batch", importer)
+            # The campaign first: its recipients are fixed when it starts, so the imported rows are not.
             sender = start(newsletter, logs["send"], "send", "1", "--yes")
             wait_for(lambda: _count_claims(db) > 0, "the campaign's first claims", sender)
+            importer = start(newsletter, logs["import"], "subscribers", "import", str(bulk))
+            wait_for(lambda: _count(db, "bulk%") > 0, "the import's first batch", importer)
 
             def timed(what: str, method: str, path: str, **kwargs: object) -> httpx.Response:
                 began = time.monotonic()
