@@ -32,68 +32,75 @@ def merge_mailbox_spellings(db: sqlite3.Connection) -> None:
 
     The oldest row stays, with its spelling (links already mailed to it keep working). It takes the
     status most recently set on any of them (the mailbox owner's latest word; at the same second, the
-    one that mails least; a pending row only when all are), the others' history and deliveries, and a status change saying what merged.
-    Each row merged away is kept in ``merged_subscribers`` (its id, spelling and status), which is the
-    report of what merged and lets an unsubscribe link mailed to it still work."""
+    one that mails least; a pending row only when all are), the others' history and deliveries, and a
+    status change saying what merged. Each row merged away is kept in ``merged_subscribers`` (its id,
+    spelling and status): the lasting report of what merged, which also lets a link mailed to it work.
+
+    The keys are computed in SQL (a function registered for this) into a temporary table, so a list of
+    a million needs no more memory than the groups to merge."""
     db.execute(
         "CREATE TABLE merged_subscribers (old_id INTEGER PRIMARY KEY, subscriber_id INTEGER NOT NULL,"
         " email TEXT NOT NULL, status TEXT NOT NULL, merged_at TEXT NOT NULL)"
     )
-    rows = db.execute(
-        "SELECT id, email, status, status_changed_at, confirmed_at FROM subscribers ORDER BY id"
-    ).fetchall()
-    groups: dict[str, list[sqlite3.Row]] = {}
-    for row in rows:
-        groups.setdefault(mailbox_key(row["email"]), []).append(row)
-    # Free every key first: a row's new key may be another row's old one.
-    db.execute("UPDATE subscribers SET email_key = '#' || id")
+    db.create_function("mailbox_key", 1, mailbox_key, deterministic=True)
+    db.execute("CREATE TEMP TABLE new_keys (id INTEGER PRIMARY KEY, key TEXT NOT NULL)")
+    db.execute("INSERT INTO new_keys SELECT id, mailbox_key(email) FROM subscribers")
+    db.execute("CREATE INDEX temp.new_keys_by_key ON new_keys (key, id)")
+    rows = db.cursor()
+    rows.row_factory = sqlite3.Row  # whatever the connection's own (a plain one in the upgrade tests)
     stamp = now()
+    for (key,) in db.execute("SELECT key FROM new_keys GROUP BY key HAVING COUNT(*) > 1").fetchall():
+        group = rows.execute(
+            "SELECT s.id, s.email, s.status, s.status_changed_at, s.confirmed_at FROM new_keys k"
+            " JOIN subscribers s ON s.id = k.id WHERE k.key = ? ORDER BY s.id",
+            (key,),
+        ).fetchall()
+        _merge(db, group, stamp)
+    # Every key freed first: a row's new key may be another row's old one.
+    db.execute("UPDATE subscribers SET email_key = '#' || id")
+    db.execute(
+        "UPDATE subscribers SET email_key = (SELECT key FROM new_keys WHERE new_keys.id = subscribers.id)"
+    )
+    db.execute("DROP TABLE temp.new_keys")
+
+
+def _merge(db: sqlite3.Connection, group: list[sqlite3.Row], stamp: str) -> None:
+    """Merge the rows of one mailbox into the first (the oldest)."""
+    kept, others = group[0], group[1:]
     mails_least = ("complained", "bounced", "unsubscribed", "pending", "active")
-    for key, group in groups.items():
-        kept, others = group[0], group[1:]
-        db.execute("UPDATE subscribers SET email_key = ? WHERE id = ?", (key, kept["id"]))
-        if not others:
-            continue
-        # Pending is nobody's word (anyone can type an address in): it decides only when all are pending.
-        decided = [r for r in group if r["status"] != "pending"] or group
-        final = max(decided, key=lambda r: (r["status_changed_at"], -mails_least.index(r["status"])))
-        for other in others:
-            db.execute(
-                "INSERT INTO merged_subscribers (old_id, subscriber_id, email, status, merged_at) VALUES (?, ?, ?, ?, ?)",
-                (other["id"], kept["id"], other["email"], other["status"], stamp),
-            )
-            db.execute(
-                "UPDATE status_changes SET subscriber_id = ? WHERE subscriber_id = ?",
-                (kept["id"], other["id"]),
-            )
-            db.execute(
-                "UPDATE OR IGNORE deliveries SET subscriber_id = ? WHERE subscriber_id = ?",
-                (kept["id"], other["id"]),
-            )
-            # What stays under the old id is a campaign that had both: never send the merged one again.
-            db.execute(
-                "UPDATE deliveries SET status = 'skipped', last_error = ? WHERE subscriber_id = ? AND status = 'queued'",
-                (f"merged into subscriber {kept['id']}", other["id"]),
-            )
-            db.execute("DELETE FROM subscribers WHERE id = ?", (other["id"],))
-        if final["status"] != kept["status"]:
-            db.execute(
-                "UPDATE subscribers SET status = ?, status_changed_at = ?,"
-                " confirmed_at = COALESCE(confirmed_at, ?) WHERE id = ?",
-                (final["status"], stamp, final["confirmed_at"], kept["id"]),
-            )
-        merged = ", ".join(f"s{o['id']} {o['email']} ({o['status']})" for o in others)
+    # Pending is nobody's word (anyone can type an address in): it decides only when all are pending.
+    decided = [r for r in group if r["status"] != "pending"] or group
+    final = max(decided, key=lambda r: (r["status_changed_at"], -mails_least.index(r["status"])))
+    for other in others:
         db.execute(
-            "INSERT INTO status_changes (subscriber_id, old_status, new_status, cause, changed_at) VALUES (?, ?, ?, ?, ?)",
-            (
-                kept["id"],
-                kept["status"],
-                final["status"],
-                f"merged spellings of one mailbox: {merged}",
-                stamp,
-            ),
+            "INSERT INTO merged_subscribers (old_id, subscriber_id, email, status, merged_at) VALUES (?, ?, ?, ?, ?)",
+            (other["id"], kept["id"], other["email"], other["status"], stamp),
         )
-        log.warning("merged subscribers %s into s%d %s: one mailbox", merged, kept["id"], kept["email"])
+        db.execute(
+            "UPDATE status_changes SET subscriber_id = ? WHERE subscriber_id = ?", (kept["id"], other["id"])
+        )
+        db.execute(
+            "UPDATE OR IGNORE deliveries SET subscriber_id = ? WHERE subscriber_id = ?",
+            (kept["id"], other["id"]),
+        )
+        # What stays under the old id is a campaign that had both: never send the merged one again.
+        db.execute(
+            "UPDATE deliveries SET status = 'skipped', last_error = ? WHERE subscriber_id = ? AND status = 'queued'",
+            (f"merged into subscriber {kept['id']}", other["id"]),
+        )
+        db.execute("DELETE FROM subscribers WHERE id = ?", (other["id"],))
+    if final["status"] != kept["status"]:
+        db.execute(
+            "UPDATE subscribers SET status = ?, status_changed_at = ?, confirmed_at = COALESCE(confirmed_at, ?)"
+            " WHERE id = ?",
+            (final["status"], stamp, final["confirmed_at"], kept["id"]),
+        )
+    merged = ", ".join(f"s{o['id']} {o['email']} ({o['status']})" for o in others)
+    db.execute(
+        "INSERT INTO status_changes (subscriber_id, old_status, new_status, cause, changed_at) VALUES (?, ?, ?, ?, ?)",
+        (kept["id"], kept["status"], final["status"], f"merged spellings of one mailbox: {merged}", stamp),
+    )
+    log.warning("merged subscribers %s into s%d %s: one mailbox", merged, kept["id"], kept["email"])
 
 
 # Append only: a migration that has shipped is never edited, a new one is added.
