@@ -390,6 +390,20 @@ def subscribers_count(ctx: click.Context) -> None:
     click.echo(f"{'total':<13}{sum(found.values()):>9,}")
 
 
+@subscribers.command("merged")
+@click.pass_context
+def subscribers_merged(ctx: click.Context) -> None:
+    """List the subscribers merged because they were spellings of one mailbox (done once, on upgrade)."""
+    from pipeline.audience.subscribers import merged
+    from pipeline.text_rules import visible
+
+    for row in merged(_db(ctx)):
+        click.echo(
+            f"s{row['old_id']} {visible(row['old_email'])} ({row['old_status']}) merged into "
+            f"s{row['id']} {visible(row['email'])} on {row['merged_at']}"
+        )
+
+
 @subscribers.command("list")
 @click.option("--status", type=click.Choice(["pending", "active", "unsubscribed", "bounced", "complained"]))
 @click.pass_context

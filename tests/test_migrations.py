@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.db import DB_NAME, MIGRATIONS, open_db
+from tests.support.cli import invoke_cli
+from tests.support.newsletter import Newsletter
 
 STAMP = "2025-01-02T03:04:05+00:00"
 
@@ -222,13 +224,13 @@ def test_a_database_newer_than_the_program_is_refused(tmp_path: Path) -> None:
 
 
 def test_spellings_of_one_mailbox_are_merged_into_the_oldest_row_keeping_history(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    newsletter: Newsletter, caplog: pytest.LogCaptureFixture
 ) -> None:
     from pipeline.audience.signup import by_id
     from pipeline.audience.tokens import make_token, verify_token
     from pipeline.db import merge_mailbox_spellings
 
-    state = tmp_path / "state"
+    state = newsletter.config().paths.state
     build_old(state, MIGRATIONS.index(merge_mailbox_spellings))
     decomposed = unicodedata.normalize("NFD", "u@bücher.example")
     later, latest = "2025-02-01T00:00:00+00:00", "2025-03-01T00:00:00+00:00"
@@ -283,6 +285,7 @@ def test_spellings_of_one_mailbox_are_merged_into_the_oldest_row_keeping_history
         tuple(r) for r in db.execute("SELECT old_id, subscriber_id, email, status FROM merged_subscribers")
     ]
     assert merged == [(2, 1, "U@xn--bcher-kva.example", "unsubscribed"), (3, 1, decomposed, "pending")]
+    merged_at = db.execute("SELECT merged_at FROM merged_subscribers").fetchone()[0]
     history = [
         tuple(r)
         for r in db.execute("SELECT subscriber_id, new_status, cause FROM status_changes ORDER BY id")
@@ -304,3 +307,9 @@ def test_spellings_of_one_mailbox_are_merged_into_the_oldest_row_keeping_history
     assert verify_token(secret, "unsubscribe", token, row["email"])
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     db.close()
+    # The lasting report, for the editor.
+    listed = invoke_cli(newsletter.config_path, "subscribers", "merged")
+    assert listed.stdout.splitlines() == [
+        f"s2 U@xn--bcher-kva.example (unsubscribed) merged into s1 u@bücher.example on {merged_at}",
+        f"s3 {decomposed} (pending) merged into s1 u@bücher.example on {merged_at}",
+    ]

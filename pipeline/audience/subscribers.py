@@ -161,6 +161,14 @@ def listing(db: sqlite3.Connection, status: str | None = None) -> Iterator[sqlit
     yield from db.execute(query, (status,) if status else ())
 
 
+def merged(db: sqlite3.Connection) -> Iterator[sqlite3.Row]:
+    """The rows the upgrade to one form per mailbox merged into another (:func:`pipeline.db.merge_mailbox_spellings`)."""
+    yield from db.execute(
+        "SELECT m.old_id, m.email AS old_email, m.status AS old_status, m.merged_at, s.id, s.email"
+        " FROM merged_subscribers m JOIN subscribers s ON s.id = m.subscriber_id ORDER BY s.id, m.old_id"
+    )
+
+
 def export_csv(db: sqlite3.Connection, out: IO[str], status: str | None = None) -> int:
     """Every subscriber as a CSV row; a cell a spreadsheet would run as a formula gets a leading `'`
     (which :func:`import_csv` takes off again, so an export imports back unchanged)."""
