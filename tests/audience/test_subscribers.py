@@ -252,3 +252,23 @@ def test_an_import_the_database_stops_says_from_which_line_and_running_it_again_
     monkeypatch.undo()
     report = import_csv(db, path)
     assert (report.added, report.unchanged) == (2, 1)
+
+
+def test_a_full_disk_stops_an_import_with_one_line_keeping_the_batches_before(
+    db: sqlite3.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(subscribers, "PAUSE_SECONDS", 0.0)
+    monkeypatch.setattr(subscribers, "BATCH_SECONDS", 0.0)  # one row a transaction
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages + 2}")  # what a full disk looks like to SQLite
+    path = write(tmp_path, "email,name\n" + "".join(f"r{n}@example.org,{'x' * 900}\n" for n in range(50)))
+    with pytest.raises(StateError) as stopped:
+        import_csv(db, path)
+    message = str(stopped.value)
+    assert "\n" not in message and "the state database failed (database or disk is full)" in message
+    stored = counts(db)["active"]
+    assert 0 < stored < 50
+    assert (
+        f"import stopped at line {stored + 2}" in message
+        and f"lines up to {stored + 1} are imported" in message
+    )
