@@ -313,3 +313,17 @@ def test_spellings_of_one_mailbox_are_merged_into_the_oldest_row_keeping_history
         f"s2 U@xn--bcher-kva.example (unsubscribed) merged into s1 u@bücher.example on {merged_at}",
         f"s3 {decomposed} (pending) merged into s1 u@bücher.example on {merged_at}",
     ]
+    # A deletion request for the mailbox, in any spelling, erases the merged rows' traces too.
+    from pipeline.audience.subscribers import remove
+
+    remove(open_db(state), "U@XN--BCHER-KVA.example")
+    db = open_db(state)
+    for table, column in (
+        ("merged_subscribers", "subscriber_id"),
+        ("deliveries", "subscriber_id"),
+        ("status_changes", "subscriber_id"),
+    ):
+        left = {n for (n,) in db.execute(f"SELECT DISTINCT {column} FROM {table}")}
+        assert left <= {4}, (table, left)  # only the unrelated subscriber's
+    assert db.execute("SELECT COUNT(*) FROM merged_subscribers").fetchone()[0] == 0
+    db.close()

@@ -130,18 +130,15 @@ def remove(db: sqlite3.Connection, email: str) -> None:
     with transaction(db):
         row = find(db, email)
         if row is None:
-            raise SubscriberError(f"{email} is not on the list")
+            raise SubscriberError(f"{visible(email)} is not on the list")
         # Rows merged into this one (other spellings of the mailbox) are theirs too.
-        ids = [
-            row["id"],
-            *(
-                old
-                for (old,) in db.execute(
-                    "SELECT old_id FROM merged_subscribers WHERE subscriber_id = ?", (row["id"],)
-                )
-            ),
+        merged_ids = [
+            old
+            for (old,) in db.execute(
+                "SELECT old_id FROM merged_subscribers WHERE subscriber_id = ?", (row["id"],)
+            )
         ]
-        for subscriber_id in ids:
+        for subscriber_id in (row["id"], *merged_ids):
             for table, column in (
                 ("merged_subscribers", "subscriber_id"),
                 ("deliveries", "subscriber_id"),
