@@ -13,7 +13,7 @@ from typing import IO
 from pipeline.audience.addresses import address_key, check_name
 from pipeline.db import now, transaction
 from pipeline.errors import StateError, SubscriberError
-from pipeline.text_rules import mailbox, visible
+from pipeline.text_rules import find_forbidden_control, mailbox, visible
 
 STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
 # Who said no, or whose address failed: an import must not silently mail them again.
@@ -274,9 +274,12 @@ def _rows(path: Path, handle: IO[str]) -> Iterator[tuple[int, str, str | None, s
 
 
 def _cell(record: list[str], index: int | None) -> str:
-    # Only spaces, tabs and newlines trimmed: str.strip() would also drop U+0085 and U+001C-U+001F,
-    # which must be refused, not hidden.
-    return _unguarded(record[index].strip(" \t\n")) if index is not None and index < len(record) else ""
+    if index is None or index >= len(record):
+        return ""
+    cell = record[index]
+    # Trimmed (spreadsheets leave spaces and no-break spaces), unless it holds a control character:
+    # str.strip() would drop U+0085 and U+001C-U+001F at the edges, which must be refused, not hidden.
+    return _unguarded(cell if find_forbidden_control(cell) else cell.strip())
 
 
 def _name_columns(columns: dict[str, int]) -> list[int]:

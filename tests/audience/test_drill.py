@@ -212,6 +212,8 @@ def test_serve_send_and_import_together_lose_nothing_and_mail_nobody_who_left(
     # The import went on all along (it is stopped at the end if not done; it resumes when run again).
     assert _count(db, "bulk%") > 0
     longest = max(seconds for what, _, seconds in answers if what == "unsubscribe")
+    # Under a second when measured (0.9 s at load 15); one import transaction made it 30 s and a 500.
+    assert longest < 10.0, answers
     print(
         f"drill: {len(answers)} requests, longest unsubscribe {longest * 1000:.0f} ms, "
         f"{_count(db, 'bulk%'):,} of {IMPORT_ROWS:,} imported while it ran"

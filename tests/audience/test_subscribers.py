@@ -272,3 +272,15 @@ def test_a_full_disk_stops_an_import_with_one_line_keeping_the_batches_before(
         f"import stopped at line {stored + 2}" in message
         and f"lines up to {stored + 1} are imported" in message
     )
+
+
+def test_cells_are_trimmed_of_spreadsheet_spaces(db: sqlite3.Connection, tmp_path: Path) -> None:
+    report = import_csv(
+        db, write(tmp_path, "email,name,status\n\xa0ada@example.org\xa0, Ada\xa0,active\xa0\n")
+    )
+    assert (report.added, report.rejected) == (1, [])
+    assert tuple(find(db, "ada@example.org")[c] for c in ("email", "name", "status")) == (  # type: ignore[index]
+        "ada@example.org",
+        "Ada",
+        "active",
+    )
