@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from click.core import ParameterSource
 
 from pipeline import __version__
 from pipeline.config import CONFIG_ENV, MASK, Config, Environment, Setting, load_config, settings
-from pipeline.errors import ArchiveError, CheckFailed, ErrataError, NewsletterError, NotConfirmed
+from pipeline.errors import ArchiveError, CheckFailed, ErrataError, NewsletterError, NotConfirmed, StateError
 from pipeline.files import display_path
 
 # Each command imports what it uses when it runs: `build` must not pay for httpx, boto3, starlette,
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
     from pipeline.send.ledger import Plan
     from pipeline.send.transports.base import Transport
 
-ISSUE = click.argument("number", metavar="N", type=click.IntRange(min=1))
+# Issue numbers are SQLite integers; a cap far above any real newsletter refuses 2**63 with one line.
+MAX_ISSUE = 1_000_000
+ISSUE = click.argument("number", metavar="N", type=click.IntRange(min=1, max=MAX_ISSUE))
 
 
 class _Group(click.Group):
@@ -40,6 +43,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except NewsletterError as error:
             _fail(error)
+        except sqlite3.OperationalError as error:
+            # Locked past the timeout, read-only, disk full: the machine's state, not a bug to trace.
+            from pipeline.db import explain
+
+            _fail(StateError(explain(error)))
 
 
 def _fail(error: NewsletterError) -> NoReturn:
@@ -446,15 +454,32 @@ def subscribers_count(ctx: click.Context) -> None:
     click.echo(f"{'total':<13}{sum(found.values()):>9,}")
 
 
+@subscribers.command("merged")
+@click.pass_context
+def subscribers_merged(ctx: click.Context) -> None:
+    """List the subscribers merged because they were spellings of one mailbox (done once, on upgrade)."""
+    from pipeline.audience.subscribers import merged
+    from pipeline.text_rules import visible
+
+    for row in merged(_db(ctx)):
+        click.echo(
+            f"s{row['old_id']} {visible(row['old_email'])} ({row['old_status']}) merged into "
+            f"s{row['id']} {visible(row['email'])} on {row['merged_at']}"
+        )
+
+
 @subscribers.command("list")
 @click.option("--status", type=click.Choice(["pending", "active", "unsubscribed", "bounced", "complained"]))
 @click.pass_context
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
     """List subscribers: email, name, status, since."""
     from pipeline.audience.subscribers import listing
+    from pipeline.text_rules import visible
 
     for row in listing(_db(ctx), status):
-        click.echo(f"{row['email']}\t{row['name']}\t{row['status']}\t{row['status_changed_at']}")
+        # visible(): a name stored before control characters were refused must not drive the terminal.
+        fields = (row["email"], row["name"], row["status"], row["status_changed_at"])
+        click.echo("\t".join(visible(str(field)) for field in fields))
 
 
 @main.command()
@@ -468,7 +493,7 @@ def archive(ctx: click.Context, number: int) -> None:
 
 
 @main.command()
-@click.argument("number", metavar="N", type=click.IntRange(min=1), required=False)
+@click.argument("number", metavar="N", type=click.IntRange(min=1, max=MAX_ISSUE), required=False)
 @click.option(
     "--archive", "whole_archive", is_flag=True, help="Re-check every archived issue; suggest errata."
 )

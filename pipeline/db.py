@@ -7,18 +7,111 @@ what was committed, and ``newsletter status`` can read while a send runs.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import StateError
+from pipeline.text_rules import mailbox_key
+
+log = logging.getLogger(__name__)
 
 DB_NAME = "newsletter.sqlite3"
 
+# A migration is SQL, or a function for what SQL cannot do alone; either runs in the upgrade's transaction.
+Migration = str | Callable[[sqlite3.Connection], None]
+
+
+def merge_mailbox_spellings(db: sqlite3.Connection) -> None:
+    """Re-key every subscriber by :func:`pipeline.text_rules.mailbox_key` and merge the rows that turn out
+    to be one mailbox (``u@bücher.example``, ``u@xn--bcher-kva.example``, a decomposed spelling): they
+    were several subscribers and got several copies.
+
+    The oldest row stays, with its spelling (links already mailed to it keep working). It takes the
+    status most recently set on any of them (the mailbox owner's latest word; at the same second, the
+    one that mails least; a pending row only when all are), the others' history and deliveries, and a
+    status change saying what merged. Each row merged away is kept in ``merged_subscribers`` (its id,
+    spelling and status): the lasting report of what merged, which also lets a link mailed to it work.
+
+    The keys are computed in SQL (a function registered for this) into a temporary table, so a list of
+    a million needs no more memory than the groups to merge."""
+    db.execute(
+        "CREATE TABLE merged_subscribers (old_id INTEGER PRIMARY KEY, subscriber_id INTEGER NOT NULL,"
+        " email TEXT NOT NULL, status TEXT NOT NULL, merged_at TEXT NOT NULL)"
+    )
+    db.create_function("mailbox_key", 1, mailbox_key, deterministic=True)
+    db.execute("CREATE TEMP TABLE new_keys (id INTEGER PRIMARY KEY, key TEXT NOT NULL)")
+    db.execute("INSERT INTO new_keys SELECT id, mailbox_key(email) FROM subscribers")
+    db.execute("CREATE INDEX temp.new_keys_by_key ON new_keys (key, id)")
+    rows = db.cursor()
+    rows.row_factory = sqlite3.Row  # whatever the connection's own (a plain one in the upgrade tests)
+    stamp = now()
+    for (key,) in db.execute("SELECT key FROM new_keys GROUP BY key HAVING COUNT(*) > 1").fetchall():
+        group = rows.execute(
+            "SELECT s.id, s.email, s.status, s.status_changed_at, s.confirmed_at FROM new_keys k"
+            " JOIN subscribers s ON s.id = k.id WHERE k.key = ? ORDER BY s.id",
+            (key,),
+        ).fetchall()
+        _merge(db, group, stamp)
+    # Every key freed first: a row's new key may be another row's old one.
+    db.execute("UPDATE subscribers SET email_key = '#' || id")
+    db.execute(
+        "UPDATE subscribers SET email_key = (SELECT key FROM new_keys WHERE new_keys.id = subscribers.id)"
+    )
+    db.execute("DROP TABLE temp.new_keys")
+
+
+def _merge(db: sqlite3.Connection, group: list[sqlite3.Row], stamp: str) -> None:
+    """Merge the rows of one mailbox into the first (the oldest)."""
+    kept, others = group[0], group[1:]
+    mails_least = ("complained", "bounced", "unsubscribed", "pending", "active")
+    # Pending is nobody's word (anyone can type an address in): it decides only when all are pending.
+    decided = [r for r in group if r["status"] != "pending"] or group
+    final = max(decided, key=lambda r: (r["status_changed_at"], -mails_least.index(r["status"])))
+    for other in others:
+        db.execute(
+            "INSERT INTO merged_subscribers (old_id, subscriber_id, email, status, merged_at) VALUES (?, ?, ?, ?, ?)",
+            (other["id"], kept["id"], other["email"], other["status"], stamp),
+        )
+        db.execute(
+            "UPDATE status_changes SET subscriber_id = ? WHERE subscriber_id = ?", (kept["id"], other["id"])
+        )
+        db.execute(
+            "UPDATE OR IGNORE deliveries SET subscriber_id = ? WHERE subscriber_id = ?",
+            (kept["id"], other["id"]),
+        )
+        # One mailbox, one welcome mail and one count per campaign for the breaker: the kept row's wins.
+        for table in ("welcome_mails", "campaign_feedback"):
+            db.execute(
+                f"UPDATE OR IGNORE {table} SET subscriber_id = ? WHERE subscriber_id = ?",
+                (kept["id"], other["id"]),
+            )
+            db.execute(f"DELETE FROM {table} WHERE subscriber_id = ?", (other["id"],))
+        # What stays under the old id is a campaign that had both: never send the merged one again.
+        db.execute(
+            "UPDATE deliveries SET status = 'skipped', last_error = ? WHERE subscriber_id = ? AND status = 'queued'",
+            (f"merged into subscriber {kept['id']}", other["id"]),
+        )
+        db.execute("DELETE FROM subscribers WHERE id = ?", (other["id"],))
+    if final["status"] != kept["status"]:
+        db.execute(
+            "UPDATE subscribers SET status = ?, status_changed_at = ?, confirmed_at = COALESCE(confirmed_at, ?)"
+            " WHERE id = ?",
+            (final["status"], stamp, final["confirmed_at"], kept["id"]),
+        )
+    merged = ", ".join(f"s{o['id']} {o['email']} ({o['status']})" for o in others)
+    db.execute(
+        "INSERT INTO status_changes (subscriber_id, old_status, new_status, cause, changed_at) VALUES (?, ?, ?, ?, ?)",
+        (kept["id"], kept["status"], final["status"], f"merged spellings of one mailbox: {merged}", stamp),
+    )
+    log.warning("merged subscribers %s into s%d %s: one mailbox", merged, kept["id"], kept["email"])
+
+
 # Append only: a migration that has shipped is never edited, a new one is added.
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[Migration] = [
     """
     CREATE TABLE subscribers (
         id INTEGER PRIMARY KEY,
@@ -166,6 +259,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (campaign_id, kind, subscriber_id)
     ) WITHOUT ROWID;
     """,
+    merge_mailbox_spellings,
 ]
 
 
@@ -191,8 +285,25 @@ def open_db(state_dir: Path) -> sqlite3.Connection:
         connection.execute("PRAGMA foreign_keys = ON")
         migrate(connection)
     except sqlite3.DatabaseError as error:
-        raise StateError(f"{path}: cannot open the state database: {error}") from None
+        hint = ": are it and its folder writable?" if "unable to open" in str(error) else ""
+        raise StateError(f"{path}: cannot open the state database: {error}{hint}") from None
     return connection
+
+
+def explain(error: sqlite3.OperationalError) -> str:
+    """One line for an environment fault met while using the state database, saying what to do.
+    SQLite undoes the transaction that failed, so nothing is ever half-written."""
+    text = str(error)
+    if "locked" in text or "busy" in text:
+        return f"the state database is locked ({text}): another process held it too long; try again"
+    if "readonly" in text or "read-only" in text:
+        return (
+            f"the state database is read-only ({text}): make {DB_NAME}, its -wal and -shm files "
+            "and their folder writable for this user"
+        )
+    if "full" in text:
+        return f"the disk holding the state database is full ({text}): free some space and try again"
+    return f"the state database failed ({text})"
 
 
 def migrate(connection: sqlite3.Connection) -> None:
@@ -204,8 +315,11 @@ def migrate(connection: sqlite3.Connection) -> None:
         )
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         with transaction(connection):
-            for statement in _statements(script):
-                connection.execute(statement)
+            if callable(script):
+                script(connection)
+            else:
+                for statement in _statements(script):
+                    connection.execute(statement)
             connection.execute(f"PRAGMA user_version = {number}")
 
 

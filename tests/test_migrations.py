@@ -8,13 +8,17 @@ of a database created fresh today.
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
+import unicodedata
 from pathlib import Path
 
 import pytest
 
 from pipeline.db import DB_NAME, MIGRATIONS, open_db
+from tests.support.cli import invoke_cli
+from tests.support.newsletter import Newsletter
 
 STAMP = "2025-01-02T03:04:05+00:00"
 
@@ -25,7 +29,10 @@ def build_old(state: Path, version: int) -> None:
     db = sqlite3.connect(state / DB_NAME)
     try:
         for script in MIGRATIONS[:version]:
-            db.executescript(script)
+            if callable(script):
+                script(db)  # a data migration: a function of the connection
+            else:
+                db.executescript(script)
         db.execute(f"PRAGMA user_version = {version}")
         db.commit()
     finally:
@@ -110,6 +117,12 @@ def fill(state: Path, version: int) -> None:
             db.execute(
                 "INSERT INTO campaign_feedback (campaign_id, kind, subscriber_id, received_at)"
                 " VALUES (1, 'bounce', 3, ?)",
+                (STAMP,),
+            )
+        if "merged_subscribers" in tables:
+            db.execute(
+                "INSERT INTO merged_subscribers (old_id, subscriber_id, email, status, merged_at)"
+                " VALUES (6, 1, 'ada@EXAMPLE.org', 'active', ?)",
                 (STAMP,),
             )
         db.commit()
@@ -222,3 +235,109 @@ def test_a_database_newer_than_the_program_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(StateError, match="newer than this program knows"):
         open_db(state)
+
+
+def test_spellings_of_one_mailbox_are_merged_into_the_oldest_row_keeping_history(
+    newsletter: Newsletter, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.audience.signup import by_id
+    from pipeline.audience.tokens import make_token, verify_token
+    from pipeline.db import merge_mailbox_spellings
+
+    state = newsletter.config().paths.state
+    build_old(state, MIGRATIONS.index(merge_mailbox_spellings))
+    decomposed = unicodedata.normalize("NFD", "u@bücher.example")
+    later, latest = "2025-02-01T00:00:00+00:00", "2025-03-01T00:00:00+00:00"
+    db = sqlite3.connect(state / DB_NAME)
+    # Keyed the old way (casefold only): three subscribers for one mailbox, plus an unrelated one.
+    db.executemany(
+        "INSERT INTO subscribers (id, email, email_key, name, status, created_at, confirmed_at, status_changed_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (1, "u@bücher.example", "u@bücher.example", "U", "active", STAMP, STAMP, STAMP),
+            (
+                2,
+                "U@xn--bcher-kva.example",
+                "u@xn--bcher-kva.example",
+                "",
+                "unsubscribed",
+                later,
+                later,
+                latest,
+            ),
+            (3, decomposed, decomposed, "", "pending", latest, None, latest),
+            (4, "other@example.org", "other@example.org", "", "active", STAMP, STAMP, STAMP),
+        ],
+    )
+    db.executemany(
+        "INSERT INTO status_changes (subscriber_id, old_status, new_status, cause, changed_at) VALUES (?, ?, ?, ?, ?)",
+        [(1, None, "active", "import", STAMP), (2, "active", "unsubscribed", "link", latest)],
+    )
+    db.execute(
+        "INSERT INTO campaigns (id, issue, content_hash, status, transport, created_at, updated_at)"
+        " VALUES (1, 17, 'abc', 'paused', 'ses', ?, ?)",
+        (STAMP, STAMP),
+    )
+    db.executemany(
+        "INSERT INTO deliveries (campaign_id, subscriber_id, status) VALUES (1, ?, ?)",
+        [(1, "sent"), (2, "queued"), (4, "queued")],
+    )
+    db.commit()
+    db.close()
+
+    with caplog.at_level(logging.WARNING):
+        db = open_db(state)
+    rows = [
+        tuple(r) for r in db.execute("SELECT id, email, email_key, name, status FROM subscribers ORDER BY id")
+    ]
+    assert rows == [
+        # The oldest row stays, with its spelling; the mailbox owner's latest word (unsubscribed) holds.
+        (1, "u@bücher.example", "u@xn--bcher-kva.example", "U", "unsubscribed"),
+        (4, "other@example.org", "other@example.org", "", "active"),
+    ]
+    merged = [
+        tuple(r) for r in db.execute("SELECT old_id, subscriber_id, email, status FROM merged_subscribers")
+    ]
+    assert merged == [(2, 1, "U@xn--bcher-kva.example", "unsubscribed"), (3, 1, decomposed, "pending")]
+    merged_at = db.execute("SELECT merged_at FROM merged_subscribers").fetchone()[0]
+    history = [
+        tuple(r)
+        for r in db.execute("SELECT subscriber_id, new_status, cause FROM status_changes ORDER BY id")
+    ]
+    assert history[:2] == [(1, "active", "import"), (1, "unsubscribed", "link")]
+    assert history[2][:2] == (1, "unsubscribed") and history[2][2].startswith(
+        "merged spellings of one mailbox: s2"
+    )
+    # Both had a delivery in campaign 1: the merged one's stays (history) but is never sent.
+    deliveries = [tuple(r) for r in db.execute("SELECT subscriber_id, status FROM deliveries ORDER BY 1")]
+    assert deliveries == [(1, "sent"), (2, "skipped"), (4, "queued")]
+    reported = [r.getMessage() for r in caplog.records if "merged subscribers" in r.getMessage()]
+    assert len(reported) == 1 and "s2 U@xn--bcher-kva.example (unsubscribed)" in reported[0]
+    # An unsubscribe link mailed to a merged row still verifies, and acts on the row it merged into.
+    secret = b"a-secret-for-the-test-only"
+    token = make_token(secret, "unsubscribe", 2, "U@xn--bcher-kva.example")
+    row = by_id(db, 2)
+    assert row is not None and row["id"] == 1
+    assert verify_token(secret, "unsubscribe", token, row["email"])
+    assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    db.close()
+    # The lasting report, for the editor.
+    listed = invoke_cli(newsletter.config_path, "subscribers", "merged")
+    assert listed.stdout.splitlines() == [
+        f"s2 U@xn--bcher-kva.example (unsubscribed) merged into s1 u@bücher.example on {merged_at}",
+        f"s3 {decomposed} (pending) merged into s1 u@bücher.example on {merged_at}",
+    ]
+    # A deletion request for the mailbox, in any spelling, erases the merged rows' traces too.
+    from pipeline.audience.subscribers import remove
+
+    remove(open_db(state), "U@XN--BCHER-KVA.example")
+    db = open_db(state)
+    for table, column in (
+        ("merged_subscribers", "subscriber_id"),
+        ("deliveries", "subscriber_id"),
+        ("status_changes", "subscriber_id"),
+    ):
+        left = {n for (n,) in db.execute(f"SELECT DISTINCT {column} FROM {table}")}
+        assert left <= {4}, (table, left)  # only the unrelated subscriber's
+    assert db.execute("SELECT COUNT(*) FROM merged_subscribers").fetchone()[0] == 0
+    db.close()

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING
 from pipeline._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from pipeline.audience.addresses import ascii_address, check_address, check_name
+    from pipeline.audience.addresses import (
+        address_key,
+        ascii_address,
+        canonical_address,
+        check_address,
+        check_name,
+    )
     from pipeline.audience.signup import Signup, confirm, request_signup, unsubscribe
     from pipeline.audience.subscribers import (
         ImportReport,
@@ -28,7 +34,9 @@ __all__ = [
     "Signup",
     "Subscriber",
     "add",
+    "address_key",
     "ascii_address",
+    "canonical_address",
     "check_address",
     "check_name",
     "confirm",

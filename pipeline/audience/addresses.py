@@ -1,27 +1,23 @@
-"""Email addresses and names as they enter the list: validated, and their ASCII form for the wire."""
+"""Email addresses and names as they enter the list: validated, one canonical form, ASCII for the wire."""
 
 from __future__ import annotations
 
-import re
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+from pipeline.text_rules import control_problem, mailbox, mailbox_key
 
 
-def check_address(address: str) -> str:
-    """The address as given (trimmed), if it is a valid one; no DNS look-ups."""
-    # Imported here: building an issue (which needs ascii_address) should not load its tables.
-    from email_validator import EmailNotValidError, validate_email
+def canonical_address(address: str) -> str:
+    """The one form an address is stored in, from any spelling of it (see :func:`pipeline.text_rules.mailbox`);
+    ValueError (a sentence) when it is not a valid address."""
+    return mailbox(address).address
 
-    address = address.strip()
-    if _CONTROL.search(address):
-        raise ValueError("contains control characters")
-    try:
-        # No SMTPUTF8: a non-ASCII mailbox name cannot be sent through SES or most servers.
-        # Non-ASCII domains are fine; they are sent in their ASCII (punycode) form.
-        validate_email(address, check_deliverability=False, allow_smtputf8=False)
-    except EmailNotValidError as error:
-        raise ValueError(str(error)) from None
-    return address
+
+# Every door an address comes in by (CSV, CLI, web form) validates it this way.
+check_address = canonical_address
+
+
+def address_key(address: str) -> str:
+    """Equal for every spelling of one mailbox: what the list is unique by, and looked up by."""
+    return mailbox_key(address)
 
 
 def ascii_address(address: str) -> str:
@@ -36,7 +32,9 @@ def ascii_address(address: str) -> str:
 
 
 def check_name(name: str) -> str:
-    name = " ".join(name.split())
-    if _CONTROL.search(name):
-        raise ValueError("name contains control characters")
-    return name
+    """The name tidied to single spaces; ValueError when it holds a control character (checked before
+    tidying: Python counts U+0085 and U+001C-U+001F as white space and would hide them)."""
+    problem = control_problem(name)
+    if problem:
+        raise ValueError(f"name {problem}")
+    return " ".join(name.split())

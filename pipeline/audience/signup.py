@@ -71,9 +71,19 @@ def undo_signup_mail(db: sqlite3.Connection, signup: Signup, at: float) -> None:
 
 
 def by_id(db: sqlite3.Connection, subscriber_id: int) -> sqlite3.Row | None:
+    """The subscriber with this id. For the id of a row merged into another (one mailbox, several
+    spellings: see :func:`pipeline.db.merge_mailbox_spellings`), the row it was merged into, with the
+    merged row's spelling as ``email``: what the links mailed to it were signed with, so they still work."""
     row: sqlite3.Row | None = db.execute(
         "SELECT * FROM subscribers WHERE id = ?", (subscriber_id,)
     ).fetchone()
+    if row is None:
+        # sqlite3.Row answers a name with its first column of that name: the merged row's email.
+        row = db.execute(
+            "SELECT m.email AS email, s.* FROM merged_subscribers m JOIN subscribers s ON s.id = m.subscriber_id"
+            " WHERE m.old_id = ?",
+            (subscriber_id,),
+        ).fetchone()
     return row
 
 

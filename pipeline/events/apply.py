@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from typing import Any
 
-from pipeline.audience.addresses import ascii_address
 from pipeline.audience.subscribers import find, set_status
 from pipeline.db import now, transaction
 from pipeline.errors import NotificationDeferred, NotificationRejected
@@ -176,24 +175,10 @@ def _soft_bounce(
 
 
 def _find_recipient(db: sqlite3.Connection, reported: str) -> sqlite3.Row | None:
-    """The subscriber SES means: "Name <addr>" or a bare address, any case, punycode or not."""
+    """The subscriber SES means: "Name <addr>" or a bare address, any spelling of the mailbox (case,
+    punycode or not: the list is keyed by :func:`pipeline.audience.addresses.address_key`)."""
     address = parseaddr(reported)[1].strip()
-    if "@" not in address:
-        return None
-    key = address.casefold()
-    row = find(db, address)
-    if row is not None or "xn--" not in key:
-        return row
-    # SES reports an internationalised domain in punycode; we store it as the subscriber wrote it.
-    # Only non-ASCII addresses can differ in that form, so only they are compared.
-    non_ascii = "SELECT * FROM subscribers WHERE email GLOB '*[^' || char(1) || '-' || char(127) || ']*'"
-    for candidate in db.execute(non_ascii):
-        try:
-            if ascii_address(candidate["email"]).casefold() == key:
-                return candidate  # type: ignore[no-any-return]
-        except ValueError:
-            continue
-    return None
+    return find(db, address) if "@" in address else None
 
 
 def _count_against_campaign(

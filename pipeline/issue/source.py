@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.errors import SourceError
 from pipeline.issue.yaml12 import YamlProblem, load_yaml
-from pipeline.text_rules import FORBIDDEN_CONTROL, find_forbidden_control
+from pipeline.text_rules import FORBIDDEN_CONTROL, locate_forbidden_control
 
 REQUIRED_FIELDS = ("number", "title", "date")
 OPTIONAL_FIELDS = ("subject", "preheader", "author", "allow_html")
@@ -123,7 +123,7 @@ def _load_yaml(path: Path, head: str, head_lines: list[str]) -> dict[str, Any]:
 def _refuse_control_characters(path: Path, body: str, body_line: int) -> None:
     """An ESC, a C1 control or a bidi override in the body would fail the MJML compiler later,
     naming nothing: refuse it here, where the editor can find it."""
-    found = find_forbidden_control(body)
+    found = locate_forbidden_control(body)
     if found:
         raise SourceError(
             path,

@@ -574,7 +574,7 @@ def test_send_to_a_bad_address_is_a_clear_error(newsletter: Newsletter, ses: Ses
 
     for address, reason in [
         ("not-an-address", "An email address must have an @-sign."),
-        ("ada@example.org\r\nBcc: x@example.org", "contains control characters"),
+        ("ada@example.org\r\nBcc: x@example.org", "contains the control character U+000D (carriage return)"),
     ]:
         result = run(newsletter, "send", "1", "--to", address)
 
