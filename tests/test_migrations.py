@@ -315,10 +315,11 @@ def test_spellings_of_one_mailbox_are_merged_into_the_oldest_row_keeping_history
     assert len(reported) == 1 and "s2 U@xn--bcher-kva.example (unsubscribed)" in reported[0]
     # An unsubscribe link mailed to a merged row still verifies, and acts on the row it merged into.
     secret = b"a-secret-for-the-test-only"
-    token = make_token(secret, "unsubscribe", 2, "U@xn--bcher-kva.example")
+    list_id = "Crate Notes <crate-notes.example.org>"
+    token = make_token(secret, "unsubscribe", 2, "U@xn--bcher-kva.example", list_id=list_id)
     row = by_id(db, 2)
     assert row is not None and row["id"] == 1
-    assert verify_token(secret, "unsubscribe", token, row["email"])
+    assert verify_token(secret, "unsubscribe", token, row["email"], list_id=list_id)
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     db.close()
     # The lasting report, for the editor.

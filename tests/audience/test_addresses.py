@@ -53,7 +53,7 @@ def test_find_forbidden_control(text: str, found: tuple[int, str] | None) -> Non
     [
         ("Eve\x1b]0;pwned\x07", "U+001B (escape) at character 4"),
         ("Eve\x85", "U+0085 (next line) at character 4"),  # str.split() would have turned it into a space
-        ("\x1fEve", "U+001F at character 1"),
+        ("\x1fEve", "U+001F (control character) at character 1"),
         ("Eve \u202egnp.exe", "U+202E (right-to-left override) at character 5"),
         ("Eve\u2067", "U+2067 (right-to-left isolate) at character 4"),
         ("Eve\x9b", "U+009B (csi) at character 4"),

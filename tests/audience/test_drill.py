@@ -31,6 +31,7 @@ from pipeline.audience.tokens import make_token
 from pipeline.db import open_db
 from tests.support.cli import NEWSLETTER, clean_env, wait_for
 from tests.support.newsletter import Newsletter
+from tests.web.test_web import LIST_ID
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -150,7 +151,7 @@ def test_serve_send_and_import_together_lose_nothing_and_mail_nobody_who_left(
                 return response
 
             def one_click(address: str, subscriber_id: int) -> None:
-                token = make_token(SECRET.encode(), "unsubscribe", subscriber_id, address)
+                token = make_token(SECRET.encode(), "unsubscribe", subscriber_id, address, list_id=LIST_ID)
                 data = {"List-Unsubscribe": "One-Click"}
                 if timed("unsubscribe", "POST", f"/unsubscribe/{token}", data=data).status_code == 200:
                     unsubscribed.append(address)

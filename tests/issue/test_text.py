@@ -84,6 +84,14 @@ def test_raw_html_is_text_in_the_text_part() -> None:
 _EXAMPLE = re.compile(r"^`{32} example(?: (\w+))?\n(.*?)^\.\n(.*?)^`{32}$", re.MULTILINE | re.DOTALL)
 
 
+def _spec_dir(request: pytest.FixtureRequest) -> Path:
+    """pytest's cache folder (the download is kept between runs), or a temporary one under `-p no:cacheprovider`."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("gfm-spec"))
+    return Path(request.getfixturevalue("tmp_path_factory").mktemp("gfm-spec"))
+
+
 def _gfm_spec(cache: Path) -> str:
     """The GFM spec (CC-BY-SA, so never copied into this repository): marko's sdist ships it.
 
@@ -141,7 +149,7 @@ def _hrefs(html: str) -> list[str]:
 
 
 def test_gfm_spec_autolink_examples(request: pytest.FixtureRequest) -> None:
-    spec = _gfm_spec(Path(request.config.cache.mkdir("gfm-spec")))
+    spec = _gfm_spec(_spec_dir(request))
     examples = [(m.group(2), m.group(3)) for m in _EXAMPLE.finditer(spec) if m.group(1) == "autolink"]
     assert len(examples) >= 10, "the spec's autolink examples were not found"
     differ = []
@@ -159,7 +167,7 @@ def test_gfm_spec_autolink_examples(request: pytest.FixtureRequest) -> None:
 
 
 def test_gfm_spec_tagfilter_example(request: pytest.FixtureRequest) -> None:
-    spec = _gfm_spec(Path(request.config.cache.mkdir("gfm-spec")))
+    spec = _gfm_spec(_spec_dir(request))
     [(markdown, expected)] = [
         (m.group(2), m.group(3)) for m in _EXAMPLE.finditer(spec) if m.group(1) == "tagfilter"
     ]
@@ -171,7 +179,7 @@ def test_gfm_spec_tagfilter_example(request: pytest.FixtureRequest) -> None:
 def test_gfm_spec_table_and_strikethrough_examples(request: pytest.FixtureRequest, extension: str) -> None:
     """Same HTML as the spec, up to how it is spelled: the email wraps a table in a scroller, aligns
     cells with a style (mail clients keep it) and strikes through with <s>."""
-    spec = _gfm_spec(Path(request.config.cache.mkdir("gfm-spec")))
+    spec = _gfm_spec(_spec_dir(request))
     examples = [(m.group(2), m.group(3)) for m in _EXAMPLE.finditer(spec) if m.group(1) == extension]
     assert examples, f"the spec's {extension} examples were not found"
     for markdown, expected in examples:
