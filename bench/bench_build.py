@@ -63,11 +63,11 @@ STAGE_LABELS = {
     "markdown": "  Markdown -> HTML fragments",
     "template": "  Jinja -> MJML (context + template)",
     "mjml": "  MJML compile (mjml-python)",
-    "inline_css": "  CSS inlining (css-inline)",
+    "inline_css": "  CSS inlining (premailer)",
     "text": "  plain text (templating; the text renderer runs with the Markdown stage)",
     "stages_sum": "  sum of the stages",
 }
-PACKAGES = ("mjml-python", "css-inline", "lxml", "markdown-it-py", "Jinja2")
+PACKAGES = ("mjml-python", "premailer", "cssutils", "lxml", "markdown-it-py", "Jinja2")
 
 
 # ---------------------------------------------------------------- the machine

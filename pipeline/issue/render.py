@@ -9,6 +9,7 @@ rendered once and personalised per subscriber by plain substitution.
 from __future__ import annotations
 
 import html
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import css_inline
 import jinja2
 import mjml
 from lxml import etree
@@ -201,7 +201,7 @@ def frame_tables(document: str) -> str:
         frame.tail, wrap.tail = wrap.tail, None  # the text after the scroller stays after the frame
         wrap.addprevious(frame)
         cell.append(wrap)
-    # The root element only: the inliner then sees no doctype and inline_css puts the usual one back.
+    # The root element only: premailer then sees no doctype and inline_css puts the usual one back.
     return str(etree.tostring(root, method="html", encoding="unicode"))
 
 
@@ -269,30 +269,43 @@ def inline_stylesheet(templates: Path) -> str:
         raise RenderError(f"{templates / INLINE_CSS}: cannot read: {error.strerror}") from None
 
 
-_IGNORE = ' data-css-inline="ignore"'
+_IGNORE = ' data-premailer="ignore"'
 _DOCTYPE = re.compile(r"^\s*<!doctype[^>]*>\s*", re.IGNORECASE)
 
 
 def inline_css(document: str, stylesheet: str) -> str:
-    """Put ``stylesheet`` on each element; the document's own style blocks stay as they are.
+    """Put ``stylesheet`` on each element with premailer; the document's own style blocks stay as they are.
 
-    MJML's reset rules (``p {margin:13px 0}``, ``td {mso-table-...}``) are left in the
-    head: inlining them on every paragraph would cost kilobytes of the 102 KB budget.
+    The head's blocks (MJML's resets, ``head.css``: the phone layout's media queries and dark
+    mode) are marked ``data-premailer="ignore"``, so premailer neither inlines nor drops them:
+    inlining MJML's ``p {margin:13px 0}`` on every paragraph would cost kilobytes of the 102 KB
+    budget, and media queries cannot be inlined at all. A style attribute already on an element
+    (MJML's) wins over the stylesheet.
 
-    css-inline (Rust, MIT), not premailer: 1 ms instead of 15 ms for the large sample issue, and
-    no requests/cssutils to import (premailer's ~70 ms). It also leaves sizes in CSS: premailer
-    copied ``img {height: auto}`` into an invalid ``height="auto"`` attribute. A style attribute
-    already on an element (MJML's) wins over the stylesheet, as it did with premailer.
+    premailer is the inliner the specification fixes. css-inline was measured faster (about
+    1.6 ms against premailer's 9 to 15 ms for the large sample issue, bench/README.md) and
+    not adopted.
     """
-    inliner = css_inline.CSSInliner(
-        extra_css=stylesheet,
-        keep_style_tags=True,  # the head's own blocks: media queries, dark mode, MJML's resets
-        load_remote_stylesheets=False,
-        minify_css=True,  # "margin:0" in the style attributes it writes, not "margin: 0;": bytes of the budget
+    # Imported here: premailer brings requests, lxml and cssutils (~70 ms), which only rendering needs.
+    import premailer
+
+    inliner = premailer.Premailer(
+        document.replace("<style", "<style" + _IGNORE),
+        css_text=stylesheet,
+        allow_network=False,
+        strip_important=False,  # the phone layout's media queries rely on !important
+        keep_style_tags=False,
+        remove_classes=False,  # media queries and dark mode select by class
+        disable_validation=True,
+        # premailer copies CSS sizes into attributes: `img {height: auto}` would become height="auto",
+        # which is invalid HTML (the attribute takes pixels) and some clients read as 0.
+        disable_basic_attributes=["height"],
+        disable_leftover_css=True,  # nothing is left over: media queries live in the head's own style blocks
+        cssutils_logging_level=logging.CRITICAL,
     )
-    # Style blocks inside Outlook's conditional comments are text to the parser: strip the marker there too.
-    inlined = inliner.inline(document.replace("<style", "<style" + _IGNORE)).replace(_IGNORE, "")
-    # One doctype, whatever the parser kept of MJML's: without one, clients use quirks mode.
+    # Style blocks inside Outlook's conditional comments are text to premailer: strip the marker there too.
+    inlined: str = inliner.transform(pretty_print=False).replace(_IGNORE, "")
+    # One doctype (premailer drops MJML's): without one, clients use quirks mode.
     return "<!doctype html>\n" + _DOCTYPE.sub("", inlined, count=1)
 
 

@@ -20,7 +20,7 @@ from pipeline.config import Config
 from pipeline.errors import MessageError
 from pipeline.files import write_atomically
 
-if TYPE_CHECKING:  # not at run time: a sender process needs no renderer (mjml, css-inline, jinja2)
+if TYPE_CHECKING:  # not at run time: a sender process needs no renderer (mjml, premailer, jinja2)
     from pipeline.issue.build import Build
     from pipeline.issue.render import Rendered
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import yaml
 
 from pipeline.audience.addresses import check_address
 from pipeline.audience.subscribers import find
@@ -43,6 +42,7 @@ from pipeline.errors import (
 )
 from pipeline.issue.render import Rendered, render_issue
 from pipeline.issue.source import Issue
+from pipeline.issue.yaml12 import YamlProblem, load_yaml
 from pipeline.send.message import MessageTemplate, recipient_for, sender_address, sender_domain
 from pipeline.send.transports import Envelope, Transport
 
@@ -119,13 +119,13 @@ def load_welcome(config: Config) -> Welcome | None:
 
 
 def _front_matter(path: Path, head: str) -> dict[str, Any]:
+    # The pipeline's one YAML dialect (1.2, ruamel.yaml), as for an issue's front matter.
     try:
-        meta = yaml.safe_load(head)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        line = mark.line + 2 if mark else 1  # + the opening '---'
-        raise SourceError(path, f"YAML error in front matter: {error.problem}", line) from None
-    except (yaml.YAMLError, ValueError) as error:
+        meta = load_yaml(head)
+    except YamlProblem as error:
+        line = error.line + 1 if error.line else 1  # + the opening '---'
+        raise SourceError(path, f"YAML error in front matter: {error.message}", line) from None
+    except ValueError as error:
         raise SourceError(path, f"YAML error in front matter: {error}") from None
     if meta is None:
         return {}
