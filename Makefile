@@ -10,7 +10,7 @@ CSV ?= subscribers.sample.csv
 .PHONY: lint lock help demo new welcome init build check preview send status config subscribers serve events archive links links-archive errata stop-press test test-fast golden bench bench-send clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 # The versions CI tested, pinned in constraints.txt; `make lock` moves them to the newest allowed.
 $(READY): pyproject.toml constraints.txt
@@ -19,7 +19,7 @@ $(READY): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,lint]'
 	touch $@
 
-demo: $(READY) ## Quick start: import the sample subscribers, send issue 1 into outbox/ (no account needed)
+demo: $(READY) ## Quick start: import the sample subscribers, send issue ISSUE (default 1) into outbox/ (no account needed)
 	$(BIN)/newsletter subscribers import $(CSV)
 	$(BIN)/newsletter send $(ISSUE)
 	@echo "Messages are in outbox/new/ (a Maildir: open it in any mail client)."

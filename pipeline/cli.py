@@ -15,7 +15,7 @@ import click
 from click.core import ParameterSource
 
 from pipeline import __version__
-from pipeline.config import CONFIG_ENV, MASK, Config, Environment, Setting, load_config, settings
+from pipeline.config import CONFIG_ENV, MASK, MAX_ISSUE, Config, Environment, Setting, load_config, settings
 from pipeline.errors import ArchiveError, CheckFailed, ErrataError, NewsletterError, NotConfirmed, StateError
 from pipeline.files import display_path
 
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from pipeline.send.ledger import Plan
     from pipeline.send.transports.base import Transport
 
-# Issue numbers are SQLite integers; a cap far above any real newsletter refuses 2**63 with one line.
-MAX_ISSUE = 1_000_000
 ISSUE = click.argument("number", metavar="N", type=click.IntRange(min=1, max=MAX_ISSUE))
 
 
@@ -750,7 +748,9 @@ def _shown(setting: Setting) -> str:
 
 @main.command("new")
 @click.option(
-    "--number", type=click.IntRange(min=1), help="The issue's number (default: one more than the last)."
+    "--number",
+    type=click.IntRange(min=1, max=MAX_ISSUE),
+    help="The issue's number (default: one more than the last).",
 )
 @click.pass_context
 def new_issue(ctx: click.Context, number: int | None) -> None:

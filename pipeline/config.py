@@ -35,6 +35,9 @@ SMTP_PASSWORD_ENV = "SMTP_PASSWORD"
 TRANSPORTS = ("maildir", "smtp", "ses")
 SMTP_SECURITY = ("starttls", "tls", "none")
 
+# Issue numbers are SQLite integers; a cap far above any real newsletter refuses 2**63 with one line.
+MAX_ISSUE = 1_000_000
+
 
 class Invalid(ValueError):
     """Raised by a key's check with the reason, worded to follow the key's name."""

@@ -189,16 +189,13 @@ def http_problems(links: list[Link], results: dict[str, LinkResult]) -> list[Pro
 
 IMAGE_MAX_BYTES = 200_000
 """An image larger than this loads slowly on a phone's connection (and some clients block it)."""
-_GITHUB_BLOB = re.compile(r"^https://github\.com/[^/]+/[^/]+/blob/[^/]+")
 
 
 def raw_base_known(config: Config) -> bool:
-    """Whether a relative image can be made into a URL that serves the image itself.
-
-    An ``archive_base_url`` of the form github.com/OWNER/REPO/blob/BRANCH has a raw counterpart;
-    any other archive page serves HTML, not the image. (To be unified with ``[archive] raw_base_url``.)
-    """
-    return bool(_GITHUB_BLOB.match(config.archive_base_url))
+    """Whether a relative image can be made into a URL that serves the image itself: ``[archive]
+    raw_base_url`` is set, or derived from a github.com/OWNER/REPO/blob/BRANCH ``archive_base_url``.
+    Any other archive page serves HTML, not the image (``raw_base_url`` then falls back to it)."""
+    return bool(config.archive_raw_base_url) or config.raw_base_url != config.archive_base_url
 
 
 def image_problems(config: Config, rendered: Rendered) -> list[Problem]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import MAX_ISSUE
 from pipeline.errors import SourceError
 from pipeline.issue.yaml12 import YamlProblem, load_yaml
 from pipeline.text_rules import FORBIDDEN_CONTROL, locate_forbidden_control
@@ -146,8 +147,8 @@ def _validate_fields(path: Path, meta: dict[str, Any], head_lines: list[str]) ->
             raise SourceError(path, f"missing required field '{field}'")
 
     number = meta["number"]
-    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-        raise fail("number", f"must be a positive whole number, got {number!r}")
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_ISSUE:
+        raise fail("number", f"must be a whole number from 1 to {MAX_ISSUE:,}, got {number!r}")
 
     date = meta["date"]
     if isinstance(date, dt.datetime) or not isinstance(date, dt.date):

@@ -63,6 +63,17 @@ def test_a_relative_image_is_fine_when_the_archive_is_on_github(newsletter: News
     assert image_problems(newsletter, "![A chart](img/chart.png)\n") == []
 
 
+def test_a_relative_image_is_fine_when_raw_base_url_is_set(newsletter: Newsletter) -> None:
+    use_archive_base(newsletter, NOT_GITHUB)
+    path = newsletter.config_path
+    path.write_text(
+        path.read_text().replace(
+            "[archive]\n", '[archive]\nraw_base_url = "https://files.example.org/crate-notes"\n'
+        )
+    )
+    assert image_problems(newsletter, "![A chart](img/chart.png)\n") == []
+
+
 def test_a_data_uri_image_is_a_warning(newsletter: Newsletter) -> None:
     pixel = base64.b64encode(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").decode()
     found = image_problems(newsletter, f"![A dot](data:image/gif;base64,{pixel})\n")

@@ -43,7 +43,7 @@ BASE = "---\nnumber: 5\ntitle: T\ndate: 2026-11-23\n---\nBody\n"
         (BASE.replace("date: 2026-11-23\n", ""), "missing required field 'date'", None),
         (BASE.replace("title: T", "titel: T"), "titel: unknown field", 3),
         (BASE.replace("number: 5", "number: 6"), "number: 6 does not match the file name", 2),
-        (BASE.replace("number: 5", "number: five"), "number: must be a positive whole number", 2),
+        (BASE.replace("number: 5", "number: five"), "number: must be a whole number from 1 to", 2),
         (BASE.replace("2026-11-23", "2026-13-01"), "date: not a valid date", 4),
         (BASE.replace("2026-11-23", "23/11/2026"), "date: must be a date written YYYY-MM-DD", 4),
         (BASE.replace("2026-11-23", "2026-11-23 10:00:00"), "date: must be a date written YYYY-MM-DD", 4),
@@ -140,3 +140,11 @@ def test_control_character_in_a_one_line_field_is_refused(escape: str) -> None:
 def test_literal_control_character_in_front_matter_names_the_line() -> None:
     with pytest.raises(SourceError, match=r"issues/5.md:5: YAML error in front matter: .*U\+001B"):
         parse(BASE.replace("date: 2026-11-23", "date: 2026-11-23\nauthor: A\x1bB"))
+
+
+def test_an_issue_number_past_the_cap_is_refused_naming_the_field(tmp_path: Path) -> None:
+    from pipeline.config import MAX_ISSUE
+
+    data = f'---\nnumber: {2**63}\ntitle: "T"\ndate: 2026-12-04\n---\n\nBody.\n'.encode()
+    with pytest.raises(SourceError, match=f"number: must be a whole number from 1 to {MAX_ISSUE:,}"):
+        parse_issue(tmp_path / "9.md", data)
