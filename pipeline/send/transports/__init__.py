@@ -13,15 +13,18 @@ from __future__ import annotations
 from pipeline.config import Config, Environment
 from pipeline.errors import TransportUnavailable
 from pipeline.send.transports.base import Envelope, Transport
-from pipeline.send.transports.discard import DiscardTransport
-from pipeline.send.transports.maildir import MaildirTransport
-from pipeline.send.transports.ses import SesTransport
-from pipeline.send.transports.smtp import SmtpTransport
 
 __all__ = ["Envelope", "Transport", "open_transport"]
 
 
 def open_transport(config: Config, *, dry_run: bool = False) -> Transport:
+    # Each backend imported when chosen: `newsletter build` reads the ledger, whose types live in
+    # base.py, and must not pay for smtplib and ssl (or boto3) at start-up.
+    from pipeline.send.transports.discard import DiscardTransport
+    from pipeline.send.transports.maildir import MaildirTransport
+    from pipeline.send.transports.ses import SesTransport
+    from pipeline.send.transports.smtp import SmtpTransport
+
     if dry_run:
         return DiscardTransport()
     if config.transport == "maildir":
