@@ -395,7 +395,9 @@ def test_eight_dead_hosts_sorting_first_do_not_make_the_check_offline(server: Li
     report = check_urls([*dead, server.url("/ok")], settings())
     assert report.skipped == ""
     assert report.results[server.url("/ok")].ok
-    assert all(report.results[url].error == "host not found (DNS)" for url in dead)
+    # A resolver that answers slowly on a loaded machine can make a lookup read "timed out" instead.
+    errors = {url: report.results[url].error for url in dead}
+    assert set(errors.values()) <= {"host not found (DNS)", "timed out"}, errors
 
 
 def test_a_hanging_resolver_does_not_outlast_the_dns_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
