@@ -153,24 +153,11 @@ def send_issue(
             )
             template = MessageTemplate(config, rendered)
             summary = run_campaign(
-                db,
-                config,
-                preparation,
-                template,
-                transport,
-                secret,
-                rate,
-                reporter,
-                dry_run=options.dry_run,
-                reputation=None if options.ignore_breaker else reputation_limits(config),
+                db, config, preparation, template, transport, secret, rate, reporter, options
             )
     finally:
         transport.close()
-    if summary.status == "done" and not options.dry_run:
-        try:
-            summary.archived = publish_archive(config, number)
-        except NewsletterError as error:  # the issue went out; only the archive is behind
-            summary.archive_error = str(error)
+    archive_when_done(config, number, summary, options)
     return summary
 
 
@@ -183,20 +170,18 @@ def run_campaign(
     secret: bytes,
     rate: float | None,
     reporter: Reporter | None,
-    *,
-    dry_run: bool,
-    reputation: ReputationLimits | None,
+    options: SendOptions,
 ) -> Summary:
     """Send a prepared campaign's queue, in one process or several: issues and stop presses alike.
-    ``reputation``: the bounce and complaint limits that pause it (None: ``--ignore-breaker``)."""
+    The bounce and complaint limits pause it unless ``options.ignore_breaker``."""
     settings = SendSettings(
         concurrency=config.send.concurrency,
         max_rate=rate,
         max_attempts=config.send.max_attempts,
         max_consecutive_failures=config.send.max_consecutive_failures,
-        reputation=reputation,
+        reputation=None if options.ignore_breaker else reputation_limits(config),
     )
-    processes = sender_processes(config, preparation.queued, dry_run=dry_run)
+    processes = sender_processes(config, preparation.queued, dry_run=options.dry_run)
     if processes > 1:
         summary = run_in_processes(
             db, config, preparation.campaign, template, secret, settings, processes, reporter
@@ -207,6 +192,16 @@ def run_campaign(
         ).run()
     summary.reconciled = preparation.reconciled
     return summary
+
+
+def archive_when_done(config: Config, number: int, summary: Summary, options: SendOptions) -> None:
+    """Once a campaign is complete (not a dry run), bring issue ``number``'s archive copy up to date:
+    the mail went out, so a failure here is reported on the summary, not raised."""
+    if summary.status == "done" and not options.dry_run:
+        try:
+            summary.archived = publish_archive(config, number)
+        except NewsletterError as error:
+            summary.archive_error = str(error)
 
 
 def reputation_limits(config: Config) -> ReputationLimits:

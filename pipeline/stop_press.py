@@ -20,12 +20,12 @@ from pipeline.archive.publish import publish_archive
 from pipeline.audience.tokens import load_secret
 from pipeline.config import Config
 from pipeline.db import open_db
-from pipeline.errors import ErrataError, NewsletterError, NotConfirmed
+from pipeline.errors import ErrataError, NotConfirmed
 from pipeline.issue.build import Build
 from pipeline.issue.errata import Erratum, add_erratum, check_request, load_errata, new_erratum
 from pipeline.issue.render import Rendered, render_issue, sample_recipient
 from pipeline.issue.source import Issue, read_issue
-from pipeline.publish import SendOptions, memory_copy, reputation_limits, run_campaign, send_rate, send_test
+from pipeline.publish import SendOptions, archive_when_done, memory_copy, run_campaign, send_rate, send_test
 from pipeline.send.control import campaign_lock, is_locked
 from pipeline.send.ledger import (
     Campaign,
@@ -197,24 +197,11 @@ def send_stop_press(
             )
             template = MessageTemplate(config, build.rendered)
             summary = run_campaign(
-                db,
-                config,
-                preparation,
-                template,
-                transport,
-                secret,
-                rate,
-                reporter,
-                dry_run=options.dry_run,
-                reputation=None if options.ignore_breaker else reputation_limits(config),
+                db, config, preparation, template, transport, secret, rate, reporter, options
             )
     finally:
         transport.close()
-    if summary.status == "done" and not options.dry_run:
-        try:
-            summary.archived = publish_archive(config, issue.number)
-        except NewsletterError as error:  # the correction went out; only the archive is behind
-            summary.archive_error = str(error)
+    archive_when_done(config, issue.number, summary, options)
     return StopPressResult(erratum, summary)
 
 
