@@ -56,7 +56,24 @@ def read_issue(issues_dir: Path, number: int) -> Issue:
     return parse_issue(path, path.read_bytes())
 
 
-def parse_issue(path: Path, data: bytes) -> Issue:
+@dataclass(frozen=True)
+class FrontMatter:
+    """A Markdown file with YAML front matter, split: issues and the welcome mail are written so."""
+
+    meta: dict[str, Any]
+    head_lines: list[str]
+    """The front matter's lines; ``head_lines[i]`` is file line ``i + 1`` (the first is the opening '---')."""
+    body: str
+    body_line: int
+    """The file line (1-based) of the body's first line."""
+
+    def line_of(self, field: str) -> int | None:
+        return _field_line(self.head_lines, field)
+
+
+def read_front_matter(path: Path, data: bytes, *, missing: str) -> FrontMatter:
+    """Decode ``data`` (UTF-8, a BOM and CRLF tolerated) and split it; ``missing`` is the message when
+    it does not start with a '---' line. Every problem is one SourceError naming the file line."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -67,7 +84,7 @@ def parse_issue(path: Path, data: bytes) -> Issue:
     text = text.removeprefix("\ufeff").replace("\r\n", "\n")
 
     if not _FRONT_MATTER_BOUNDARY.match(text):
-        raise SourceError(path, "must start with YAML front matter between '---' lines", 1)
+        raise SourceError(path, missing, 1)
     try:
         _, head, body = _FRONT_MATTER_BOUNDARY.split(text, 2)
     except ValueError:
@@ -75,8 +92,17 @@ def parse_issue(path: Path, data: bytes) -> Issue:
     # head starts on the file's first line (just after the opening '---').
     head_lines = head.split("\n")
     body_line = text.count("\n", 0, len(text) - len(body)) + 1
+    return FrontMatter(_load_yaml(path, head, head_lines), head_lines, body, body_line)
 
-    meta = _load_yaml(path, head, head_lines)
+
+def is_one_line(text: str) -> bool:
+    """Text a one-line field (a title, a subject) may hold: no line break, no control character."""
+    return not (_LINE_BREAKS.search(text.strip()) or FORBIDDEN_CONTROL.search(text))
+
+
+def parse_issue(path: Path, data: bytes) -> Issue:
+    front = read_front_matter(path, data, missing="must start with YAML front matter between '---' lines")
+    meta, head_lines, body, body_line = front.meta, front.head_lines, front.body, front.body_line
     fields = _validate_fields(path, meta, head_lines)
 
     if fields["number"] != _number_from_name(path):
@@ -160,7 +186,7 @@ def _validate_fields(path: Path, meta: dict[str, Any], head_lines: list[str]) ->
         value = meta[field]
         if not isinstance(value, str):
             raise fail(field, f"must be text, got {value!r} (quote it)")
-        if _LINE_BREAKS.search(value.strip()) or FORBIDDEN_CONTROL.search(value):
+        if not is_one_line(value):
             raise fail(field, "must be a single line of text, without control characters")
         meta[field] = value.strip()
         _reject_swallowed_comment(path, field, head_lines)

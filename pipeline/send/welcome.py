@@ -41,8 +41,7 @@ from pipeline.errors import (
     TransportUnavailable,
 )
 from pipeline.issue.render import Rendered, render_issue
-from pipeline.issue.source import Issue
-from pipeline.issue.yaml12 import YamlProblem, load_yaml
+from pipeline.issue.source import Issue, is_one_line, read_front_matter
 from pipeline.send.message import MessageTemplate, recipient_for, sender_address, sender_domain
 from pipeline.send.transports import Envelope, Transport
 
@@ -52,8 +51,6 @@ WELCOME_FILE = "welcome.md"
 FIELDS = ("subject", "title", "preheader", "author")
 ARCHIVE_INDEX = "README.md"  # the archive's index page (pipeline/archive writes it)
 BATCH = 100  # pending welcomes one call sends at most: a confirmation never turns into a campaign
-_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)?---[ \t]*(?:\n|\Z)", re.DOTALL)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -81,28 +78,22 @@ def load_welcome(config: Config) -> Welcome | None:
         return None
     except OSError as error:
         raise SourceError(path, f"cannot read: {error.strerror}") from None
-    try:
-        text = data.decode("utf-8").removeprefix("\ufeff").replace("\r\n", "\n")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise SourceError(path, "not valid UTF-8; save the file as UTF-8", line) from None
-    match = _FRONT_MATTER.match(text)
-    if not match:
-        raise SourceError(path, "must start with front matter between '---' lines (subject: ...)", 1)
-    head_lines = (match.group(1) or "").split("\n")
-    meta = _front_matter(path, match.group(1) or "")
+    front = read_front_matter(
+        path, data, missing="must start with front matter between '---' lines (subject: ...)"
+    )
+    meta = front.meta
     for name in meta:
         if name not in FIELDS:
             raise SourceError(
-                path, f"{name}: unknown field (known fields: {', '.join(FIELDS)})", _line(head_lines, name)
+                path, f"{name}: unknown field (known fields: {', '.join(FIELDS)})", front.line_of(name)
             )
     for name, value in meta.items():
-        if not isinstance(value, str) or _CONTROL.search(value.strip()):
-            raise SourceError(path, f"{name}: must be one line of text (quote it)", _line(head_lines, name))
+        if not isinstance(value, str) or not is_one_line(value):
+            raise SourceError(path, f"{name}: must be one line of text (quote it)", front.line_of(name))
     subject = str(meta.get("subject") or "").strip()
     if not subject:
         raise SourceError(path, "subject: missing required field (the welcome mail's Subject line)", 1)
-    body = text[match.end() :]
+    body = front.body
     if not body.strip():
         raise SourceError(path, "the body is empty: write the welcome below the front matter")
     welcome = Welcome(
@@ -112,31 +103,10 @@ def load_welcome(config: Config) -> Welcome | None:
         preheader=str(meta.get("preheader") or "").strip(),
         author=str(meta.get("author") or "").strip(),
         body=body,
-        body_line=text.count("\n", 0, match.end()) + 1,
+        body_line=front.body_line,
     )
     _filled(welcome, _variables(config, None))  # a misspelt variable fails now, not at the first confirmation
     return welcome
-
-
-def _front_matter(path: Path, head: str) -> dict[str, Any]:
-    # The pipeline's one YAML dialect (1.2, ruamel.yaml), as for an issue's front matter.
-    try:
-        meta = load_yaml(head)
-    except YamlProblem as error:
-        line = error.line + 1 if error.line else 1  # + the opening '---'
-        raise SourceError(path, f"YAML error in front matter: {error.message}", line) from None
-    except ValueError as error:
-        raise SourceError(path, f"YAML error in front matter: {error}") from None
-    if meta is None:
-        return {}
-    if not isinstance(meta, dict):
-        raise SourceError(path, "front matter must be 'field: value' lines", 2)
-    return {str(name): value for name, value in meta.items()}
-
-
-def _line(head_lines: list[str], name: str) -> int | None:
-    pattern = re.compile(rf"^{re.escape(name)}\s*:")
-    return next((index + 2 for index, line in enumerate(head_lines) if pattern.match(line)), None)
 
 
 def _variables(config: Config, latest: int | None) -> dict[str, Any]:
