@@ -167,7 +167,7 @@ def send_stop_press(
             if options.dry_run:
                 state.close()
             plan = plan_stop_press(db, issue_campaign, erratum.id)
-            done = find_stop_press(db, issue.number, erratum.id)
+            done = find_stop_press(db, issue.number, erratum.id) if plan.resuming else None
             if done is not None and not plan.recipients and not plan.unknown:
                 counts = Ledger(db, done).counts()
                 # Finish what a previous run may have left undone: archiving is idempotent.

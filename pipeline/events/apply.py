@@ -136,13 +136,14 @@ def apply_notification(db: sqlite3.Connection, message: dict[str, str]) -> Appli
         if seen is not None:
             return seen
         tally: dict[str, int] = {}
+        ses_message_id = _ses_message_id(event) if feedback is not None else ""
         for recipient in recipients:
             address = recipient.get("emailAddress") if isinstance(recipient, dict) else None
             subscriber = _find_recipient(db, address) if isinstance(address, str) else None
             result = "unknown recipient" if subscriber is None else action(db, subscriber, cause, recipient)
             tally[result] = tally.get(result, 0) + 1
             if subscriber is not None and feedback is not None:
-                _count_against_campaign(db, subscriber["id"], _ses_message_id(event), feedback)
+                _count_against_campaign(db, subscriber["id"], ses_message_id, feedback)
         outcome = ", ".join(f"{result} {count}" for result, count in tally.items()) or "no recipients"
         _insert(db, message, kind, outcome)
     log.info("SNS message %s: %s: %s", message_id, kind, outcome)

@@ -162,10 +162,11 @@ def _duration(age: dt.timedelta) -> str:
     return f"{days} day(s) {hours} hour(s)" if days else f"{hours} hour(s)"
 
 
-def find_campaign(db: sqlite3.Connection, issue: int) -> Campaign | None:
+def find_campaign(db: sqlite3.Connection, issue: int, erratum: int = 0) -> Campaign | None:
+    """Issue ``issue``'s own campaign, or with ``erratum`` the campaign of that erratum's stop press."""
     row = db.execute(
-        "SELECT id, issue, content_hash, status, transport FROM campaigns WHERE issue = ? AND erratum = 0",
-        (issue,),
+        "SELECT id, issue, content_hash, status, transport FROM campaigns WHERE issue = ? AND erratum = ?",
+        (issue, erratum),
     ).fetchone()
     return Campaign(*row) if row else None
 
@@ -434,11 +435,7 @@ class Ledger:
 
 
 def find_stop_press(db: sqlite3.Connection, issue: int, erratum: int) -> Campaign | None:
-    row = db.execute(
-        "SELECT id, issue, content_hash, status, transport FROM campaigns WHERE issue = ? AND erratum = ?",
-        (issue, erratum),
-    ).fetchone()
-    return Campaign(*row) if row else None
+    return find_campaign(db, issue, erratum)
 
 
 def stop_presses_of(db: sqlite3.Connection, issue: int) -> list[tuple[int, Campaign]]:
