@@ -35,14 +35,13 @@ import pytest
 
 from pipeline.check.content import Problem, check_rendered
 from pipeline.config import Config, load_config
-from pipeline.issue.markdown import Document
+from pipeline.issue.markdown import Document, issue_url_resolver
 from pipeline.issue.render import (
     Rendered,
     compile_mjml,
     render_issue,
     render_mjml,
     template_context,
-    url_resolver,
 )
 from pipeline.issue.source import read_issue
 from pipeline.issue.yaml12 import round_trip_yaml
@@ -304,7 +303,7 @@ def test_text_lines_fit_72_columns(corpus: Corpus, source: Path, mode: str) -> N
 def _as_the_email_links(url: str, text: str, image: bool, result: Result) -> str:
     if not image and url == "http://" + text and text.startswith("www."):
         url = "https://" + text
-    resolve = url_resolver(result.config, result.rendered.issue)
+    resolve = issue_url_resolver(result.config, result.rendered.issue)
     return unquote(resolve.image(url) if image else resolve.link(url))
 
 

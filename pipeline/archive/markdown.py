@@ -22,7 +22,7 @@ from pipeline.config import Config
 from pipeline.errors import ArchiveError
 from pipeline.files import write_atomically
 from pipeline.issue.errata import Erratum, load_errata
-from pipeline.issue.markdown import Document, make_url_resolver, render_markdown
+from pipeline.issue.markdown import Document, issue_url_resolver, make_url_resolver, render_markdown
 from pipeline.issue.source import Issue, read_issue
 
 META = re.compile(r"^<!-- newsletter-archive: (\{.*\}) -->$", re.MULTILINE)
@@ -89,10 +89,7 @@ def issue_markdown(config: Config, issue: Issue, errata: list[Erratum]) -> str:
 
 
 def _insert_after_intro(config: Config, issue: Issue, body: str, carried: list[Erratum]) -> str:
-    sections = render_markdown(
-        issue,
-        make_url_resolver(config.archive_base_url, config.archive_url(issue.number), config.raw_base_url),
-    ).sections
+    sections = render_markdown(issue, issue_url_resolver(config, issue)).sections
     lines = body.split("\n")
     cut = sections[1].start if len(sections) > 1 else len(lines)
     heading = "#" * (sections[1].level if len(sections) > 1 else 2)

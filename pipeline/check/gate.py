@@ -45,10 +45,11 @@ def check_issue(
     """Everything ``check`` does: build, offline checks, and (unless offline) links over HTTP."""
     build = build_issue(config, number, pinned=pinned)
     message = sample_as_sent(config, build.rendered)
+    sent = html_size_as_sent(message)
     spam, spam_note = spam_problems(config, message)
-    offline = sorted({*check_build(config, build, message), *spam})
+    offline = sorted({*check_build(config, build, sent), *spam})
     http, links_note = _links_over_http(config, build, online, progress)
-    return CheckResult(build, offline, http, links_note, spam_note, html_size_as_sent(message))
+    return CheckResult(build, offline, http, links_note, spam_note, sent)
 
 
 def _links_over_http(
@@ -80,9 +81,9 @@ def checkable_links(config: Config, build: Build) -> list[Link]:
     return [link for link in build.rendered.document.links if link.href.split("#", 1)[0] != own_page]
 
 
-def check_build(config: Config, build: Build, message: bytes | None = None) -> list[Problem]:
-    """The offline checks of a build; ``message``: the sample message as sent, if already made."""
-    sent = html_size_as_sent(message or sample_as_sent(config, build.rendered))
+def check_build(config: Config, build: Build, html_sent: int | None = None) -> list[Problem]:
+    """The offline checks of a build; ``html_sent``: the HTML part's size as sent, if already measured."""
+    sent = html_sent if html_sent is not None else html_size_as_sent(sample_as_sent(config, build.rendered))
     return sorted(
         {
             *check_rendered(build.rendered, sent, config.max_html_bytes),

@@ -22,6 +22,7 @@ from markdown_it.rules_core import StateCore
 from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 
+from pipeline.config import Config
 from pipeline.issue.gfm import AUTOLINK_MARKUP, FILTERED_TAG, enable_gfm_autolinks, tagfilter
 from pipeline.issue.source import Issue
 from pipeline.issue.text import TextWriter
@@ -123,6 +124,11 @@ class UrlResolver:
         if url.startswith("/") and root:
             return root.group(1) + url
         return urljoin(base + "/", url)
+
+
+def issue_url_resolver(config: Config, issue: Issue) -> UrlResolver:
+    """How issue ``issue``'s links resolve: page links against its archive page, images against the raw base."""
+    return make_url_resolver(config.archive_base_url, config.archive_url(issue.number), config.raw_base_url)
 
 
 def make_url_resolver(base_url: str, page_url: str, raw_base_url: str = "") -> UrlResolver:

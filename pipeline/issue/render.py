@@ -24,7 +24,12 @@ from markupsafe import Markup
 
 from pipeline.config import Config
 from pipeline.errors import RenderError
-from pipeline.issue.markdown import Document, UrlResolver, make_url_resolver, render_body, render_markdown
+from pipeline.issue.markdown import (
+    Document,
+    issue_url_resolver,
+    render_body,
+    render_markdown,
+)
 from pipeline.issue.source import Issue
 
 RECIPIENT_FIELDS = ("email", "unsubscribe_url")
@@ -67,7 +72,7 @@ def sample_recipient(config: Config) -> dict[str, str]:
 def render_issue(config: Config, issue: Issue, after_intro: Sequence[str] = ()) -> Rendered:
     """Render ``issue``; ``after_intro`` holds Markdown blocks (errata) placed after the opening text."""
     document = markdown_stage(config, issue)
-    resolve = url_resolver(config, issue)
+    resolve = issue_url_resolver(config, issue)
     inserted = [render_body(block, 0, False, resolve) for block in after_intro]
     context = template_context(config, issue, document, inserted)
     source = render_mjml(config.paths.templates, context)
@@ -83,12 +88,8 @@ def render_issue(config: Config, issue: Issue, after_intro: Sequence[str] = ()) 
     )
 
 
-def url_resolver(config: Config, issue: Issue) -> UrlResolver:
-    return make_url_resolver(config.archive_base_url, config.archive_url(issue.number), config.raw_base_url)
-
-
 def markdown_stage(config: Config, issue: Issue) -> Document:
-    return render_markdown(issue, url_resolver(config, issue))
+    return render_markdown(issue, issue_url_resolver(config, issue))
 
 
 def template_context(
