@@ -89,7 +89,7 @@ def issue_markdown(config: Config, issue: Issue, errata: list[Erratum]) -> str:
 
 
 def _insert_after_intro(config: Config, issue: Issue, body: str, carried: list[Erratum]) -> str:
-    sections = render_markdown(issue, issue_url_resolver(config, issue)).sections
+    sections = render_markdown(issue, issue_url_resolver(config, issue), with_text=False).sections
     lines = body.split("\n")
     cut = sections[1].start if len(sections) > 1 else len(lines)
     heading = "#" * (sections[1].level if len(sections) > 1 else 2)
@@ -188,12 +188,15 @@ def _entry_html(config: Config, entry: Entry, folder: Path | None = None) -> str
 
 
 def archived_document(config: Config, entry: Entry, folder: Path | None = None) -> Document:
-    """Parse an archived file (past its metadata line) as the Markdown it is."""
+    """Parse an archived file (past its metadata line) as the Markdown it is: its HTML and links (no
+    plain text: the feed and the link report do not read it)."""
     path = (folder or config.paths.archive) / entry.filename
     body = path.read_text(encoding="utf-8").split("\n", 1)[1]
     issue = Issue(path, entry.number, entry.title, entry.date, entry.title, "", "", False, body, 2)
     page = f"{config.archive_base_url}/{entry.filename}"
-    return render_markdown(issue, make_url_resolver(config.archive_base_url, page, config.raw_base_url))
+    return render_markdown(
+        issue, make_url_resolver(config.archive_base_url, page, config.raw_base_url), with_text=False
+    )
 
 
 def archived_documents(config: Config) -> list[tuple[Entry, Document]]:

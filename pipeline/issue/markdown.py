@@ -196,17 +196,20 @@ class _Context:
     allow_html: bool
 
 
-def render_markdown(issue: Issue, resolve: UrlResolver) -> Document:
-    return render_body(issue.body, issue.body_line, issue.allow_html, resolve)
+def render_markdown(issue: Issue, resolve: UrlResolver, *, with_text: bool = True) -> Document:
+    """``with_text=False``: no plain text (the archive's uses want the HTML, the links or the sections)."""
+    return render_body(issue.body, issue.body_line, issue.allow_html, resolve, with_text=with_text)
 
 
-def render_body(body: str, body_line: int, allow_html: bool, resolve: UrlResolver) -> Document:
+def render_body(
+    body: str, body_line: int, allow_html: bool, resolve: UrlResolver, *, with_text: bool = True
+) -> Document:
     """Parse ``body`` (which starts on file line ``body_line``) once; render its sections as HTML and text."""
     md = _PARSER
     document = Document(sections=[])
     env = {"newsletter": _Context(body.split("\n"), body_line, resolve, document, allow_html)}
     tokens = md.parse(body, env)
-    document.sections = _split_sections(md, tokens, env, allow_html)
+    document.sections = _split_sections(md, tokens, env, allow_html, with_text)
     return document
 
 
@@ -339,7 +342,9 @@ def _find_line(lines: list[str], start: int, end: int, needles: tuple[str, ...])
     return start
 
 
-def _split_sections(md: MarkdownIt, tokens: list[Token], env: EnvType, allow_html: bool) -> list[Section]:
+def _split_sections(
+    md: MarkdownIt, tokens: list[Token], env: EnvType, allow_html: bool, with_text: bool
+) -> list[Section]:
     """Split at the top heading level the body uses, so each section becomes one MJML block."""
     levels = [int(t.tag[1]) for t in tokens if t.type == "heading_open" and t.level == 0]
     top = f"h{min(levels)}" if levels else None
@@ -356,7 +361,7 @@ def _split_sections(md: MarkdownIt, tokens: list[Token], env: EnvType, allow_htm
             heading = "".join(c.content for c in chunk[1].children or [] if c.type in ("text", "code_inline"))
         start = next((t.map[0] for t in chunk if t.map), 0)
         html = md.renderer.render(chunk, md.options, env)
-        text = TextWriter(allow_html, level).write(chunk)
+        text = TextWriter(allow_html, level).write(chunk) if with_text else ""
         sections.append(Section(heading, html, start, level, text))
     return sections
 
