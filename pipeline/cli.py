@@ -538,6 +538,9 @@ def errata() -> None:
 @click.option(
     "--allow-changed", is_flag=True, help="Resume a stop press whose message changed since it started."
 )
+@click.option(
+    "--ignore-breaker", is_flag=True, help="Resume a stop press the bounce/complaint breaker paused."
+)
 @click.pass_context
 def errata_add(
     ctx: click.Context,
@@ -551,6 +554,7 @@ def errata_add(
     yes: bool,
     resend_unknown: bool,
     allow_changed: bool,
+    ignore_breaker: bool,
 ) -> None:
     """Record a correction to issue N (which must have been sent); --stop-press also mails it now."""
     from pipeline.issue.errata import add_erratum
@@ -570,11 +574,13 @@ def errata_add(
             yes,
             resend_unknown,
             allow_changed,
+            ignore_breaker,
         )
         return
-    if subject or address or dry_run or yes or resend_unknown or allow_changed:
+    if subject or address or dry_run or yes or resend_unknown or allow_changed or ignore_breaker:
         raise ErrataError(
-            "--subject, --to, --dry-run, --yes, --resend-unknown and --allow-changed go with --stop-press"
+            "--subject, --to, --dry-run, --yes, --resend-unknown, --allow-changed and --ignore-breaker"
+            " go with --stop-press"
         )
     issue = read_issue(config.paths.issues, number)
     if campaign_state(config, number) != "done":
@@ -594,6 +600,7 @@ def _stop_press(
     yes: bool,
     resend_unknown: bool,
     allow_changed: bool,
+    ignore_breaker: bool,
 ) -> None:
     from pipeline.errors import CampaignPaused
     from pipeline.publish import SendOptions
@@ -608,7 +615,12 @@ def _stop_press(
             fg="green",
         )
         return
-    options = SendOptions(dry_run=dry_run, resend_unknown=resend_unknown, allow_changed=allow_changed)
+    options = SendOptions(
+        dry_run=dry_run,
+        resend_unknown=resend_unknown,
+        allow_changed=allow_changed,
+        ignore_breaker=ignore_breaker,
+    )
     confirm = _confirmer(f"a stop press for issue {number} (a correction)", dry_run, yes, resend_unknown)
     result = send_stop_press(config, request, options, confirm=confirm, reporter=ProgressBar("stop press"))
     summary = result.summary

@@ -171,15 +171,19 @@ def run_campaign(
     rate: float | None,
     reporter: Reporter | None,
     options: SendOptions,
+    *,
+    resume_command: str = "",
 ) -> Summary:
     """Send a prepared campaign's queue, in one process or several: issues and stop presses alike.
-    The bounce and complaint limits pause it unless ``options.ignore_breaker``."""
+    The bounce and complaint limits pause it unless ``options.ignore_breaker``; ``resume_command``
+    is what the pause tells the editor to run (default: ``newsletter send N``)."""
     settings = SendSettings(
         concurrency=config.send.concurrency,
         max_rate=rate,
         max_attempts=config.send.max_attempts,
         max_consecutive_failures=config.send.max_consecutive_failures,
         reputation=None if options.ignore_breaker else reputation_limits(config),
+        resume_command=resume_command,
     )
     processes = sender_processes(config, preparation.queued, dry_run=options.dry_run)
     if processes > 1:

@@ -196,8 +196,18 @@ def send_stop_press(
                 resend_unknown=options.resend_unknown,
             )
             template = MessageTemplate(config, build.rendered)
+            resume = f"newsletter errata add {issue.number} --text … --stop-press"  # the same command again
             summary = run_campaign(
-                db, config, preparation, template, transport, secret, rate, reporter, options
+                db,
+                config,
+                preparation,
+                template,
+                transport,
+                secret,
+                rate,
+                reporter,
+                options,
+                resume_command=resume,
             )
     finally:
         transport.close()

@@ -41,6 +41,8 @@ class SendSettings:
     backoff_cap: float = 30.0
     reputation: ReputationLimits | None = None
     """None: no reputation breaker (``send --ignore-breaker``)."""
+    resume_command: str = ""
+    """What the editor runs to resume this campaign; "" for an issue's (``newsletter send N``)."""
 
 
 def deliver_with_retry(
@@ -168,10 +170,12 @@ class ReputationBreaker:
         read: Callable[[ReputationLimits], Reputation],
         issue: int,
         *,
+        resume: str = "",
         interval: float = REPUTATION_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limits, self._read, self.issue = limits, read, issue
+        self.resume = resume or f"newsletter send {issue}"
         self.interval, self._clock = interval, clock
         self._next = -float("inf")
         self.reason = ""
@@ -186,7 +190,7 @@ class ReputationBreaker:
         if exceeded:
             self.reason = (
                 f"{exceeded}: see who bounced or complained (`newsletter subscribers list --status bounced`,"
-                f" `--status complained`) before going on; `newsletter send {self.issue} --ignore-breaker`"
+                f" `--status complained`) before going on; `{self.resume} --ignore-breaker`"
                 " resumes anyway"
             )
         return self.reason

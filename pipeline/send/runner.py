@@ -197,7 +197,11 @@ class CampaignRunner:
         run = _Run(
             FailureBreaker(self.settings.max_consecutive_failures),
             ReputationBreaker(
-                self.settings.reputation, self.ledger.reputation, self.campaign.issue, clock=self._clock
+                self.settings.reputation,
+                self.ledger.reputation,
+                self.campaign.issue,
+                resume=self.settings.resume_command,
+                clock=self._clock,
             ),
         )
         self.reporter.start(*self.ledger.progress())

@@ -321,3 +321,15 @@ def test_status_shows_both_rates_and_from_when_they_count(newsletter: Newsletter
         "  hard-bounce rate 0.00 % (0 of 3 sent; pauses over 5 %), complaint rate 0.00 % "
         "(0; pauses over 0.1 %); counted from 500 sent\n"
     ) in shown, shown
+
+
+def test_a_stop_press_pause_names_the_command_that_resumes_it() -> None:
+    clock = ManualClock()
+    breaker = ReputationBreaker(
+        DEFAULTS,
+        lambda limits: Reputation(1000, 80, 0),
+        3,
+        resume="newsletter errata add 3 --stop-press",
+        clock=clock,
+    )
+    assert breaker.check().endswith("`newsletter errata add 3 --stop-press --ignore-breaker` resumes anyway")
