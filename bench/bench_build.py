@@ -46,6 +46,7 @@ from pipeline.issue.render import (
     inline_css,
     inline_stylesheet,
     markdown_stage,
+    parse_html,
     render_mjml,
     render_text,
     template_context,
@@ -193,7 +194,7 @@ def staged(config: Config, number: int) -> tuple[dict[str, tuple[float, float]],
     watch.lap("template")
     compiled = compile_mjml(source)
     watch.lap("mjml")
-    inline_css(compiled, inline_stylesheet(config.paths.templates))
+    inline_css(parse_html(compiled), inline_stylesheet(config.paths.templates))
     watch.lap("inline_css")
     render_text(config.paths.templates, context)
     watch.lap("text")

@@ -1,13 +1,17 @@
-"""`newsletter build` imports what building uses, and not the link checker, SES, the web service or rich."""
+"""`newsletter build` imports what building uses, and not the link checker, SES, the web service or rich;
+the console script freezes what it loaded at start-up."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 
+from tests.conftest import REPO
 from tests.support.newsletter import Newsletter
 
-NOT_FOR_BUILD = ("httpx", "boto3", "botocore", "starlette", "uvicorn", "rich", "asyncio")
+# requests: premailer imports it to fetch remote stylesheets, which the renderer forbids.
+NOT_FOR_BUILD = ("httpx", "boto3", "botocore", "starlette", "uvicorn", "rich", "asyncio", "requests")
 
 # Runs the console script's entry point in-process, then names the unwanted modules it loaded.
 _PROBE = """
@@ -36,3 +40,25 @@ def test_build_does_not_import_what_it_never_uses(newsletter: Newsletter) -> Non
     loaded = done.stdout.rpartition("loaded:")[2].split()
     assert "loaded:" in done.stdout, done.stdout
     assert loaded == [], f"`newsletter build` imported {loaded}: import them where they are used"
+
+
+def test_the_console_script_freezes_its_start_up_objects(newsletter: Newsletter) -> None:
+    # The cyclic collector then leaves what was loaded at start-up alone (bench/README.md).
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["scripts"]["newsletter"] == "pipeline.cli:run"
+    probe = (
+        "import gc, sys; from pipeline.cli import run; sys.argv = ['newsletter', '--version']\n"
+        "try:\n    run()\nexcept SystemExit:\n    print('frozen', gc.get_freeze_count())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=newsletter.root,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "version" in done.stdout, done.stdout
+    frozen = int(done.stdout.rpartition("frozen")[2])
+    assert frozen > 10_000, f"only {frozen} objects frozen"

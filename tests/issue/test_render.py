@@ -2,10 +2,17 @@ from __future__ import annotations
 
 import email
 import re
+import tempfile
 from email import policy
+from pathlib import Path
+from typing import Any
 
+import jinja2
+import pytest
+
+from pipeline.issue import render
 from pipeline.issue.build import build_issue
-from pipeline.issue.render import render_issue, sample_recipient
+from pipeline.issue.render import TEXT_TEMPLATE, render_issue, render_text, sample_recipient
 from pipeline.issue.source import read_issue
 from pipeline.publish import write_build
 from tests.conftest import REPO, Newsletter
@@ -141,3 +148,66 @@ def test_tables_sit_in_a_fixed_layout_frame_in_the_email_only(newsletter: Newsle
     assert after.index("</table></div></td></tr></tbody></table>") < after.index("After.")
     assert "table-frame" not in "".join(section.html for section in rendered.document.sections)
     assert "table-frame" not in rendered.text and "check" in rendered.text
+
+
+# --- compiled templates are kept between runs --------------------------------------------------
+
+
+def _count_compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    compiled: list[str] = []
+    compile_template = jinja2.Environment.compile
+
+    def counting(
+        self: jinja2.Environment, source: Any, name: str | None = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        compiled.append(str(name))
+        return compile_template(self, source, name, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", counting)
+    return compiled
+
+
+def test_a_template_compiled_once_is_read_back_and_an_edited_one_compiled_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # the cache's folder is in there
+    (tmp_path / "tmp").mkdir()
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / TEXT_TEMPLATE).write_text("first {{ word }}\n", encoding="utf-8")
+    compiled = _count_compiles(monkeypatch)
+    render._environment.cache_clear()  # each step as a new process would see it
+    assert render_text(templates, {"word": "run"}) == "first run\n"
+    assert compiled == [TEXT_TEMPLATE]
+    assert list((tmp_path / "tmp").glob("_jinja2-cache-*/__jinja2_*.cache")), "nothing was cached"
+
+    render._environment.cache_clear()
+    assert render_text(templates, {"word": "again"}) == "first again\n"
+    assert compiled == [TEXT_TEMPLATE], "the cached template was compiled again"
+
+    (templates / TEXT_TEMPLATE).write_text("edited {{ word }}\n", encoding="utf-8")
+    render._environment.cache_clear()
+    assert render_text(templates, {"word": "text"}) == "edited text\n"
+    assert compiled == [TEXT_TEMPLATE, TEXT_TEMPLATE]
+    render._environment.cache_clear()
+
+
+def test_a_cache_that_cannot_be_made_or_written_is_no_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder", encoding="utf-8")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocked))  # the cache's folder cannot be made in a file
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / TEXT_TEMPLATE).write_text("still {{ word }}\n", encoding="utf-8")
+    render._environment.cache_clear()
+    assert render_text(templates, {"word": "renders"}) == "still renders\n"
+    render._environment.cache_clear()
+
+    # The folder vanishes between reading and writing (cleaned up, or the disk is full): no error.
+    cache = render._BytecodeCache(str(tmp_path / "vanished"))
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), bytecode_cache=cache)
+    environment.keep_trailing_newline = True
+    assert environment.get_template(TEXT_TEMPLATE).render(word="renders") == "still renders\n"
+    assert not (tmp_path / "vanished").exists()
