@@ -43,6 +43,7 @@ STAGES = (
     "markdown_stage",
     "render_mjml",
     "compile_mjml",
+    "parse_html",
     "frame_tables",
     "inline_css",
     "break_long_link_texts",
