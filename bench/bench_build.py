@@ -52,7 +52,7 @@ from pipeline.issue.render import (
     template_context,
 )
 from pipeline.issue.source import available_numbers, read_issue
-from pipeline.publish import sample_message
+from pipeline.send.message import sample_as_sent
 
 LARGE_SAMPLE = 2
 TARGET_MS = 100.0
@@ -158,7 +158,7 @@ def describe(config: Config, number: int) -> dict[str, Any]:
         "html_budget_bytes": config.max_html_bytes,
         "mjml_bytes": len(build.rendered.mjml.encode("utf-8")),
         "text_bytes": len(build.text.encode("utf-8")),
-        "eml_bytes": len(sample_message(config, build)),
+        "eml_bytes": len(sample_as_sent(config, build.rendered)),
     }
 
 

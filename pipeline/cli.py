@@ -96,14 +96,14 @@ def build(ctx: click.Context, number: int) -> None:
     """Render issue N into build/N/: email.html, email.txt, message.eml."""
     from pipeline.issue.build import build_issue
     from pipeline.send.ledger import campaign_state
-    from pipeline.send.message import write_build
+    from pipeline.send.message import html_size_as_sent, write_build
 
     config = _config(ctx)
     result = build_issue(config, number, pinned=campaign_state(config, number) is not None)
     written = write_build(config, result)
     for path in written.values():
         click.echo(f"{_size(path.stat().st_size)}  {_relative(path)}")
-    _budget_line(config, result.html_size)
+    _budget_line(config, html_size_as_sent(written["message.eml"].read_bytes()), "HTML part as sent")
 
 
 OFFLINE = click.option("--offline", is_flag=True, help="Do not check links over HTTP.")

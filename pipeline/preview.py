@@ -44,6 +44,7 @@ from pipeline.errors import NewsletterError, PreviewError
 from pipeline.issue.build import build_issue
 from pipeline.issue.source import issue_path
 from pipeline.send.ledger import campaign_state
+from pipeline.send.message import html_size_as_sent, sample_as_sent
 
 HOST = "127.0.0.1"  # never another interface: the preview shows unsent mail
 PHONE_WIDTH = 375
@@ -69,7 +70,8 @@ class Snapshot:
     subject: str = ""
     html: str = ""
     text: str = ""
-    html_size: int = 0
+    html_sent: int = 0
+    """Bytes of the HTML part as sent (quoted-printable): what the clip budget counts, as in ``check``."""
     problems: tuple[tuple[str, str], ...] = ()
     """(severity, formatted line) for each problem ``check`` reports."""
     error: str = ""
@@ -172,7 +174,8 @@ class PreviewServer:
 
     def _build(self, version: int, config: Config) -> Snapshot:
         built = build_issue(config, self.number, pinned=campaign_state(config, self.number) is not None)
-        problems = check_build(config, built)
+        sent = html_size_as_sent(sample_as_sent(config, built.rendered))
+        problems = check_build(config, built, sent)
         where = _relative(built.rendered.issue.path)
         return Snapshot(
             version=version,
@@ -180,7 +183,7 @@ class PreviewServer:
             subject=built.rendered.issue.subject,
             html=built.html,
             text=built.text,
-            html_size=built.html_size,
+            html_sent=sent,
             problems=tuple((problem.severity, problem.format(where)) for problem in problems),
         )
 
@@ -254,7 +257,7 @@ def _print_log(line: str) -> None:
 def _summary(snapshot: Snapshot) -> str:
     if snapshot.error:
         return f"error: {snapshot.error}"
-    return f"built: {snapshot.html_size:,} bytes of HTML, {len(snapshot.problems)} problem(s)"
+    return f"built: HTML part {snapshot.html_sent:,} bytes as sent, {len(snapshot.problems)} problem(s)"
 
 
 def _relative(path: Path) -> str:
@@ -340,10 +343,10 @@ def render_page(number: int, snapshot: Snapshot) -> str:
             '<p class="meta">Fix it and save: the page reloads.</p>'
         )
     else:
-        share = 100 * snapshot.html_size / config.max_html_bytes
-        size_class = ' class="over"' if snapshot.html_size > config.max_html_bytes else ""
+        share = 100 * snapshot.html_sent / config.max_html_bytes
+        size_class = ' class="over"' if snapshot.html_sent > config.max_html_bytes else ""
         size = (
-            f"<span{size_class}>HTML {snapshot.html_size:,} bytes: {share:.0f}% of the "
+            f"<span{size_class}>HTML part as sent {snapshot.html_sent:,} bytes: {share:.0f}% of the "
             f"{config.max_html_bytes:,}-byte budget</span>"
         )
         frames = "\n".join(

@@ -41,8 +41,7 @@ from pipeline.send.message import (
     sender_address,
     sender_domain,
 )
-from pipeline.send.message import sample_message as sample_message  # re-exported: the library's API
-from pipeline.send.message import write_build as write_build
+from pipeline.send.message import write_build as write_build  # re-exported: the library's API
 from pipeline.send.runner import CampaignRunner, Reporter, Summary
 from pipeline.send.transports import open_transport
 from pipeline.send.transports.base import Envelope, Transport

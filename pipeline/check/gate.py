@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,7 +11,7 @@ from pipeline.config import Config
 from pipeline.db import open_db
 from pipeline.issue.build import Build, build_issue
 from pipeline.issue.markdown import Link
-from pipeline.send.message import sample_as_sent
+from pipeline.send.message import html_size_as_sent, sample_as_sent
 
 
 @dataclass(frozen=True)
@@ -90,14 +89,6 @@ def check_build(config: Config, build: Build, html_sent: int | None = None) -> l
             *image_problems(config, build.rendered),
         }
     )
-
-
-def html_size_as_sent(message: bytes) -> int:
-    """The HTML part's size as it travels, quoted-printable encoded: what a mailbox provider measures
-    against its clip limit (Gmail's 102 KB), about 10 % more than the decoded HTML."""
-    parsed = email.message_from_bytes(message)
-    html = next(part for part in parsed.walk() if part.get_content_type() == "text/html")
-    return len(str(html.get_payload()).encode("ascii"))
 
 
 def spam_problems(config: Config, message: bytes) -> tuple[list[Problem], str]:

@@ -19,10 +19,6 @@ class Build:
     errata_ids: list[int] = field(default_factory=list)
     """The errata this issue carries; marked announced when its campaign starts."""
 
-    @property
-    def html_size(self) -> int:
-        return len(self.html.encode("utf-8"))
-
 
 def build_issue(config: Config, number: int, *, pinned: bool = False) -> Build:
     """Render issue ``number`` for the sample recipient.
