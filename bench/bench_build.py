@@ -52,7 +52,7 @@ from pipeline.issue.render import (
     template_context,
 )
 from pipeline.issue.source import available_numbers, read_issue
-from pipeline.send.message import sample_as_sent
+from pipeline.send.message import html_size_as_sent, sample_as_sent
 
 LARGE_SAMPLE = 2
 TARGET_MS = 100.0
@@ -143,6 +143,7 @@ def describe(config: Config, number: int) -> dict[str, Any]:
     links = [link for link in document.links if not link.is_image]
     anchors = _Anchors()
     anchors.feed(build.html)
+    message = sample_as_sent(config, build.rendered)
     return {
         "issue": number,
         "path": str(issue.path.relative_to(REPO) if issue.path.is_relative_to(REPO) else issue.path),
@@ -154,11 +155,12 @@ def describe(config: Config, number: int) -> dict[str, Any]:
         "distinct_links": len({link.href for link in links}),
         "images": sum(link.is_image for link in document.links),
         "html_anchors": len(anchors.hrefs),
-        "html_bytes": build.html_size,
+        "html_bytes": len(build.html.encode("utf-8")),
+        "html_sent_bytes": html_size_as_sent(message),
         "html_budget_bytes": config.max_html_bytes,
         "mjml_bytes": len(build.rendered.mjml.encode("utf-8")),
         "text_bytes": len(build.text.encode("utf-8")),
-        "eml_bytes": len(sample_as_sent(config, build.rendered)),
+        "eml_bytes": len(message),
     }
 
 
@@ -336,8 +338,8 @@ def table(result: dict[str, Any]) -> str:
         f"issue: {d['path']} ({d['title']!r})",
         f"  {d['words']:,} words (Markdown body), {d['sections']} sections, "
         f"{d['links']} links ({d['distinct_links']} distinct), {d['images']} images",
-        f"  HTML {d['html_bytes']:,} bytes of a {d['html_budget_bytes']:,}-byte budget "
-        f"({d['html_bytes'] / d['html_budget_bytes']:.0%}); MJML {d['mjml_bytes']:,}; "
+        f"  HTML part as sent {d['html_sent_bytes']:,} bytes of a {d['html_budget_bytes']:,}-byte budget "
+        f"({d['html_sent_bytes'] / d['html_budget_bytes']:.0%}; {d['html_bytes']:,} decoded); MJML {d['mjml_bytes']:,}; "
         f"text {d['text_bytes']:,}; message {d['eml_bytes']:,}",
         f"runs: {result['runs']} timed after {result['warmup']} warm-up",
         "",
