@@ -27,9 +27,11 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from pipeline.check.content import Problem
+    from pipeline.publish import SendOptions
     from pipeline.send.delivery import Reputation, ReputationLimits
     from pipeline.send.ledger import Plan
     from pipeline.send.transports.base import Transport
+    from pipeline.stop_press import StopPress
 
 ISSUE = click.argument("number", metavar="N", type=click.IntRange(min=1, max=MAX_ISSUE))
 
@@ -573,19 +575,16 @@ def errata_add(
 
     config = _config(ctx)
     if stop_press:
-        _stop_press(
-            config,
-            number,
-            text,
-            replace or None,
-            subject,
-            address,
-            dry_run,
-            yes,
-            resend_unknown,
-            allow_changed,
-            ignore_breaker,
+        from pipeline.publish import SendOptions
+        from pipeline.stop_press import StopPress
+
+        options = SendOptions(
+            dry_run=dry_run,
+            resend_unknown=resend_unknown,
+            allow_changed=allow_changed,
+            ignore_breaker=ignore_breaker,
         )
+        _stop_press(config, StopPress(number, text, replace or None, subject), options, address, yes)
         return
     if subject or address or dry_run or yes or resend_unknown or allow_changed or ignore_breaker:
         raise ErrataError(
@@ -600,24 +599,13 @@ def errata_add(
 
 
 def _stop_press(
-    config: Config,
-    number: int,
-    text: str,
-    replace: tuple[str, str] | None,
-    subject: str | None,
-    address: str | None,
-    dry_run: bool,
-    yes: bool,
-    resend_unknown: bool,
-    allow_changed: bool,
-    ignore_breaker: bool,
+    config: Config, request: StopPress, options: SendOptions, address: str | None, yes: bool
 ) -> None:
     from pipeline.errors import CampaignPaused
-    from pipeline.publish import SendOptions
     from pipeline.send.progress import ProgressBar
-    from pipeline.stop_press import StopPress, send_stop_press, stop_press_test
+    from pipeline.stop_press import send_stop_press, stop_press_test
 
-    request = StopPress(number, text, replace, subject)
+    number, dry_run = request.issue, options.dry_run
     if address:
         provider_id = stop_press_test(config, request, address)
         click.secho(
@@ -625,13 +613,9 @@ def _stop_press(
             fg="green",
         )
         return
-    options = SendOptions(
-        dry_run=dry_run,
-        resend_unknown=resend_unknown,
-        allow_changed=allow_changed,
-        ignore_breaker=ignore_breaker,
+    confirm = _confirmer(
+        f"a stop press for issue {number} (a correction)", dry_run, yes, options.resend_unknown
     )
-    confirm = _confirmer(f"a stop press for issue {number} (a correction)", dry_run, yes, resend_unknown)
     result = send_stop_press(config, request, options, confirm=confirm, reporter=ProgressBar("stop press"))
     summary = result.summary
     if summary.note:

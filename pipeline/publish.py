@@ -7,16 +7,13 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import make_msgid
 
 from pipeline.archive.publish import publish_archive
-from pipeline.audience.addresses import check_address
-from pipeline.audience.subscribers import find
 from pipeline.audience.tokens import load_secret
 from pipeline.check.gate import CheckResult, check_issue
 from pipeline.config import Config
 from pipeline.db import open_db
-from pipeline.errors import CheckFailed, MessageError, NewsletterError, NotConfirmed
+from pipeline.errors import CheckFailed, NewsletterError, NotConfirmed
 from pipeline.issue.build import Build
 from pipeline.issue.errata import mark_announced
 from pipeline.send.control import campaign_lock, is_locked
@@ -35,16 +32,12 @@ from pipeline.send.ledger import (
     prepare_campaign,
     refuse_if_late,
 )
-from pipeline.send.message import (
-    MessageTemplate,
-    recipient_for,
-    sender_address,
-    sender_domain,
-)
+from pipeline.send.message import MessageTemplate
 from pipeline.send.message import write_build as write_build  # re-exported: the library's API
 from pipeline.send.runner import CampaignRunner, Reporter, Summary
+from pipeline.send.single import envelope_to
 from pipeline.send.transports import open_transport
-from pipeline.send.transports.base import Envelope, Transport
+from pipeline.send.transports.base import Transport
 
 
 @dataclass(frozen=True)
@@ -222,26 +215,17 @@ def memory_copy(db: sqlite3.Connection) -> sqlite3.Connection:
 
 def send_test(config: Config, build: Build, address: str) -> str:
     """One copy to ``address``, exactly as a subscriber would get it; the ledger is not touched."""
-    number = build.rendered.issue.number
+    secret = load_secret(allow_development=config.transport == "maildir")
+    db = open_db(config.paths.state)
     try:
-        address = check_address(address)
-    except ValueError as error:
-        raise MessageError(f"--to {address!r}: {error}") from None
+        envelope = envelope_to(
+            config, db, secret, build.rendered, address, f"test{build.rendered.issue.number}"
+        )
+    finally:
+        db.close()
     transport = open_transport(config)
     try:
-        secret = load_secret(allow_development=config.transport == "maildir")
-        db = open_db(config.paths.state)
-        row = find(db, address)
-        subscriber_id, name = (row["id"], row["name"]) if row else (0, "")
-        try:
-            recipient = recipient_for(
-                config, secret, subscriber_id, address, name, make_msgid(domain=sender_domain(config))
-            )
-        except MessageError as error:
-            raise MessageError(f"--to {error}") from None
-        data = MessageTemplate(config, build.rendered).build(recipient)
-        key = f"test{number}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
-        return transport.send(Envelope(sender_address(config), recipient.email, data, key))
+        return transport.send(envelope)
     finally:
         transport.close()
 

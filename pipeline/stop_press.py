@@ -33,7 +33,6 @@ from pipeline.send.ledger import (
     Plan,
     content_hash,
     find_campaign,
-    find_stop_press,
     plan_stop_press,
     prepare_stop_press,
     stop_presses_of,
@@ -167,7 +166,7 @@ def send_stop_press(
             if options.dry_run:
                 state.close()
             plan = plan_stop_press(db, issue_campaign, erratum.id)
-            done = find_stop_press(db, issue.number, erratum.id) if plan.resuming else None
+            done = find_campaign(db, issue.number, erratum.id) if plan.resuming else None
             if done is not None and not plan.recipients and not plan.unknown:
                 counts = Ledger(db, done).counts()
                 # Finish what a previous run may have left undone: archiving is idempotent.

@@ -25,10 +25,10 @@ print("loaded:", *(name for name in sys.argv[2:] if name in sys.modules))
 """
 
 
-def test_build_does_not_import_what_it_never_uses(newsletter: Newsletter) -> None:
-    newsletter.write_issue(1, "Intro with [a link](https://example.org/).\n\n## News\n\nMore.\n")
+def _python(newsletter: Newsletter, code: str, *args: str) -> str:
+    """What ``code`` prints, run by a fresh interpreter in the newsletter's folder; it must succeed."""
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(newsletter.config_path), *NOT_FOR_BUILD],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -36,9 +36,15 @@ def test_build_does_not_import_what_it_never_uses(newsletter: Newsletter) -> Non
         cwd=newsletter.root,
     )
     assert done.returncode == 0, done.stderr
-    assert (newsletter.root / "build" / "1" / "email.html").is_file(), done.stdout
-    loaded = done.stdout.rpartition("loaded:")[2].split()
-    assert "loaded:" in done.stdout, done.stdout
+    return done.stdout
+
+
+def test_build_does_not_import_what_it_never_uses(newsletter: Newsletter) -> None:
+    newsletter.write_issue(1, "Intro with [a link](https://example.org/).\n\n## News\n\nMore.\n")
+    stdout = _python(newsletter, _PROBE, str(newsletter.config_path), *NOT_FOR_BUILD)
+    assert (newsletter.root / "build" / "1" / "email.html").is_file(), stdout
+    loaded = stdout.rpartition("loaded:")[2].split()
+    assert "loaded:" in stdout, stdout
     assert loaded == [], f"`newsletter build` imported {loaded}: import them where they are used"
 
 
@@ -50,15 +56,7 @@ def test_the_console_script_freezes_its_start_up_objects(newsletter: Newsletter)
         "import gc, sys; from pipeline.cli import run; sys.argv = ['newsletter', '--version']\n"
         "try:\n    run()\nexcept SystemExit:\n    print('frozen', gc.get_freeze_count())"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=newsletter.root,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "version" in done.stdout, done.stdout
-    frozen = int(done.stdout.rpartition("frozen")[2])
+    stdout = _python(newsletter, probe)
+    assert "version" in stdout, stdout
+    frozen = int(stdout.rpartition("frozen")[2])
     assert frozen > 10_000, f"only {frozen} objects frozen"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -198,39 +198,66 @@ def prepare_campaign(
     retry_failed: bool = False,
 ) -> Preparation:
     """Create the campaign and its ledger, or pick up the one a previous run left."""
+    return _prepare(
+        db,
+        (issue, 0),
+        digest,
+        transport,
+        enqueue=lambda campaign_id: _enqueue_active(db, campaign_id),
+        changed=_changed(issue),
+        allow_changed=allow_changed,
+        include_new=include_new,
+        resend_unknown=resend_unknown,
+        retry_failed=retry_failed,
+    )
+
+
+def _prepare(
+    db: sqlite3.Connection,
+    key: tuple[int, int],
+    digest: str,
+    transport: Transport,
+    *,
+    enqueue: Callable[[int], int],
+    changed: CampaignError,
+    allow_changed: bool,
+    resend_unknown: bool,
+    include_new: bool = False,
+    retry_failed: bool = False,
+) -> Preparation:
+    """Create campaign ``key`` (issue, erratum: 0 for the issue itself) with the rows ``enqueue`` adds,
+    or pick up the one a previous run left; ``changed`` is raised if its content changed since."""
     stamp = now()
     with transaction(db):
-        campaign = find_campaign(db, issue)
+        campaign = find_campaign(db, *key)
         created = campaign is None
         added = 0
         if campaign is None:
             cursor = db.execute(
-                "INSERT INTO campaigns (issue, content_hash, status, transport, created_at, updated_at)"
-                " VALUES (?, ?, 'sending', ?, ?, ?)",
-                (issue, digest, transport.name, stamp, stamp),
+                "INSERT INTO campaigns (issue, erratum, content_hash, status, transport, created_at, updated_at)"
+                " VALUES (?, ?, ?, 'sending', ?, ?, ?)",
+                (*key, digest, transport.name, stamp, stamp),
             )
-            campaign_id = int(cursor.lastrowid or 0)
-            added = _enqueue_active(db, campaign_id)
+            added = enqueue(int(cursor.lastrowid or 0))
         else:
-            campaign_id = campaign.id
             if campaign.content_hash != digest:
                 if not allow_changed:
-                    raise _changed(issue)
+                    raise changed
                 db.execute(
                     "UPDATE campaigns SET content_hash = ?, history = history || ? WHERE id = ?",
-                    (digest, f"content changed at {stamp} (--allow-changed); ", campaign_id),
+                    (digest, f"content changed at {stamp} (--allow-changed); ", campaign.id),
                 )
             if include_new:
-                added = _enqueue_active(db, campaign_id)
+                added = enqueue(campaign.id)
             if retry_failed:
                 db.execute(
                     "UPDATE deliveries SET status = 'queued', updated_at = ? WHERE campaign_id = ? AND status = 'failed'",
-                    (stamp, campaign_id),
+                    (stamp, campaign.id),
                 )
             db.execute(
-                "UPDATE campaigns SET status = 'sending', updated_at = ? WHERE id = ?", (stamp, campaign_id)
+                "UPDATE campaigns SET status = 'sending', updated_at = ? WHERE id = ?", (stamp, campaign.id)
             )
-    campaign = find_campaign(db, issue)
+    campaign = find_campaign(db, *key)
     assert campaign is not None
     ledger = Ledger(db, campaign)
     reconciled = ledger.reconcile_unknown(transport, resend_unknown)
@@ -434,10 +461,6 @@ class Ledger:
 # those the issue's campaign sent to, minus anyone who left since.
 
 
-def find_stop_press(db: sqlite3.Connection, issue: int, erratum: int) -> Campaign | None:
-    return find_campaign(db, issue, erratum)
-
-
 def stop_presses_of(db: sqlite3.Connection, issue: int) -> list[tuple[int, Campaign]]:
     """(erratum id, campaign) of every stop press of ``issue``, oldest first."""
     rows = db.execute(
@@ -456,7 +479,7 @@ _ISSUE_READERS = (
 
 def plan_stop_press(db: sqlite3.Connection, issue: Campaign, erratum: int) -> Plan:
     """Who a stop press of ``issue`` would reach now: its readers still subscribed, or what is left."""
-    campaign = find_stop_press(db, issue.issue, erratum)
+    campaign = find_campaign(db, issue.issue, erratum)
     if campaign is None:
         count = db.execute(f"SELECT COUNT(*) FROM ({_ISSUE_READERS})", (issue.id,)).fetchone()[0]
         return Plan(False, int(count), 0)
@@ -475,39 +498,25 @@ def prepare_stop_press(
     resend_unknown: bool = False,
 ) -> Preparation:
     """Create the stop press's campaign, its ledger filled from the issue's, or pick it up again."""
-    stamp = now()
-    with transaction(db):
-        campaign = find_stop_press(db, issue.issue, erratum)
-        created = campaign is None
-        added = 0
-        if campaign is None:
-            cursor = db.execute(
-                "INSERT INTO campaigns (issue, erratum, content_hash, status, transport, created_at, updated_at)"
-                " VALUES (?, ?, ?, 'sending', ?, ?, ?)",
-                (issue.issue, erratum, digest, transport.name, stamp, stamp),
-            )
-            added = db.execute(
-                "INSERT INTO deliveries (campaign_id, subscriber_id, status, updated_at)"
-                f" SELECT ?, subscriber_id, 'queued', ? FROM ({_ISSUE_READERS})",
-                (cursor.lastrowid, stamp, issue.id),
-            ).rowcount
-        elif campaign.content_hash != digest:
-            if not allow_changed:
-                raise CampaignError(
-                    f"the stop press of erratum {erratum} changed since it started (issue {issue.issue}'s "
-                    "source or the templates): revert the change, or pass --allow-changed"
-                )
-            db.execute(
-                "UPDATE campaigns SET content_hash = ?, history = history || ? WHERE id = ?",
-                (digest, f"content changed at {stamp} (--allow-changed); ", campaign.id),
-            )
-        db.execute(
-            "UPDATE campaigns SET status = 'sending', updated_at = ? WHERE issue = ? AND erratum = ?",
-            (stamp, issue.issue, erratum),
-        )
-    campaign = find_stop_press(db, issue.issue, erratum)
-    assert campaign is not None
-    ledger = Ledger(db, campaign)
-    reconciled = ledger.reconcile_unknown(transport, resend_unknown)
-    counts = ledger.counts()
-    return Preparation(campaign, created, counts["queued"], counts["sending"], reconciled, added)
+
+    def issue_readers(campaign_id: int) -> int:
+        return db.execute(
+            "INSERT INTO deliveries (campaign_id, subscriber_id, status, updated_at)"
+            f" SELECT ?, subscriber_id, 'queued', ? FROM ({_ISSUE_READERS})",
+            (campaign_id, now(), issue.id),
+        ).rowcount
+
+    changed = CampaignError(
+        f"the stop press of erratum {erratum} changed since it started (issue {issue.issue}'s "
+        "source or the templates): revert the change, or pass --allow-changed"
+    )
+    return _prepare(
+        db,
+        (issue.issue, erratum),
+        digest,
+        transport,
+        enqueue=issue_readers,
+        changed=changed,
+        allow_changed=allow_changed,
+        resend_unknown=resend_unknown,
+    )

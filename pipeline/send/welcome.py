@@ -28,13 +28,10 @@ from typing import Any
 
 import jinja2
 
-from pipeline.audience.addresses import check_address
-from pipeline.audience.subscribers import find
 from pipeline.config import Config
 from pipeline.db import stamp_at, transaction
 from pipeline.errors import (
     DeliveryUnknown,
-    MessageError,
     NewsletterError,
     SourceError,
     TransportError,
@@ -43,6 +40,7 @@ from pipeline.errors import (
 from pipeline.issue.render import Rendered, render_issue
 from pipeline.issue.source import Issue, is_one_line, read_front_matter
 from pipeline.send.message import MessageTemplate, recipient_for, sender_address, sender_domain
+from pipeline.send.single import envelope_to
 from pipeline.send.transports import Envelope, Transport
 
 log = logging.getLogger(__name__)
@@ -364,19 +362,5 @@ def send_test_welcome(
 ) -> str:
     """One copy of the welcome to ``to``, as a subscriber who confirms now gets it; nothing is recorded."""
     welcome = require_welcome(config)
-    try:
-        address = check_address(to)
-    except ValueError as error:
-        raise MessageError(f"--to {to!r}: {error}") from None
     rendered = render_welcome(config, welcome, latest_sent_issue(db), dt.date.today())
-    row = find(db, address)
-    subscriber_id, name = (row["id"], row["name"]) if row else (0, "")
-    recipient = recipient_for(
-        config, secret, subscriber_id, address, name, make_msgid(domain=sender_domain(config))
-    )
-    key = f"welcome-test-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
-    return transport.send(
-        Envelope(
-            sender_address(config), recipient.email, MessageTemplate(config, rendered).build(recipient), key
-        )
-    )
+    return transport.send(envelope_to(config, db, secret, rendered, to, "welcome-test"))
